@@ -1,0 +1,15 @@
+/**
+ * The whole FFI symbol table of the native library: the union of the per-concern tables in
+ * `ffi/symbols/`, one per header in `cuda/include/fp4lab/`.
+ *
+ * @module
+ */
+import { coreSymbols } from "./symbols/core.ts";
+
+/** Every symbol the Deno side binds, with its FFI signature. */
+export const symbols = {
+  ...coreSymbols,
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** Must equal `FP4_ABI_VERSION` in `cuda/include/fp4lab/core.h`. */
+export const ABI_VERSION = 1;

@@ -1,0 +1,19 @@
+/**
+ * fp4lab: 4-bit floating-point (MXFP4, NVFP4) quantization of large language models, from a
+ * notebook or a script. This module is the public API; everything here is re-exported from
+ * `lib/`.
+ *
+ * @example
+ * ```ts
+ * import { Tensor, cudaStatus } from "./mod.ts";
+ * using t = Tensor.from(new Float32Array([1, 2]), [2]);
+ * console.log(t.shape, cudaStatus().available);
+ * ```
+ *
+ * @module
+ */
+export * from "./lib/dtype.ts";
+export * from "./lib/device.ts";
+export * from "./lib/tensor.ts";
+export { LibraryLoadError, NativeError } from "./ffi/library.ts";
+export * from "./lib/paths.ts";
