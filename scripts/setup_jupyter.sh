@@ -15,9 +15,8 @@ if ! command -v jupyter-nbconvert >/dev/null 2>&1; then
 fi
 
 # The kernelspec records the deno binary's absolute path: reinstall when it points elsewhere.
-spec=$(jupyter kernelspec list --json 2>/dev/null | python3 -c \
-  'import json,sys; k=json.load(sys.stdin)["kernelspecs"].get("deno"); print(k["resource_dir"] if k else "")' || true)
-if [ -z "$spec" ] || ! grep -qF "\"$deno\"" "$spec/kernel.json" 2>/dev/null; then
+spec="${JUPYTER_DATA_DIR:-$HOME/.local/share/jupyter}/kernels/deno/kernel.json"
+if ! grep -qF "\"$deno\"" "$spec" 2>/dev/null; then
   echo "setup: installing the Deno Jupyter kernel for $deno"
-  "$deno" jupyter --install --force >/dev/null
+  "$deno" jupyter --install --force >/dev/null 2>&1
 fi
