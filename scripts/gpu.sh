@@ -28,8 +28,8 @@ for step in "$@"; do
     test)
       tests=$(ls tests/*_test.ts | grep -v notebooks_test)
       # shellcheck disable=SC2086
-      "$deno" test -A $tests 2>&1 | tee "$out/test.log" | grep -v "^\s*$" | grep -vE " ok " || status=1
-      grep -E "passed|failed" "$out/test.log" | tail -3
+      NO_COLOR=1 "$deno" test -A $tests >"$out/test.log" 2>&1 || status=1
+      grep -E "FAILED|=> |error|passed|failed" "$out/test.log" | tail -40
       ;;
     bench)
       for b in bench/gpu/*.ts; do
