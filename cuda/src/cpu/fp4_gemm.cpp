@@ -1,0 +1,135 @@
+// W4A16 linear layers (cuda/include/fp4lab/gemm.h): argument checks, device dispatch, and the
+// CPU twin of the CUDA kernels.
+//
+// CPU twin: each OpenMP thread dequantises one weight row to f32 (W[n, k] = e2m1 * scale, the
+// scale exactly as docs/FORMATS.md defines it) and takes its dot product with every activation
+// row in ascending k, accumulating in f32; the sum is rounded once to bf16. The CUDA kernels add
+// the same products in another order (and apply the NVFP4 tensor scale after the sum), so the
+// two agree within the accumulation bound stated in tests/fp4_gemm_test.ts, not bit for bit.
+#include <cmath>
+#include <vector>
+
+#include "../error.hpp"
+#include "../formats.hpp"
+#include "../gemm_backend.hpp"
+
+namespace {
+
+int64_t group_of(int32_t format) { return format == FP4_WEIGHTS_MXFP4 ? 32 : 16; }
+
+fp4_status check_shape(const char *fn, int32_t format, float tensor_scale, int64_t batch,
+                       int64_t n, int64_t k) {
+  FP4_REQUIRE(format == FP4_WEIGHTS_MXFP4 || format == FP4_WEIGHTS_NVFP4,
+              "%s: format %d is not 0 (mxfp4) or 1 (nvfp4)", fn, format);
+  FP4_REQUIRE(batch >= 1 && n >= 1 && k >= 1, "%s: batch, n and k must be >= 1 (got %lld, %lld, %lld)",
+              fn, (long long)batch, (long long)n, (long long)k);
+  int64_t g = group_of(format);
+  FP4_REQUIRE(k % g == 0, "%s: k = %lld is not a multiple of the %s group size %lld", fn,
+              (long long)k, format == FP4_WEIGHTS_MXFP4 ? "MXFP4" : "NVFP4", (long long)g);
+  FP4_REQUIRE(n <= (int64_t(1) << 31) - 1 && k <= (int64_t(1) << 31) - 1 &&
+                  batch <= (int64_t(1) << 31) - 1,
+              "%s: dimensions must be below 2^31", fn);
+  if (format == FP4_WEIGHTS_NVFP4) {
+    FP4_REQUIRE(std::isfinite(tensor_scale) && tensor_scale > 0,
+                "%s: the NVFP4 tensor scale must be finite and > 0 (got %g)", fn,
+                double(tensor_scale));
+  }
+  return FP4_OK;
+}
+
+void gemm_cpu(int32_t format, const uint16_t *x, const uint8_t *codes, const uint8_t *scales,
+              float tensor_scale, uint16_t *y, int64_t batch, int64_t n, int64_t k) {
+  const int64_t g = group_of(format);
+  const fp4::fmt::Minifloat e2m1 = fp4::fmt::fmt_e2m1(), e4m3 = fp4::fmt::fmt_e4m3();
+  float value[16];
+  for (uint32_t c = 0; c < 16; c++) value[c] = fp4::fmt::mf_decode(e2m1, c);
+#pragma omp parallel
+  {
+    std::vector<float> w(size_t(k), 0.0f);
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < n; row++) {
+      const uint8_t *rc = codes + row * (k / 2);
+      const uint8_t *rs = scales + row * (k / g);
+      for (int64_t j = 0; j < k / g; j++) {
+        float s = format == FP4_WEIGHTS_MXFP4
+                      ? fp4::fmt::e8m0_decode(rs[j])
+                      : fp4::fmt::mf_decode(e4m3, rs[j]) * tensor_scale;
+        for (int64_t i = j * g; i < (j + 1) * g; i += 2) {
+          uint8_t byte = rc[i / 2];
+          w[size_t(i)] = value[byte & 15] * s;
+          w[size_t(i + 1)] = value[byte >> 4] * s;
+        }
+      }
+      for (int64_t b = 0; b < batch; b++) {
+        const uint16_t *xb = x + b * k;
+        float acc = 0.0f;
+        for (int64_t i = 0; i < k; i++) acc += fp4::fmt::bf16_to_f32(xb[i]) * w[size_t(i)];
+        y[b * n + row] = fp4::fmt::f32_to_bf16(acc);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+FP4_API fp4_status fp4_gemm(int32_t device, int32_t format, const uint16_t *x,
+                            const uint8_t *codes, const uint8_t *scales, float tensor_scale,
+                            uint16_t *y, int64_t batch, int64_t n, int64_t k) {
+  FP4_GUARD({
+    if (fp4_status s = check_shape("fp4_gemm", format, tensor_scale, batch, n, k)) return s;
+    FP4_REQUIRE(x && codes && scales && y, "fp4_gemm: null pointer");
+    if (device == FP4_DEVICE_CPU) {
+      gemm_cpu(format, x, codes, scales, tensor_scale, y, batch, n, k);
+      return FP4_OK;
+    }
+    FP4_REQUIRE(device == FP4_DEVICE_CUDA, "fp4_gemm: unknown device id %d (0 = cpu, 1 = cuda)",
+                device);
+    FP4_CUDA_ONLY(return fp4::cuda::gemm(format, x, codes, scales, tensor_scale, y, batch, n, k));
+  })
+}
+
+static fp4_status check_timing(const char *fn, int32_t copies, int32_t reps, int32_t nsamples,
+                               const float *samples) {
+  FP4_REQUIRE(copies >= 1 && reps >= 1 && nsamples >= 1,
+              "%s: copies, reps and nsamples must be >= 1 (got %d, %d, %d)", fn, copies, reps,
+              nsamples);
+  FP4_REQUIRE(samples, "%s: samples is null", fn);
+  return FP4_OK;
+}
+
+FP4_API fp4_status fp4_gemm_bench(int32_t format, const uint16_t *x, const uint8_t *codes,
+                                  const uint8_t *scales, float tensor_scale, uint16_t *y,
+                                  int64_t batch, int64_t n, int64_t k, int32_t copies, int32_t reps,
+                                  int32_t nsamples, float *samples) {
+  FP4_GUARD({
+    if (fp4_status s = check_shape("fp4_gemm_bench", format, tensor_scale, batch, n, k)) return s;
+    if (fp4_status s = check_timing("fp4_gemm_bench", copies, reps, nsamples, samples)) return s;
+    FP4_REQUIRE(x && codes && scales && y, "fp4_gemm_bench: null pointer");
+    FP4_CUDA_ONLY(return fp4::cuda::gemm_bench(format, x, codes, scales, tensor_scale, y, batch, n,
+                                               k, copies, reps, nsamples, samples));
+  })
+}
+
+FP4_API fp4_status fp4_copy_bench(void *dst, const void *src, uint64_t bytes, int32_t reps,
+                                  int32_t nsamples, float *samples) {
+  FP4_GUARD({
+    if (fp4_status s = check_timing("fp4_copy_bench", 1, reps, nsamples, samples)) return s;
+    FP4_REQUIRE(dst && src && bytes > 0, "fp4_copy_bench: null pointer or zero bytes");
+    FP4_CUDA_ONLY(return fp4::cuda::copy_bench(dst, src, bytes, reps, nsamples, samples));
+  })
+}
+
+FP4_API fp4_status fp4_cublas_bench(const char *cublas_path, const uint16_t *x, const uint16_t *w,
+                                    uint16_t *y, int64_t batch, int64_t n, int64_t k,
+                                    int32_t copies, int32_t reps, int32_t nsamples,
+                                    float *samples) {
+  FP4_GUARD({
+    if (fp4_status s = check_timing("fp4_cublas_bench", copies, reps, nsamples, samples)) return s;
+    FP4_REQUIRE(cublas_path && x && w && y, "fp4_cublas_bench: null pointer");
+    FP4_REQUIRE(batch >= 1 && n >= 1 && k >= 1 && batch < (int64_t(1) << 31) &&
+                    n < (int64_t(1) << 31) && k < (int64_t(1) << 31),
+                "fp4_cublas_bench: batch, n, k must be in [1, 2^31)");
+    FP4_CUDA_ONLY(return fp4::cuda::cublas_bench(cublas_path, x, w, y, batch, n, k, copies, reps,
+                                                 nsamples, samples));
+  })
+}
