@@ -17,3 +17,58 @@ fp4_status synchronize();
 fp4_status sum_f32(const float *x, uint64_t n, double *out);
 
 }  // namespace fp4::cuda
+
+// Number formats (cuda/src/cuda/quantize.cu, hadamard.cu, rotate_quantize.cu); arguments are
+// validated by the entry points in cuda/src/cpu/quantize.cpp and hadamard.cpp.
+namespace fp4::cuda {
+
+fp4_status encode(int32_t codec, const float *x, uint64_t n, const uint32_t *random,
+                  uint8_t *codes);
+fp4_status decode(int32_t codec, const uint8_t *codes, uint64_t n, float *out);
+fp4_status quantize(const fp4_quant_spec &spec, int32_t dtype, const void *x, uint64_t rows,
+                    uint64_t cols, uint8_t *codes, uint8_t *scales, uint8_t *zeros,
+                    float *tensor_scale);
+fp4_status dequantize(const fp4_quant_spec &spec, const uint8_t *codes, const uint8_t *scales,
+                      const uint8_t *zeros, const float *tensor_scale, uint64_t rows,
+                      uint64_t cols, int32_t out_dtype, void *out);
+fp4_status hadamard(int32_t dtype, const void *x, int32_t out_dtype, void *out, uint64_t rows,
+                    uint64_t cols, int32_t block, int32_t inverse, int32_t has_seed,
+                    uint64_t seed);
+fp4_status rotate_quantize(const fp4_quant_spec &spec, int32_t dtype, const void *x,
+                           uint64_t rows, uint64_t cols, int32_t block, int32_t has_seed,
+                           uint64_t seed, uint8_t *codes, uint8_t *scales, uint8_t *zeros,
+                           float *tensor_scale);
+fp4_status bench_formats(int32_t op, const fp4_quant_spec *spec, int32_t dtype, const void *x,
+                         uint64_t rows, uint64_t cols, int32_t block, void *out, uint8_t *codes,
+                         uint8_t *scales, uint8_t *zeros, float *tensor_scale, int32_t iters,
+                         double *seconds);
+
+}  // namespace fp4::cuda
+
+// Shared by the formats .cu files.
+namespace fp4::cuda {
+
+// Whole-tensor reductions: first non-finite linear index (~0 when none) and the float bits of
+// max |x|, -min(x, 0) and max(x, 0).
+struct Stats {
+  unsigned long long bad;
+  unsigned amax, neg_lo, hi, pad;
+};
+// FP4_ERR_NUMERIC naming element `index` of the device tensor x (its value and row, col).
+fp4_status report_bad(const void *x, int32_t dtype, uint64_t index, uint64_t cols);
+// fp4_quantize on device data; `check` = false skips reading back the non-finite flag
+// (benchmarks), so the call does not synchronize.
+fp4_status quantize_unchecked(const fp4_quant_spec &spec, int32_t dtype, const void *x,
+                              uint64_t rows, uint64_t cols, uint8_t *codes, uint8_t *scales,
+                              uint8_t *zeros, float *tensor_scale, bool check);
+// Device array of the ±1 Hadamard column signs of `seed` (cols floats); the caller cudaFrees it.
+fp4_status hadamard_signs(uint64_t cols, uint64_t seed, float **out);
+
+}  // namespace fp4::cuda
+namespace fp4::cuda {
+// fp4_rotate_quantize on device data; `check` as for quantize_unchecked.
+fp4_status rotate_quantize_impl(const fp4_quant_spec &spec, int32_t dtype, const void *x,
+                                uint64_t rows, uint64_t cols, int32_t block, int32_t has_seed,
+                                uint64_t seed, uint8_t *codes, uint8_t *scales, uint8_t *zeros,
+                                float *tensor_scale, bool check);
+}  // namespace fp4::cuda

@@ -1,0 +1,148 @@
+// GPU (and 2-thread CPU) throughput of the formats kernels: quantize an 8192x8192 bf16 tensor
+// to NVFP4 and MXFP4, and the fused Hadamard-128 rotate+quantize, as achieved bandwidth (input
+// bytes read + code/scale bytes written, per pass over the input) and as a fraction of the
+// device-to-device copy bandwidth measured in the same run. Timing is native (CUDA events
+// around `iters` launches, fp4_bench_formats). Writes JSON to the path given as the argument.
+//
+//   deno run -A bench/gpu/formats_bench.ts bench/results/formats_h100.json [--rows N --cols N]
+import { parseArgs } from "node:util";
+import { checkAsync, native } from "../../ffi/library.ts";
+import { cudaStatus, type Device, deviceId } from "../../lib/device.ts";
+import { abiDType } from "../../lib/dtype.ts";
+import { Tensor } from "../../lib/tensor.ts";
+import { packSpec } from "../../lib/formats/native.ts";
+import { resolveSpec } from "../../lib/formats/spec.ts";
+
+const { values, positionals } = parseArgs({
+  args: Deno.args,
+  allowPositionals: true,
+  options: {
+    rows: { type: "string", default: "8192" },
+    cols: { type: "string", default: "8192" },
+    iters: { type: "string", default: "20" },
+    "cpu-rows": { type: "string", default: "1024" },
+  },
+});
+if (positionals.length !== 1) {
+  throw new Error("usage: formats_bench.ts OUT.json [--rows N --cols N]");
+}
+
+interface Row {
+  device: Device;
+  op: string;
+  spec: string | null;
+  shape: [number, number];
+  seconds: number;
+  bytes: number;
+  gbps: number;
+  fractionOfCopy: number | null;
+}
+
+async function time(
+  device: Device,
+  op: number,
+  spec: string | null,
+  x: Tensor,
+  outs: { out?: Tensor; codes?: Tensor; scales?: Tensor; ts?: Tensor },
+  iters: number,
+): Promise<number> {
+  const [rows, cols] = x.shape;
+  const sec = new Float64Array(1);
+  await checkAsync(
+    native().fp4_bench_formats(
+      deviceId(device),
+      op,
+      spec ? packSpec(resolveSpec(spec)) : new Uint8Array(56),
+      abiDType(x.dtype),
+      x.pointer(),
+      BigInt(rows),
+      BigInt(cols),
+      128,
+      outs.out?.pointer() ?? null,
+      outs.codes?.pointer() ?? null,
+      outs.scales?.pointer() ?? null,
+      null,
+      outs.ts?.pointer() ?? null,
+      iters,
+      sec,
+    ),
+    "fp4_bench_formats",
+  );
+  return sec[0];
+}
+
+async function run(device: Device, rows: number, cols: number, iters: number): Promise<Row[]> {
+  const n = rows * cols;
+  const host = new Uint16Array(n);
+  for (let i = 0; i < n; i++) {
+    host[i] = 0x3c00 + ((i * 2654435761) >>> 20) % 0x900 ^ (i & 1 ? 0x8000 : 0);
+  }
+  using x = Tensor.from(host, [rows, cols], "bf16").to(device);
+  using out = Tensor.empty([rows, cols], "bf16", device);
+  const rowsOut: Row[] = [];
+  const copySec = await time(device, 0, null, x, { out }, iters);
+  const copyBytes = 2 * n * 2; // read + write
+  const copyGbps = copyBytes / copySec / 1e9;
+  rowsOut.push({
+    device,
+    op: "copy",
+    spec: null,
+    shape: [rows, cols],
+    seconds: copySec,
+    bytes: copyBytes,
+    gbps: copyGbps,
+    fractionOfCopy: 1,
+  });
+  for (const [op, name] of [[1, "quantize"], [2, "rotate128+quantize"]] as const) {
+    for (const spec of ["nvfp4", "mxfp4"]) {
+      const s = resolveSpec(spec);
+      const g = s.groupSize as number;
+      const scaleBytes = n / g;
+      using codes = Tensor.empty([n / 2], "u8", device);
+      using scales = Tensor.empty([scaleBytes], "u8", device);
+      using ts = Tensor.empty([1], "f32", device);
+      const seconds = await time(device, op, spec, x, { codes, scales, ts }, iters);
+      // NVFP4 reads the input twice (tensor amax, then quantize); count both passes.
+      const passes = s.tensorScale === "amax" ? 2 : 1;
+      const bytes = passes * 2 * n + n / 2 + scaleBytes;
+      const gbps = bytes / seconds / 1e9;
+      rowsOut.push({
+        device,
+        op: name,
+        spec,
+        shape: [rows, cols],
+        seconds,
+        bytes,
+        gbps,
+        fractionOfCopy: gbps / copyGbps,
+      });
+    }
+  }
+  return rowsOut;
+}
+
+const rows = Number(values.rows);
+const cols = Number(values.cols);
+const iters = Number(values.iters);
+const results: Row[] = [];
+const cuda = cudaStatus();
+if (cuda.available) results.push(...await run("cuda", rows, cols, iters));
+Deno.env.set("OMP_NUM_THREADS", "2"); // read by libgomp at its first parallel region only
+results.push(...await run("cpu", Number(values["cpu-rows"]), cols, 3));
+const report = {
+  date: new Date().toISOString(),
+  gpu: cuda.available ? cuda.name : null,
+  cpuThreads: 2,
+  results,
+};
+await Deno.writeTextFile(positionals[0], JSON.stringify(report, null, 2) + "\n");
+console.table(
+  results.map((r) => ({
+    device: r.device,
+    op: r.op,
+    spec: r.spec,
+    ms: +(r.seconds * 1e3).toFixed(3),
+    GBps: +r.gbps.toFixed(1),
+    ofCopy: r.fractionOfCopy === null ? null : +r.fractionOfCopy.toFixed(3),
+  })),
+);

@@ -1,0 +1,270 @@
+// Fused block-Hadamard rotation + group quantization of activations (CUDA), equal bit for bit
+// to quantize(hadamard(x)) of lib/formats (and to the CPU twin, which runs exactly that).
+//
+// Layout: x [rows, cols] bf16 or f32; Hadamard blocks of b = 32·E elements (E = 1..32) along
+// rows; groups of `len` elements inside a block, len a multiple of E. One warp per Hadamard
+// block: lane L holds elements L·E .. L·E+E-1 in registers; butterfly stages h < E run inside
+// the lane, stages h >= E exchange with lane L ^ (h/E) by shuffles, each output the same single
+// float32 add or subtract as the reference. Then the group's amax/min/max are reduced over its
+// len/E lanes, every lane of the group derives the same scale, encodes its E elements and
+// writes its E/2 (4-bit) or E code bytes; the group's first lane writes the scale.
+// Bytes moved: reads n input elements, writes n/2 (4-bit) or n code bytes plus n/len scales;
+// with a tensor scale (NVFP4) the input is read twice (amax pass, then the quantize pass).
+// Other shapes (b < 64 for 4-bit codes, groups not inside blocks, MSE, channel/tensor groups)
+// rotate into a float32 scratch and quantize it.
+#include <cuda_runtime.h>
+
+#include "../cuda_backend.hpp"
+#include "../error.hpp"
+#include "../formats.hpp"
+#include "check.cuh"
+
+namespace fp4::cuda {
+
+using namespace fp4::fmt;
+
+namespace {
+
+constexpr int kWarps = 8;  // warps per CTA
+
+template <int E, bool kBf16>
+__device__ __forceinline__ void load_lane(const void *x, uint64_t base, float (&v)[E]) {
+  if constexpr (kBf16 && E % 4 == 0) {
+    const uint2 *p = reinterpret_cast<const uint2 *>(static_cast<const uint16_t *>(x) + base);
+#pragma unroll
+    for (int r = 0; r < E / 4; r++) {
+      uint2 w = p[r];
+      v[4 * r + 0] = __uint_as_float(w.x << 16);
+      v[4 * r + 1] = __uint_as_float(w.x & 0xffff0000u);
+      v[4 * r + 2] = __uint_as_float(w.y << 16);
+      v[4 * r + 3] = __uint_as_float(w.y & 0xffff0000u);
+    }
+  } else if constexpr (kBf16) {
+#pragma unroll
+    for (int r = 0; r < E; r++) v[r] = bf16_to_f32(static_cast<const uint16_t *>(x)[base + r]);
+  } else {
+#pragma unroll
+    for (int r = 0; r < E; r++) v[r] = static_cast<const float *>(x)[base + r];
+  }
+}
+
+// kPass 0: amax of the rotated tensor (tensor scale); kPass 1: quantize.
+template <int E, bool kBf16, int kPass>
+__global__ void __launch_bounds__(32 * kWarps)
+    rotate_quantize_kernel(QuantParams q, const void *x, uint64_t n, uint64_t cols, int k, int len,
+                           const float *sign, const float *s_t, Stats *st, uint8_t *codes,
+                           uint8_t *scales, uint8_t *zeros) {
+  constexpr int B = 32 * E;
+  const int lane = threadIdx.x & 31;
+  const uint64_t warp = (blockIdx.x * uint64_t(blockDim.x) + threadIdx.x) >> 5;
+  const uint64_t nwarps = (uint64_t(gridDim.x) * blockDim.x) >> 5;
+  const float c = hadamard_norm(k);
+  if (kPass == 1 && s_t) q.s_t = *s_t;
+  const int L = len / E;  // lanes per group, a power of two dividing 32
+  const bool sr = q.stochastic;
+  float amax_run = 0.0f;
+  for (uint64_t blk = warp; blk < n / B; blk += nwarps) {
+    const uint64_t base = blk * B + uint64_t(lane) * E;
+    float v[E];
+    load_lane<E, kBf16>(x, base, v);
+    if (sign) {
+#pragma unroll
+      for (int r = 0; r < E; r++) v[r] = v[r] * sign[(base + r) % cols];
+    }
+#pragma unroll
+    for (int h = 1; h < E; h <<= 1) {
+#pragma unroll
+      for (int j = 0; j < E; j++) {
+        if ((j & h) == 0) {
+          const float u = v[j], w = v[j + h];
+          v[j] = u + w;
+          v[j + h] = u - w;
+        }
+      }
+    }
+#pragma unroll
+    for (int h = E; h < B; h <<= 1) {
+      const int m = h / E;
+      const bool upper = (lane & m) != 0;
+#pragma unroll
+      for (int r = 0; r < E; r++) {
+        const float other = __shfl_xor_sync(0xffffffffu, v[r], m);
+        v[r] = upper ? other - v[r] : v[r] + other;
+      }
+    }
+    unsigned long long bad = ~0ull;
+#pragma unroll
+    for (int r = 0; r < E; r++) {
+      v[r] = v[r] * c;
+      if (!is_finite(v[r]) && bad == ~0ull) bad = base + r;
+    }
+    if (bad != ~0ull) atomicMin(&st->bad, bad);
+    if (kPass == 0) {
+#pragma unroll
+      for (int r = 0; r < E; r++) {
+        const float a = fabsf(v[r]);
+        if (a > amax_run) amax_run = a;
+      }
+      continue;
+    }
+    float a = 0.0f, lo = 0.0f, hi = 0.0f;
+#pragma unroll
+    for (int r = 0; r < E; r++) {
+      const float av = fabsf(v[r]);
+      if (av > a) a = av;
+      if (v[r] < lo) lo = v[r];
+      if (v[r] > hi) hi = v[r];
+    }
+    for (int o = 1; o < L; o <<= 1) {
+      const float a2 = __shfl_xor_sync(0xffffffffu, a, o);
+      const float l2 = __shfl_xor_sync(0xffffffffu, lo, o);
+      const float h2 = __shfl_xor_sync(0xffffffffu, hi, o);
+      if (a2 > a) a = a2;
+      if (l2 < lo) lo = l2;
+      if (h2 > hi) hi = h2;
+    }
+    const GroupScale gs = scale_for(q, a, lo, hi, 1.0f);
+    if (lane % L == 0) {
+      const uint64_t g = base / uint64_t(len);
+      store_scale(scales, g, gs.bits, q.scale_nbytes);
+      if (zeros) zeros[g] = uint8_t(gs.z);
+    }
+    if (q.code_bits == 4) {
+#pragma unroll
+      for (int r = 0; r < E; r += 2) {
+        const uint32_t c0 = quantize_element(q, gs, v[r], base + r, sr) & 0xfu;
+        const uint32_t c1 = quantize_element(q, gs, v[r + 1], base + r + 1, sr) & 0xfu;
+        codes[(base + r) >> 1] = uint8_t(c0 | (c1 << 4));
+      }
+    } else {
+#pragma unroll
+      for (int r = 0; r < E; r++) codes[base + r] = uint8_t(quantize_element(q, gs, v[r], base + r, sr));
+    }
+  }
+  if (kPass == 0) {
+    for (int o = 16; o > 0; o >>= 1) {
+      const float a2 = __shfl_xor_sync(0xffffffffu, amax_run, o);
+      if (a2 > amax_run) amax_run = a2;
+    }
+    if (lane == 0) atomicMax(&st->amax, __float_as_uint(amax_run));
+  }
+}
+
+__global__ void rq_tensor_scale_kernel(QuantParams q, const Stats *st, float *tensor_scale) {
+  *tensor_scale = q.tensor_amax ? tensor_scale_of(q, __uint_as_float(st->amax)) : q.s_t;
+}
+
+struct Plan {
+  QuantParams q;
+  const void *x;
+  uint64_t n, cols;
+  int k, len;
+  const float *sign;
+  float *s_t;
+  Stats *st;
+  uint8_t *codes, *scales, *zeros;
+};
+
+template <int E, bool kBf16>
+fp4_status launch(const Plan &p) {
+  constexpr int B = 32 * E;
+  const uint64_t blocks = p.n / B;
+  uint64_t grid = (blocks + kWarps - 1) / kWarps;
+  if (grid > 132 * 64) grid = 132 * 64;  // grid-stride beyond a few waves
+  if (grid == 0) grid = 1;
+  if (p.q.tensor_amax) {
+    rotate_quantize_kernel<E, kBf16, 0><<<unsigned(grid), 32 * kWarps>>>(
+        p.q, p.x, p.n, p.cols, p.k, p.len, p.sign, nullptr, p.st, nullptr, nullptr, nullptr);
+    FP4_CU_LAUNCH();
+  }
+  if (p.q.has_st) {
+    rq_tensor_scale_kernel<<<1, 1>>>(p.q, p.st, p.s_t);
+    FP4_CU_LAUNCH();
+  }
+  rotate_quantize_kernel<E, kBf16, 1><<<unsigned(grid), 32 * kWarps>>>(
+      p.q, p.x, p.n, p.cols, p.k, p.len, p.sign, p.q.has_st ? p.s_t : nullptr, p.st, p.codes,
+      p.scales, p.zeros);
+  FP4_CU_LAUNCH();
+  return FP4_OK;
+}
+
+template <bool kBf16>
+fp4_status dispatch(int E, const Plan &p) {
+  switch (E) {
+    case 2: return launch<2, kBf16>(p);
+    case 4: return launch<4, kBf16>(p);
+    case 8: return launch<8, kBf16>(p);
+    case 16: return launch<16, kBf16>(p);
+    default: return launch<32, kBf16>(p);
+  }
+}
+
+struct DeviceBuffer {
+  void *p = nullptr;
+  ~DeviceBuffer() {
+    if (p) cudaFreeAsync(p, 0);
+  }
+};
+
+}  // namespace
+
+// `check` = false skips reading back the non-finite flag (benchmarks): nothing synchronizes.
+fp4_status rotate_quantize_impl(const fp4_quant_spec &spec, int32_t dtype, const void *x,
+                                uint64_t rows, uint64_t cols, int32_t block, int32_t has_seed,
+                                uint64_t seed, uint8_t *codes, uint8_t *scales, uint8_t *zeros,
+                                float *tensor_scale, bool check) {
+  const uint64_t n = rows * cols;
+  const Layout l = make_layout(spec.group_size, rows, cols);
+  const QuantParams q = make_params(spec.element, spec.scale_format, spec.scale_rule,
+                                    spec.tensor_scale, spec.rounding, spec.mse_candidates,
+                                    spec.mse_min_shrink, spec.mse_norm, spec.seed);
+  const int E = block / 32;
+  const bool fused = block >= 64 && block <= 1024 && spec.group_size > 0 && q.mse_k == 0 &&
+                     uint64_t(block) % l.len == 0 && l.len % uint64_t(E) == 0;
+  if (!fused) {
+    // Rotate into a float32 scratch, then the generic quantizer (which reports bad values).
+    DeviceBuffer y;
+    FP4_CU(cudaMalloc(&y.p, n * sizeof(float)));
+    if (fp4_status s = hadamard(dtype, x, FP4_DTYPE_F32, y.p, rows, cols, block, 0, has_seed, seed)) {
+      return s;
+    }
+    return quantize_unchecked(spec, FP4_DTYPE_F32, y.p, rows, cols, codes, scales, zeros,
+                              tensor_scale, check);
+  }
+  DeviceBuffer st_mem, sign_mem;
+  FP4_CU(cudaMallocAsync(&st_mem.p, sizeof(Stats), 0));
+  Stats *st = static_cast<Stats *>(st_mem.p);
+  FP4_CU(cudaMemsetAsync(st, 0, sizeof(Stats), 0));
+  FP4_CU(cudaMemsetAsync(&st->bad, 0xff, sizeof(unsigned long long), 0));
+  if (has_seed) {
+    float *sign;
+    if (fp4_status s = hadamard_signs(cols, seed, &sign)) return s;
+    sign_mem.p = sign;
+  }
+  int k = 0;
+  while ((1 << k) < block) k++;
+  Plan p{q, x, n, cols, k, int(l.len), static_cast<const float *>(sign_mem.p), tensor_scale,
+         st, codes, scales, zeros};
+  fp4_status s = dtype == FP4_DTYPE_BF16 ? dispatch<true>(E, p) : dispatch<false>(E, p);
+  if (s || !check) return s;
+  unsigned long long bad;
+  FP4_CU(cudaMemcpy(&bad, &st->bad, sizeof bad, cudaMemcpyDeviceToHost));
+  if (bad == ~0ull) return FP4_OK;
+  // Name the bad rotated element as quantize(hadamard(x)) would: rotate, then read it.
+  DeviceBuffer y;
+  FP4_CU(cudaMalloc(&y.p, n * sizeof(float)));
+  if (fp4_status s2 = hadamard(dtype, x, FP4_DTYPE_F32, y.p, rows, cols, block, 0, has_seed, seed)) {
+    return s2;
+  }
+  return report_bad(y.p, FP4_DTYPE_F32, bad, cols);
+}
+
+fp4_status rotate_quantize(const fp4_quant_spec &spec, int32_t dtype, const void *x,
+                           uint64_t rows, uint64_t cols, int32_t block, int32_t has_seed,
+                           uint64_t seed, uint8_t *codes, uint8_t *scales, uint8_t *zeros,
+                           float *tensor_scale) {
+  return rotate_quantize_impl(spec, dtype, x, rows, cols, block, has_seed, seed, codes, scales,
+                              zeros, tensor_scale, true);
+}
+
+}  // namespace fp4::cuda
