@@ -15,5 +15,10 @@
 export * from "./lib/dtype.ts";
 export * from "./lib/device.ts";
 export * from "./lib/tensor.ts";
-export { LibraryLoadError, NativeError } from "./ffi/library.ts";
+export { LibraryLoadError, NativeError, type StatusName } from "./ffi/library.ts";
 export * from "./lib/paths.ts";
+export * from "./lib/formats/mod.ts";
+export * from "./lib/formats/native.ts";
+export * from "./lib/gptq/mod.ts";
+export * from "./lib/kernels/fp4_linear.ts";
+export * from "./lib/safetensors.ts";

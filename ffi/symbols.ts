@@ -5,10 +5,16 @@
  * @module
  */
 import { coreSymbols } from "./symbols/core.ts";
+import { formatsSymbols } from "./symbols/formats.ts";
+import { gemmSymbols } from "./symbols/gemm.ts";
+import { gptqSymbols } from "./symbols/gptq.ts";
 
 /** Every symbol the Deno side binds, with its FFI signature. */
 export const symbols = {
   ...coreSymbols,
+  ...formatsSymbols,
+  ...gemmSymbols,
+  ...gptqSymbols,
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** Must equal `FP4_ABI_VERSION` in `cuda/include/fp4lab/core.h`. */

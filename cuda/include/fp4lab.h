@@ -15,5 +15,8 @@
 #define FP4LAB_H
 
 #include "fp4lab/core.h"
+#include "fp4lab/formats.h"
+#include "fp4lab/gemm.h"
+#include "fp4lab/gptq.h"
 
 #endif
