@@ -17,6 +17,7 @@ export * from "./lib/device.ts";
 export * from "./lib/tensor.ts";
 export { LibraryLoadError, NativeError, type StatusName } from "./ffi/library.ts";
 export * from "./lib/paths.ts";
+export * from "./lib/model/mod.ts";
 export * from "./lib/formats/mod.ts";
 export * from "./lib/formats/native.ts";
 export * from "./lib/gptq/mod.ts";

@@ -8,6 +8,7 @@ import { coreSymbols } from "./symbols/core.ts";
 import { formatsSymbols } from "./symbols/formats.ts";
 import { gemmSymbols } from "./symbols/gemm.ts";
 import { gptqSymbols } from "./symbols/gptq.ts";
+import { modelSymbols } from "./symbols/model.ts";
 
 /** Every symbol the Deno side binds, with its FFI signature. */
 export const symbols = {
@@ -15,6 +16,7 @@ export const symbols = {
   ...formatsSymbols,
   ...gemmSymbols,
   ...gptqSymbols,
+  ...modelSymbols,
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** Must equal `FP4_ABI_VERSION` in `cuda/include/fp4lab/core.h`. */

@@ -18,5 +18,6 @@
 #include "fp4lab/formats.h"
 #include "fp4lab/gemm.h"
 #include "fp4lab/gptq.h"
+#include "fp4lab/model.h"
 
 #endif

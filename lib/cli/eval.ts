@@ -1,0 +1,172 @@
+/**
+ * `deno task eval`: perplexity of a Hugging Face Llama checkpoint on a text file, under the
+ * protocol of DESIGN.md (whole text tokenized without special tokens, windows of 512,
+ * remainder dropped, ppl = exp(mean NLL)).
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { HfTokenizer } from "../model/tokenizer.ts";
+import { LlamaModel } from "../model/llama.ts";
+import { perplexity, WINDOW_TOKENS } from "../model/perplexity.ts";
+import { testModelDir } from "../paths.ts";
+import { parseDevice } from "../device.ts";
+import { formatTable, Progress } from "./table.ts";
+
+const HELP = `deno task eval [options]
+
+Perplexity of a Llama-family Hugging Face checkpoint on a text file: the whole text is
+tokenized with the model's tokenizer.json (no special tokens), cut into windows of
+${WINDOW_TOKENS} tokens (remainder dropped), every next token in each window is scored, and
+ppl = exp(mean NLL).
+
+Options:
+  --model DIR     model folder (config.json, tokenizer.json, *.safetensors)
+                  [default: the shared test model brown-llama-29m]
+  --data FILE     evaluation text [default: valid.txt in the model folder]
+  --device NAME   cpu | cuda [default: cpu; cuda has no forward pass yet]
+  --windows N     evaluate only the first N windows
+  --json          print a machine-readable result as the last line:
+                  {"ppl", "tokens", "windows", "seconds", ...}
+  -h, --help      show this help
+`;
+
+/** What one evaluation reports. */
+export interface EvalResult {
+  /** Perplexity. */
+  ppl: number;
+  /** Tokens in the evaluated windows. */
+  tokens: number;
+  /** Windows evaluated. */
+  windows: number;
+  /** Wall time of the forward passes, seconds (loading excluded). */
+  seconds: number;
+  /** Scored predictions (windows x 511). */
+  predictions: number;
+  /** Tokens the whole text has. */
+  textTokens: number;
+  /** Model folder. */
+  model: string;
+  /** Evaluation text. */
+  data: string;
+  /** Device used. */
+  device: string;
+}
+
+/**
+ * Runs the CLI on `args`; returns the process exit code.
+ *
+ * @example
+ * ```ts
+ * import { main } from "./eval.ts";
+ * console.assert(await main(["--help"]) === 0);
+ * ```
+ */
+export async function main(args: string[]): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      options: {
+        model: { type: "string" },
+        data: { type: "string" },
+        device: { type: "string", default: "cpu" },
+        windows: { type: "string" },
+        json: { type: "boolean", default: false },
+        help: { type: "boolean", short: "h", default: false },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (e) {
+    console.error(`eval: ${(e as Error).message}\n\n${HELP}`);
+    return 2;
+  }
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  try {
+    const result = await evaluate(values);
+    if (values.json) {
+      console.log(JSON.stringify(result));
+    } else {
+      console.log(formatTable(["model", "data", "device", "windows", "tokens", "ppl", "seconds"], [
+        [
+          result.model,
+          result.data,
+          result.device,
+          result.windows,
+          result.tokens,
+          result.ppl,
+          result.seconds,
+        ],
+      ]));
+    }
+    return 0;
+  } catch (e) {
+    console.error(`eval: ${(e as Error).message}`);
+    return 1;
+  }
+}
+
+async function evaluate(values: {
+  model?: string;
+  data?: string;
+  device?: string;
+  windows?: string;
+}): Promise<EvalResult> {
+  const device = parseDevice(values.device ?? "cpu");
+  if (device === "cuda") {
+    throw new Error(
+      "--device cuda: the CUDA forward pass is not implemented yet (use --device cpu)",
+    );
+  }
+  let maxWindows: number | undefined;
+  if (values.windows !== undefined) {
+    maxWindows = Number(values.windows);
+    if (!Number.isInteger(maxWindows) || maxWindows < 1) {
+      throw new Error(`--windows must be a positive integer, got "${values.windows}"`);
+    }
+  }
+  const modelDir = values.model ?? testModelDir();
+  const dataPath = values.data ?? `${modelDir}/valid.txt`;
+  let text: string;
+  try {
+    text = await Deno.readTextFile(dataPath);
+  } catch (e) {
+    throw new Error(`cannot read the evaluation text ${dataPath}: ${(e as Error).message}`);
+  }
+  // Progress goes to stderr even with --json: stdout's last line stays the result.
+  const tokenizer = await HfTokenizer.load(modelDir);
+  let loading: Progress | undefined;
+  const model = await LlamaModel.load(modelDir, {
+    device,
+    onProgress: (_done, total) => (loading ??= new Progress("load", total)).tick(),
+  });
+  loading?.done();
+  const ids = tokenizer.encode(text);
+  const available = Math.floor(ids.length / WINDOW_TOKENS);
+  const total = Math.min(available, maxWindows ?? available);
+  const bar = new Progress("eval", total);
+  const start = performance.now();
+  const r = await perplexity(model, ids, {
+    maxWindows,
+    onProgress: (_done, _total, ppl) => bar.tick(1, `ppl ${ppl.toFixed(3)}`),
+  });
+  bar.done();
+  const seconds = (performance.now() - start) / 1000;
+  return {
+    ppl: r.ppl,
+    tokens: r.tokens,
+    windows: r.windows,
+    seconds: Number(seconds.toFixed(2)),
+    predictions: r.predictions,
+    textTokens: ids.length,
+    model: modelDir,
+    data: dataPath,
+    device,
+  };
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));
