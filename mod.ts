@@ -15,7 +15,7 @@
 export * from "./lib/dtype.ts";
 export * from "./lib/device.ts";
 export * from "./lib/tensor.ts";
-export { LibraryLoadError, NativeError, type StatusName } from "./ffi/library.ts";
+export { LibraryLoadError, NativeError, Status, type StatusName } from "./ffi/library.ts";
 export * from "./lib/paths.ts";
 export * from "./lib/model/mod.ts";
 export * from "./lib/formats/mod.ts";

@@ -20,7 +20,9 @@ export function formatTable(header: readonly string[], rows: readonly (readonly 
   const text = (c: Cell) => typeof c === "number" ? formatNumber(c) : c;
   const cells = [header.map(String), ...rows.map((r) => r.map(text))];
   const widths = header.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? "").length)));
-  const numeric = header.map((_, i) => rows.length > 0 && rows.every((r) => typeof r[i] === "number"));
+  const numeric = header.map((_, i) =>
+    rows.length > 0 && rows.every((r) => typeof r[i] === "number")
+  );
   const line = (r: readonly string[]) =>
     r.map((c, i) => numeric[i] ? c.padStart(widths[i]) : c.padEnd(widths[i])).join("  ").trimEnd();
   return [line(cells[0]), widths.map((w) => "-".repeat(w)).join("  "), ...cells.slice(1).map(line)]
