@@ -21,10 +21,11 @@ const { values, positionals } = parseArgs({
     cols: { type: "string", default: "8192" },
     iters: { type: "string", default: "20" },
     "cpu-rows": { type: "string", default: "1024" },
+    out: { type: "string" },
   },
 });
-if (positionals.length !== 1) {
-  throw new Error("usage: formats_bench.ts OUT.json [--rows N --cols N]");
+if (positionals.length !== 1 && !values.out) {
+  throw new Error("usage: formats_bench.ts (OUT.json | --out DIR) [--rows N --cols N]");
 }
 
 interface Row {
@@ -135,7 +136,10 @@ const report = {
   cpuThreads: 2,
   results,
 };
-await Deno.writeTextFile(positionals[0], JSON.stringify(report, null, 2) + "\n");
+await Deno.writeTextFile(
+  values.out ? `${values.out}/formats.json` : positionals[0],
+  JSON.stringify(report, null, 2) + "\n",
+);
 console.table(
   results.map((r) => ({
     device: r.device,

@@ -253,25 +253,40 @@ export function unpackCodes(packed: Uint8Array, codeBits: number, n: number): Ui
   return out;
 }
 
+/** The group scales of a tensor, chosen without quantizing its elements. */
+export interface GroupScaleChoice {
+  /** Raw scale bits, as {@linkcode Quantized.scales}. */
+  readonly scales: Uint8Array;
+  /** [rows, groups per row], or [1, 1] for one tensor-wide group. */
+  readonly scaleShape: readonly [number, number];
+  /** Zero points of asymmetric elements, else null. */
+  readonly zeros: Uint8Array | null;
+  /** The float32 tensor scale s_t, else null. */
+  readonly tensorScale: number | null;
+  /** Effective scale S of every group (decoded scale times s_t), in scale order. */
+  readonly effective: Float32Array;
+}
+
 /**
- * Quantizes a row-major [rows, cols] float32 tensor to `spec` (a preset name such as
- * `"nvfp4"` or `"int4:g64"`, or a spec object). Throws on non-finite input (naming the first
- * such element), empty tensors, and group sizes that do not divide `cols`.
+ * Chooses every group's scale (docs/FORMATS.md §5.2–5.5 and the §5.7 MSE search) exactly as
+ * {@linkcode quantize} does, without encoding the elements: for algorithms (GPTQ) that fix the
+ * scales first and round elements later with {@linkcode elementCodec}. `tensorScale` replaces
+ * the amax tensor scale s_t (e.g. to choose one slice's scales with the whole tensor's s_t); it
+ * is ignored by specs without an amax tensor scale.
  *
  * @example
  * ```ts
- * import { dequantize, quantize } from "./quantize.ts";
- * const x = new Float32Array(32).map((_, i) => i / 4 - 4);
- * const q = quantize(x, [2, 16], "nvfp4");
- * console.assert(q.codes.length === 16 && q.scales.length === 2);
- * console.assert(dequantize(q).length === 32);
+ * import { chooseGroupScales } from "./quantize.ts";
+ * const c = chooseGroupScales(new Float32Array(32).fill(3), [1, 32], "mxfp4");
+ * console.assert(c.scales[0] === 126 && c.effective[0] === 0.5);
  * ```
  */
-export function quantize(
+export function chooseGroupScales(
   x: Float32Array,
   shape: readonly number[],
   spec: SpecInput | QuantSpec,
-): Quantized {
+  options: { tensorScale?: number } = {},
+): GroupScaleChoice {
   const s = resolveSpec(spec);
   const [rows, cols] = checkShape(x, shape);
   const { len, shape: scaleShape } = groupLayout(s, rows, cols);
@@ -289,14 +304,15 @@ export function quantize(
     const a = Math.abs(v);
     if (a > amaxT) amaxT = a;
   }
-  const sT = tensorScaleOf(p, amaxT);
+  let sT = tensorScaleOf(p, amaxT);
+  if (options.tensorScale !== undefined && s.tensorScale === "amax") {
+    sT = fround(options.tensorScale);
+  }
 
   const nGroups = n / len;
   const scales = new Uint8Array(nGroups * scaleBytes(s.scaleFormat));
   const zeros = p.asym ? new Uint8Array(nGroups) : null;
-  const raw = new Uint8Array(n);
-  const stochastic = s.rounding === "stochastic";
-  const [k0, k1] = seedKey(s.seed);
+  const effective = new Float32Array(nGroups);
   const mse = s.mse;
 
   for (let g = 0; g < nGroups; g++) {
@@ -351,7 +367,80 @@ export function quantize(
 
     writeScaleBits(scales, g, bits, s.scaleFormat);
     if (zeros) zeros[g] = z;
-    const S = effectiveScale(p, bits, sT);
+    effective[g] = effectiveScale(p, bits, sT);
+  }
+  return { scales, scaleShape, zeros, tensorScale: sT, effective };
+}
+
+/** Round-to-nearest-even element encoding of a spec, for callers that fix scales themselves. */
+export interface ElementCodec {
+  /** Storage width of one code in bits (4-bit codes pack two per byte). */
+  readonly codeBits: number;
+  /**
+   * Storage bits of v = x / S, the value already divided by its group's effective scale
+   * (docs/FORMATS.md §5.6, round to nearest even; `zero` is the zero point of asymmetric
+   * elements). A group with S = 0 has no v: its codes are `zero` (0 for symmetric elements).
+   */
+  encode(v: number, zero?: number): number;
+  /** The element value of storage bits before scaling (asymmetric: the code itself). */
+  value(bits: number): number;
+}
+
+/**
+ * The element codec of a spec: the §5.6 rounding that {@linkcode quantize} applies to
+ * fround(x / S), so that `fround(codec.value(codec.encode(fround(x / S))) * S)` is exactly the
+ * dequantized element of `quantize` (symmetric elements).
+ *
+ * @example
+ * ```ts
+ * import { elementCodec } from "./quantize.ts";
+ * const c = elementCodec("mxfp4");
+ * console.assert(c.encode(2.5) === 4 && c.value(4) === 2 && c.encode(-0.1) === 8);
+ * ```
+ */
+export function elementCodec(spec: SpecInput | QuantSpec): ElementCodec {
+  const p = plan(resolveSpec(spec));
+  const t = p.table;
+  return {
+    codeBits: p.codeBits,
+    encode: (v, zero = 0) => encodeRne(p, v, zero),
+    value: (bits) => t[bits],
+  };
+}
+
+/**
+ * Quantizes a row-major [rows, cols] float32 tensor to `spec` (a preset name such as
+ * `"nvfp4"` or `"int4:g64"`, or a spec object). Throws on non-finite input (naming the first
+ * such element), empty tensors, and group sizes that do not divide `cols`.
+ *
+ * @example
+ * ```ts
+ * import { dequantize, quantize } from "./quantize.ts";
+ * const x = new Float32Array(32).map((_, i) => i / 4 - 4);
+ * const q = quantize(x, [2, 16], "nvfp4");
+ * console.assert(q.codes.length === 16 && q.scales.length === 2);
+ * console.assert(dequantize(q).length === 32);
+ * ```
+ */
+export function quantize(
+  x: Float32Array,
+  shape: readonly number[],
+  spec: SpecInput | QuantSpec,
+): Quantized {
+  const s = resolveSpec(spec);
+  const { scales, scaleShape, zeros, tensorScale, effective } = chooseGroupScales(x, shape, s);
+  const [rows, cols] = shape as [number, number];
+  const p = plan(s);
+  const n = x.length;
+  const len = n / effective.length;
+  const raw = new Uint8Array(n);
+  const stochastic = s.rounding === "stochastic";
+  const [k0, k1] = seedKey(s.seed);
+
+  for (let g = 0; g < effective.length; g++) {
+    const start = g * len;
+    const z = zeros ? zeros[g] : 0;
+    const S = effective[g];
     if (S === 0) {
       for (let i = start; i < start + len; i++) raw[i] = z;
       continue;
@@ -373,7 +462,7 @@ export function quantize(
     scales,
     scaleShape: Object.freeze(scaleShape),
     zeros,
-    tensorScale: sT,
+    tensorScale,
   });
 }
 
