@@ -4,7 +4,6 @@
 import { Hessian } from "../lib/gptq/hessian.ts";
 import { quantizeLayer } from "../lib/gptq/layer.ts";
 import { gptqSolveNative } from "../lib/gptq/native.ts";
-import { formatQuantizer } from "../lib/gptq/formats.ts";
 import { gaussian, seededRandom } from "../lib/gptq/synthetic.ts";
 
 const g = gaussian(seededRandom(1));
@@ -18,7 +17,6 @@ for (const [rows, cols] of [[512, 512], [1536, 512]]) {
     await hess.add(x.subarray(t * cols, (t + 1024) * cols), 1024);
   }
   const h = hess.matrix();
-  const q = formatQuantizer("mxfp4");
   const scales = new Float32Array(rows * (cols / 32)).fill(0.05);
 
   Deno.bench(`hessian ${tokens} tokens x ${cols}`, { group: `${rows}x${cols}` }, async () => {
@@ -26,7 +24,7 @@ for (const [rows, cols] of [[512, 512], [1536, 512]]) {
     for (let t = 0; t < tokens; t += 8192) await acc.add(x, 8192);
   });
   Deno.bench(`native solve ${rows}x${cols}`, { group: `${rows}x${cols}` }, async () => {
-    await gptqSolveNative(w, h, rows, cols, { scales, groupSize: 32, levels: q.levels });
+    await gptqSolveNative(w, h, rows, cols, { scales, groupSize: 32, element: "e2m1" });
   });
   Deno.bench(
     `quantizeLayer mr-gptq mxfp4 ${rows}x${cols}`,

@@ -1,9 +1,12 @@
 import { assert, assertRejects } from "./assert.ts";
 import { Hessian } from "../lib/gptq/hessian.ts";
-import { type GptqMethod, quantizeLayer } from "../lib/gptq/layer.ts";
-import type { GptqFormat } from "../lib/gptq/formats.ts";
-import { rotateRows } from "../lib/gptq/rotation.ts";
+import { type GptqFormat, type GptqMethod, quantizeLayer } from "../lib/gptq/layer.ts";
+import { gptqSolveNative } from "../lib/gptq/native.ts";
+import { groupQuantizer } from "../lib/gptq/quantizer.ts";
 import { hessianOf, outputError, syntheticLayer } from "../lib/gptq/synthetic.ts";
+import { hadamard } from "../lib/formats/hadamard.ts";
+import { dequantize, quantize, unpackCodes } from "../lib/formats/quantize.ts";
+import { cudaStatus } from "../lib/device.ts";
 
 const seed = (Math.random() * 2 ** 31) >>> 0;
 const tag = `(seed ${seed})`;
@@ -64,10 +67,8 @@ Deno.test("ordering on outlier-heavy layers: GPTQ < RTN for every format, MR-GPT
     for (const method of ["rtn", "gptq", "mr-gptq"] as GptqMethod[]) {
       const q = await quantizeLayer(l.w, rows, cols, h, { format, method });
       // Output error in the layer's own space: rotated inputs against the rotated layer.
-      const x = q.rotation
-        ? Float32Array.from(rotateRows(l.x, tokens, cols, q.rotation.block))
-        : l.x;
-      const w = q.rotation ? rotateRows(l.w, rows, cols, q.rotation.block) : l.w;
+      const x = q.rotation ? hadamard(l.x, [tokens, cols], q.rotation) : l.x;
+      const w = q.rotation ? hadamard(l.w, [rows, cols], q.rotation) : l.w;
       table[format][method] = Math.sqrt(outputError(x, tokens, w, q.dequantized, rows, cols));
     }
   }
@@ -95,6 +96,8 @@ Deno.test("quantizeLayer: bad input is a clear Error", async () => {
     "not divisible by the group size 32",
   );
   await assertRejects(() => run(l.w, 4, 64, h, { hadamard: 48 }), Error, "rotation size 48");
+  await assertRejects(() => run(l.w, 4, 64, h, { format: "uint4:g32" }), Error, "symmetric");
+  await assertRejects(() => run(l.w, 4, 64, h, { format: "nvfp4", rule: "ocp" }), Error, "e8m0");
   const wn = l.w.slice();
   wn[9] = Infinity;
   await assertRejects(() => run(wn, 4, 64, h), Error, "W has a non-finite");
@@ -114,4 +117,163 @@ Deno.test("quantizeLayer: bad input is a clear Error", async () => {
     Error,
     "reference solver only",
   );
+});
+
+for (
+  const [format, hadamardSize, seedSigns] of [
+    ["mxfp4", 0, false],
+    ["mxfp4:rule=mr-gptq:mse", 32, true],
+    ["nvfp4", 16, false],
+    ["nvfp4:mse", 64, true],
+    ["int4:g32", 0, false],
+    ["mxfp8", 32, true],
+  ] as const
+) {
+  Deno.test(`rtn is lib/formats quantize of the rotated weights: ${format}, hadamard ${hadamardSize}${seedSigns ? " with signs" : ""}`, async () => {
+    const rows = 24, cols = 128;
+    const l = syntheticLayer(rows, cols, 256, seed + hadamardSize);
+    const h = Float32Array.from(hessianOf(l.x, l.tokens, cols));
+    const rot = hadamardSize
+      ? (seedSigns ? { block: hadamardSize, seed: seed + 1 } : { block: hadamardSize })
+      : null;
+    const q = await quantizeLayer(l.w, rows, cols, h, {
+      format,
+      method: "rtn",
+      hadamard: hadamardSize,
+      hadamardSeed: rot && "seed" in rot ? rot.seed : undefined,
+    });
+    const want = quantize(rot ? hadamard(l.w, [rows, cols], rot) : l.w, [rows, cols], q.spec);
+    const same = (a: Uint8Array, b: Uint8Array) =>
+      a.length === b.length && a.every((v, i) => v === b[i]);
+    assert(same(q.packedCodes, want.codes), `packed codes differ ${tag}`);
+    assert(same(q.codes, unpackCodes(want.codes, q.spec.element === "e4m3" ? 8 : 4, rows * cols)));
+    assert(same(q.scaleBits, want.scales), `scale bits differ ${tag}`);
+    assert(q.tensorScale === want.tensorScale, `tensor scale ${q.tensorScale} ${tag}`);
+    const dq = dequantize(want);
+    assert(q.dequantized.every((v, i) => Object.is(v, dq[i])), `dequantized differ ${tag}`);
+    assert(JSON.stringify(q.rotation) === JSON.stringify(rot), "rotation record");
+  });
+}
+
+Deno.test("gptq codes are lib/formats codes: every dequantized value is value(code) * scale", async () => {
+  const rows = 16, cols = 128;
+  const l = syntheticLayer(rows, cols, 512, seed);
+  const h = Float32Array.from(hessianOf(l.x, l.tokens, cols));
+  for (const format of ["mxfp4", "nvfp4"] as const) {
+    const q = await quantizeLayer(l.w, rows, cols, h, { format, method: "mr-gptq" });
+    const codec = groupQuantizer(q.spec).codec;
+    const gs = q.groupSize;
+    for (let i = 0; i < rows * cols; i++) {
+      const s = q.scales[Math.floor(i / cols) * (cols / gs) + Math.floor((i % cols) / gs)];
+      const want = Math.fround(codec.value(q.codes[i]) * s);
+      assert(
+        Object.is(q.dequantized[i], want),
+        `${format} element ${i}: ${q.dequantized[i]} ${tag}`,
+      );
+    }
+    assert(q.packedCodes.length === rows * cols / 2);
+    assert(q.packedCodes[0] === (q.codes[0] | (q.codes[1] << 4)), "low nibble = element 0");
+  }
+});
+
+const cuda = cudaStatus().available;
+
+Deno.test({
+  name: "cuda Hessian matches float64 within the f32 summation bound",
+  ignore: !cuda,
+  fn: async () => {
+    const cols = 200, batches = [700, 300];
+    const tokens = batches[0] + batches[1];
+    const l = syntheticLayer(1, cols, tokens, seed);
+    using hc = new Hessian(cols, { device: "cuda" });
+    const cpu = new Hessian(cols);
+    let at = 0;
+    for (const b of batches) {
+      await hc.add(l.x.subarray(at * cols, (at + b) * cols), b);
+      await cpu.add(l.x.subarray(at * cols, (at + b) * cols), b);
+      at += b;
+    }
+    const got = hc.matrix();
+    const want = hessianOf(l.x, tokens, cols);
+    // Worst case of f32 sums of `batch` products plus the running-mean merge: per entry,
+    // (batch + 8) * 2^-24 * (2/n) sum_t |x_ti x_tj| + 8 * 2^-24 * |H_ij|.
+    let worst = 0, maxRel = 0, scale = 0;
+    for (const v of want) scale = Math.max(scale, Math.abs(v));
+    const absSum = hessianOf(l.x.map(Math.abs), tokens, cols);
+    for (let i = 0; i < cols * cols; i++) {
+      const bound = (Math.max(...batches) + 8) * 2 ** -24 * absSum[i] +
+        8 * 2 ** -24 * Math.abs(want[i]);
+      worst = Math.max(worst, Math.abs(got[i] - want[i]) / bound);
+      maxRel = Math.max(maxRel, Math.abs(got[i] - want[i]) / scale);
+      assert(Object.is(got[i], got[(i % cols) * cols + Math.floor(i / cols)]), "symmetric");
+    }
+    const c = cpu.matrix();
+    let cpuRel = 0;
+    for (let i = 0; i < c.length; i++) cpuRel = Math.max(cpuRel, Math.abs(c[i] - got[i]) / scale);
+    console.log(
+      `cuda Hessian: max |err| / bound ${worst.toFixed(4)}, max |err| / max|H| ${
+        maxRel.toExponential(2)
+      }, vs cpu ${cpuRel.toExponential(2)}`,
+    );
+    assert(worst <= 1, `error exceeds the f32 bound by ${worst} ${tag}`);
+    const bad = l.x.slice(0, cols);
+    bad[3] = NaN;
+    await assertRejects(() => hc.add(bad, 1), Error, "NaN or Inf");
+  },
+});
+
+for (const format of ["mxfp4", "nvfp4", "int4:g32"] as const) {
+  for (const method of ["gptq", "mr-gptq"] as const) {
+    Deno.test({
+      name: `cuda solver matches the cpu solver and the reference: ${format} ${method}`,
+      ignore: !cuda,
+      fn: async () => {
+        const rows = 100, cols = 320;
+        const l = syntheticLayer(rows, cols, 1024, seed + format.length);
+        const h = Float32Array.from(hessianOf(l.x, l.tokens, cols));
+        const opts = { format, method, hadamard: method === "gptq" ? 0 : 32 } as const;
+        const gpu = await quantizeLayer(l.w, rows, cols, h, { ...opts, device: "cuda" });
+        const cpu = await quantizeLayer(l.w, rows, cols, h, opts);
+        const ref = await quantizeLayer(l.w, rows, cols, h, { ...opts, solver: "reference" });
+        const differ = (a: Uint8Array, b: Uint8Array) => a.filter((v, i) => v !== b[i]).length;
+        const dCpu = differ(gpu.codes, cpu.codes) / (rows * cols);
+        const dRef = differ(gpu.codes, ref.codes) / (rows * cols);
+        const relCpu = Math.abs(gpu.proxyLoss - cpu.proxyLoss) / cpu.proxyLoss;
+        const relRef = Math.abs(gpu.proxyLoss - ref.proxyLoss) / ref.proxyLoss;
+        console.log(
+          `${format} ${method}: codes differing from cpu ${dCpu}, from reference ${dRef}; ` +
+            `loss rel diff cpu ${relCpu.toExponential(2)}, reference ${relRef.toExponential(2)}`,
+        );
+        assert(dCpu < 1e-3, `${dCpu} of the codes differ from the cpu solver ${tag}`);
+        assert(dRef < 0.01, `${dRef} of the codes differ from the reference ${tag}`);
+        assert(relCpu < 1e-3 && relRef < 1e-3, `proxy loss ${gpu.proxyLoss} ${tag}`);
+      },
+    });
+  }
+}
+
+Deno.test({
+  name: "cuda solver: bad input is a clear Error",
+  ignore: !cuda,
+  fn: async () => {
+    const w = new Float32Array(2 * 32).fill(0.5);
+    const h = new Float32Array(32 * 32);
+    for (let i = 0; i < 32; i++) h[i * 33] = 1;
+    const base = { groupSize: 32, element: "e2m1", device: "cuda" } as const;
+    const scales = new Float32Array([0.25, 0.25]);
+    const wn = w.slice();
+    wn[5] = NaN;
+    await assertRejects(() => gptqSolveNative(wn, h, 2, 32, { ...base, scales }), Error, "NaN");
+    await assertRejects(
+      () => gptqSolveNative(w, h, 2, 32, { ...base, scales: new Float32Array([0.25, -1]) }),
+      Error,
+      "scales",
+    );
+    const neg = h.map((v) => -v);
+    await assertRejects(
+      () => gptqSolveNative(w, neg, 2, 32, { ...base, scales }),
+      Error,
+      "not positive definite",
+    );
+  },
 });

@@ -1,7 +1,8 @@
 import { assert, assertThrows } from "./assert.ts";
 import { cholesky, inverseSpd, upperCholeskyOfInverse } from "../lib/gptq/linalg.ts";
 import { gptqReference, proxyLoss } from "../lib/gptq/reference.ts";
-import { roundToLevel, uniformQuantizer } from "../lib/gptq/quantizer.ts";
+import { groupQuantizer } from "../lib/gptq/quantizer.ts";
+import { fakeQuantize } from "../lib/formats/quantize.ts";
 import { gaussian, hessianOf, seededRandom, syntheticLayer } from "../lib/gptq/synthetic.ts";
 
 const seed = (Math.random() * 2 ** 31) >>> 0;
@@ -37,13 +38,6 @@ Deno.test("linalg: U^T U equals the inverse and L L^T the input", () => {
   assert(cholesky(new Float64Array([1, 2, 2, 1]), 2) === undefined, "indefinite accepted");
 });
 
-Deno.test("roundToLevel: nearest level, ties to the even code", () => {
-  const { levels } = uniformQuantizer(4, 8);
-  for (const [v, want] of [[0.5, 0], [1.5, 2], [-2.5, -2], [2.49, 2], [-9, -7]]) {
-    assert(levels.values[roundToLevel(levels, v)] === want, `${v}`);
-  }
-});
-
 function problem(rows: number, cols: number, s: number) {
   const l = syntheticLayer(rows, cols, 4 * cols, s);
   return { w: Float64Array.from(l.w), h: hessianOf(l.x, l.tokens, cols), x: l.x, l };
@@ -54,7 +48,7 @@ for (const scales of ["static", "dynamic"] as const) {
     Deno.test(`reference: block size 1, 128 and the naive OBQ route agree (${scales} scales, act-order ${actOrder})`, () => {
       const rows = 12, cols = 96;
       const { w, h } = problem(rows, cols, seed);
-      const quantizer = uniformQuantizer(4, 16);
+      const quantizer = groupQuantizer("int4:g16:scale=f32");
       const base = { quantizer, scales, actOrder };
       const a = gptqReference(w, h, rows, cols, { ...base, blockSize: 128 });
       const b = gptqReference(w, h, rows, cols, { ...base, blockSize: 1 });
@@ -79,17 +73,9 @@ for (const scales of ["static", "dynamic"] as const) {
 Deno.test("reference: GPTQ lowers the proxy loss below round-to-nearest", () => {
   const rows = 16, cols = 128;
   const { w, h } = problem(rows, cols, seed + 1);
-  const quantizer = uniformQuantizer(4, 32);
+  const quantizer = groupQuantizer("int4:g32:scale=f32");
   const gptq = gptqReference(w, h, rows, cols, { quantizer });
-  const scales = quantizer.chooseScales(w, rows, cols, 0, cols / 32, 1).block;
-  const rtn = new Float64Array(rows * cols);
-  for (let r = 0; r < rows; r++) {
-    for (let c = 0; c < cols; c++) {
-      const s = scales[r * 4 + Math.floor(c / 32)];
-      rtn[r * cols + c] =
-        quantizer.levels.values[roundToLevel(quantizer.levels, w[r * cols + c] / s)] * s;
-    }
-  }
+  const rtn = fakeQuantize(Float32Array.from(w), [rows, cols], quantizer.spec);
   const rtnLoss = proxyLoss(w, rtn, h, rows, cols);
   assert(gptq.proxyLoss < 0.8 * rtnLoss, `gptq ${gptq.proxyLoss} vs rtn ${rtnLoss} ${tag}`);
 });
@@ -99,7 +85,7 @@ Deno.test("reference: dead inputs get zero weights; act-order keeps static scale
   const { w, h } = problem(rows, cols, seed + 2);
   for (let k = 0; k < cols; k++) h[5 * cols + k] = h[k * cols + 5] = 0;
   const r = gptqReference(w, h, rows, cols, {
-    quantizer: uniformQuantizer(4, 8),
+    quantizer: groupQuantizer("int4:g8:scale=f32"),
     actOrder: "static",
   });
   for (let i = 0; i < rows; i++) assert(r.dequantized[i * cols + 5] === 0);
@@ -108,21 +94,21 @@ Deno.test("reference: dead inputs get zero weights; act-order keeps static scale
   // Every dequantized value is a grid value times its stored-layout group's scale.
   for (let i = 0; i < rows; i++) {
     for (let c = 0; c < cols; c++) {
-      const v = r.dequantized[i * cols + c] / r.blockScales[i * 4 + Math.floor(c / 8)];
+      const v = r.dequantized[i * cols + c] / r.scales[i * 4 + Math.floor(c / 8)];
       assert(Math.abs(v - Math.round(v)) < 1e-9 && Math.abs(v) <= 7 + 1e-9, `${v}`);
     }
   }
 });
 
 Deno.test("reference: bad input is a clear Error", () => {
-  const q = { quantizer: uniformQuantizer(4, 8) };
+  const q = { quantizer: groupQuantizer("int4:g8") };
   const w = new Float64Array(2 * 16).fill(1);
   const h = new Float64Array(256);
   for (let i = 0; i < 16; i++) h[i * 17] = 1;
   assertThrows(() => gptqReference(w, h, 3, 16, q), Error, "W has 32 elements");
   assertThrows(() => gptqReference(w, h.subarray(1), 2, 16, q), Error, "H has 255");
   assertThrows(
-    () => gptqReference(w, h, 2, 16, { quantizer: uniformQuantizer(4, 5) }),
+    () => gptqReference(w, h, 2, 16, { quantizer: groupQuantizer("int4:g5") }),
     Error,
     "not divisible by the group size 5",
   );
@@ -158,12 +144,12 @@ Deno.test("reference: a slightly indefinite Hessian succeeds after damping retri
   for (let i = 0; i < cols; i++) shifted[i * cols + i] -= minEig + 0.05 * mean;
   let mean2 = 0;
   for (let i = 0; i < cols; i++) mean2 += shifted[i * cols + i] / cols;
-  const r = gptqReference(w, shifted, rows, cols, { quantizer: uniformQuantizer(4, 8) });
+  const r = gptqReference(w, shifted, rows, cols, { quantizer: groupQuantizer("int4:g8") });
   assert(Math.abs(r.damp - 0.1 * mean2) < 1e-12 * mean2, `damp ${r.damp} ${tag}`);
   assertThrows(
     () =>
       gptqReference(w, shifted, rows, cols, {
-        quantizer: uniformQuantizer(4, 8),
+        quantizer: groupQuantizer("int4:g8"),
         maxDampRetries: 0,
       }),
     Error,

@@ -1,7 +1,8 @@
 /**
  * FFI symbols of `cuda/include/fp4lab/gptq.h`: Hessian accumulation and the GPTQ solve. Both
  * are nonblocking (they run for seconds on large layers); callers keep their buffers alive until
- * the promise settles.
+ * the promise settles. Data pointers are Tensor pointers (host memory on CPU, device memory on
+ * CUDA); `order` and `info` are host buffers on every device.
  *
  * @module
  */
@@ -9,28 +10,26 @@
 /** Symbols of the GPTQ ABI. */
 export const gptqSymbols = {
   fp4_gptq_hessian_add: {
-    parameters: ["i32", "buffer", "buffer", "i64", "i64", "i64"],
+    parameters: ["i32", "pointer", "pointer", "i64", "i64", "i64"],
     result: "i32",
     nonblocking: true,
   },
   fp4_gptq_solve: {
     parameters: [
       "i32", // device
-      "buffer", // w
-      "buffer", // h
+      "pointer", // w (device memory on CUDA)
+      "pointer", // h
       "i64", // rows
       "i64", // cols
-      "buffer", // scales
+      "pointer", // scales
       "i32", // group_size
-      "buffer", // levels
-      "buffer", // level_codes
-      "i32", // n_levels
-      "buffer", // order (null = stored order)
+      "i32", // element codec
+      "buffer", // order (host; null = stored order)
       "f64", // damp
       "i32", // block_size
       "i32", // max_retries
-      "buffer", // codes
-      "buffer", // info
+      "pointer", // codes
+      "buffer", // info (host)
     ],
     result: "i32",
     nonblocking: true,

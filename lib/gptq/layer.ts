@@ -14,10 +14,12 @@
  * @module
  */
 import type { Device } from "../device.ts";
+import { hadamard, hadamardF64, type HadamardOptions } from "../formats/hadamard.ts";
+import { packCodes } from "../formats/quantize.ts";
+import { type QuantSpec, resolveSpec, type SpecInput } from "../formats/spec.ts";
 import { Hessian } from "./hessian.ts";
-import { formatQuantizer, type GptqFormat, type MxScaleRule } from "./formats.ts";
 import { gptqSolveNative } from "./native.ts";
-import { roundToLevel } from "./quantizer.ts";
+import { groupQuantizer } from "./quantizer.ts";
 import {
   type ActOrder,
   descendingOrder,
@@ -26,24 +28,29 @@ import {
   type ScaleMode,
   validateProblem,
 } from "./reference.ts";
-import { rotateHessian, rotateRows } from "./rotation.ts";
 
 /** Quantization methods with one API. */
 export type GptqMethod = "rtn" | "gptq" | "mr-gptq";
+/** The format presets GPTQ is studied with (any symmetric lib/formats spec works). */
+export type GptqFormat = "mxfp4" | "nvfp4" | "int4";
+/** MXFP4 (E8M0) scale rules, docs/FORMATS.md §5.5. */
+export type MxScaleRule = "ocp" | "ceil" | "round" | "mr-gptq";
 
 /** Options of {@linkcode quantizeLayer}. */
 export interface QuantizeLayerOptions {
-  /** Number format. */
-  format: GptqFormat;
+  /** Number format: a lib/formats preset or spec (`"mxfp4"`, `"nvfp4"`, `"int4:g32"`, ...). */
+  format: GptqFormat | SpecInput | QuantSpec;
   /** Method; default `"mr-gptq"`. */
   method?: GptqMethod;
   /** Hadamard block size, or 0 for none; default: group size for mr-gptq, 0 otherwise. */
   hadamard?: number;
-  /** Elements per scale; default the format's (mxfp4 32, nvfp4 16, int4 32). */
+  /** Seed of the Hadamard's random column signs (lib/formats `hadamard`); default none. */
+  hadamardSeed?: number | bigint;
+  /** Elements per scale; default the format's (mxfp4 32, nvfp4 16, int4 128). */
   groupSize?: number;
-  /** MXFP4 scale rule; default `"mr-gptq"` for mr-gptq, `"ocp"` otherwise. */
+  /** E8M0 scale rule; default `"mr-gptq"` for mr-gptq, the format's otherwise. */
   rule?: MxScaleRule;
-  /** MSE scale search; default on for mr-gptq, off otherwise. */
+  /** MSE scale search (lib/formats DEFAULT_MSE); default on for mr-gptq, else the format's. */
   mse?: boolean;
   /** Group scale mode; default `"static"` (dynamic needs `solver: "reference"`). */
   scales?: ScaleMode;
@@ -69,18 +76,24 @@ export interface QuantizedLayer {
   cols: number;
   /** The method that produced it. */
   method: GptqMethod;
-  /** Format name including the MXFP4 rule, e.g. `"mxfp4(mr-gptq)"`. */
+  /** The resolved lib/formats spec (the layout of codes and scales). */
+  spec: QuantSpec;
+  /** One-line description of the spec (lib/formats `describeSpec`). */
   format: string;
   /** Elements per scale. */
   groupSize: number;
-  /** Element codes, rows x cols, one per byte (pack with lib/formats). */
+  /** Element codes (storage bits), rows x cols, one per byte. */
   codes: Uint8Array;
-  /** Block scale values (decoded), rows x groups. */
+  /** The codes packed as lib/formats stores them (docs/FORMATS.md §6: 4-bit codes two per byte, element 2i in the low nibble). */
+  packedCodes: Uint8Array;
+  /** Raw scale bits, rows x groups, lib/formats layout (e8m0/e4m3: one byte; f16: two, LE). */
+  scaleBits: Uint8Array;
+  /** Effective scale of every group (decoded block scale x tensor scale), rows x groups. */
   scales: Float32Array;
-  /** Per-tensor scale (1 when the format has none). */
-  tensorScale: number;
-  /** The rotation applied to the input dimension (online: x -> x R), or null. */
-  rotation: { block: number } | null;
+  /** The float32 tensor scale (NVFP4 amax, the mr-gptq constant), or null. */
+  tensorScale: number | null;
+  /** The rotation of the input dimension (online: x -> lib/formats `hadamard(x, ...)`), or null. */
+  rotation: { block: number; seed?: number | bigint } | null;
   /** Processing order with act-order (not needed at inference with static scales). */
   permutation?: Int32Array;
   /** Group of every column when groups follow the processing order (dynamic + act-order). */
@@ -93,9 +106,33 @@ export interface QuantizedLayer {
   damp: number;
 }
 
+function layerSpec(options: QuantizeLayerOptions, mr: boolean): QuantSpec {
+  const base = resolveSpec(options.format);
+  const spec: Record<string, unknown> = { ...base };
+  if (options.groupSize !== undefined) spec.groupSize = options.groupSize;
+  const rule = options.rule ?? (mr && base.scaleFormat === "e8m0" ? "mr-gptq" : undefined);
+  if (rule !== undefined) spec.scaleRule = rule;
+  const mse = options.mse ?? (mr ? true : undefined);
+  if (mse !== undefined) spec.mse = mse ? (base.mse ?? true) : null;
+  return resolveSpec(spec as SpecInput);
+}
+
+/**
+ * H' = R^T H R for the rotation R of lib/formats `hadamard` (x -> x R), in float64: the
+ * transform applied to the rows of H, then to the rows of the transpose (H is symmetric).
+ */
+function rotateHessian(h: Float64Array, cols: number, rot: HadamardOptions): Float64Array {
+  const hr = hadamardF64(h, [cols, cols], rot);
+  const t = new Float64Array(cols * cols);
+  for (let i = 0; i < cols; i++) for (let j = 0; j < cols; j++) t[j * cols + i] = hr[i * cols + j];
+  return hadamardF64(t, [cols, cols], rot);
+}
+
 /**
  * Quantizes one linear layer `w` (rows x cols = out x in, row-major) given the Hessian of its
  * inputs (cols x cols, or a {@linkcode Hessian}). Bad input throws an Error and returns nothing.
+ * The rotation is lib/formats `hadamard` (float32, Sylvester order, optional seeded signs), the
+ * transform activations get online; W' = hadamard(W) in float32 and H' = R^T H R in float64.
  *
  * @example
  * ```ts
@@ -105,7 +142,7 @@ export interface QuantizedLayer {
  * const q = await quantizeLayer(l.w, 8, 64, Float32Array.from(hessianOf(l.x, 128, 64)), {
  *   format: "mxfp4", method: "mr-gptq",
  * });
- * console.assert(q.rotation?.block === 32 && q.codes.length === 512);
+ * console.assert(q.rotation?.block === 32 && q.codes.length === 512 && q.packedCodes.length === 256);
  * ```
  */
 export async function quantizeLayer(
@@ -117,11 +154,8 @@ export async function quantizeLayer(
 ): Promise<QuantizedLayer> {
   const method = options.method ?? "mr-gptq";
   const mr = method === "mr-gptq";
-  const quantizer = formatQuantizer(options.format, {
-    groupSize: options.groupSize,
-    rule: options.rule ?? (mr ? "mr-gptq" : "ocp"),
-    mse: options.mse ?? mr,
-  });
+  const spec = layerSpec(options, mr);
+  const quantizer = groupQuantizer(spec);
   const gs = quantizer.groupSize;
   const h = hessian instanceof Hessian ? hessian.matrix() : hessian;
   const groups = validateProblem(w, h, rows, cols, gs);
@@ -131,30 +165,52 @@ export async function quantizeLayer(
     }
   }
   const block = options.hadamard ?? (mr ? gs : 0);
-  const wr = block ? rotateRows(w, rows, cols, block) : Float64Array.from(w);
-  const hr = block ? rotateHessian(h, cols, block) : Float64Array.from(h);
-  const rotation = block ? { block } : null;
+  if (
+    block && !(Number.isInteger(block) && block >= 2 && block <= 4096 &&
+      (block & (block - 1)) === 0 && cols % block === 0)
+  ) {
+    throw new Error(
+      `the rotation size ${block} must be a power of two in 2..4096 dividing the ${cols} in-features`,
+    );
+  }
+  const rot: HadamardOptions | null = block
+    ? (options.hadamardSeed === undefined ? { block } : { block, seed: options.hadamardSeed })
+    : null;
+  const w32 = Float32Array.from(w);
+  const wr = rot ? hadamard(w32, [rows, cols], rot) : w32;
+  const hr = rot ? rotateHessian(Float64Array.from(h), cols, rot) : Float64Array.from(h);
+  const codec = quantizer.codec;
   const actOrder = options.actOrder ?? "static";
-  const base = { rows, cols, method, format: quantizer.name, groupSize: gs, rotation };
+  const base = {
+    rows,
+    cols,
+    method,
+    spec,
+    format: quantizer.name,
+    groupSize: gs,
+    rotation: rot ? { ...rot } : null,
+  };
+  const pack = (codes: Uint8Array) => ({ codes, packedCodes: packCodes(codes, codec.codeBits) });
 
   if (method === "rtn") {
-    const st = quantizer.tensorScale(wr, rows, cols);
-    const scales = quantizer.chooseScales(wr, rows, cols, 0, groups, st).block;
+    const c = quantizer.chooseScales(wr, rows, cols);
     const codes = new Uint8Array(rows * cols);
     const dq = new Float32Array(rows * cols);
     for (let r = 0; r < rows; r++) {
-      for (let c = 0; c < cols; c++) {
-        const s = Math.fround(scales[r * groups + Math.floor(c / gs)] * st);
-        const li = roundToLevel(quantizer.levels, Math.fround(wr[r * cols + c] / s));
-        codes[r * cols + c] = quantizer.levels.codes[li];
-        dq[r * cols + c] = Math.fround(quantizer.levels.values[li] * s);
+      for (let j = 0; j < cols; j++) {
+        const s = c.effective[r * groups + Math.floor(j / gs)];
+        if (s === 0) continue;
+        const bits = codec.encode(Math.fround(wr[r * cols + j] / s));
+        codes[r * cols + j] = bits;
+        dq[r * cols + j] = Math.fround(codec.value(bits) * s);
       }
     }
     return {
       ...base,
-      codes,
-      scales: Float32Array.from(scales),
-      tensorScale: st,
+      ...pack(codes),
+      scaleBits: c.scales,
+      scales: c.effective,
+      tensorScale: c.tensorScale,
       dequantized: dq,
       proxyLoss: proxyLoss(wr, dq, hr, rows, cols),
       damp: 0,
@@ -175,8 +231,9 @@ export async function quantizeLayer(
     });
     return {
       ...base,
-      codes: r.codes,
-      scales: Float32Array.from(r.blockScales),
+      ...pack(r.codes),
+      scaleBits: r.scaleBits,
+      scales: r.scales,
       tensorScale: r.tensorScale,
       permutation: r.permutation,
       groupIndex: r.groupIndex,
@@ -191,29 +248,29 @@ export async function quantizeLayer(
     );
   }
   // Static scales from the rotated weights with dead inputs zeroed, as the reference does.
-  const wz = Float64Array.from(wr);
+  const wz = wr.slice();
   for (let j = 0; j < cols; j++) {
     if (hr[j * cols + j] !== 0) continue;
     for (let r = 0; r < rows; r++) wz[r * cols + j] = 0;
   }
-  const st = quantizer.tensorScale(wz, rows, cols);
-  const scales = quantizer.chooseScales(wz, rows, cols, 0, groups, st).block;
+  const c = quantizer.chooseScales(wz, rows, cols);
   const order = actOrder === "static"
     ? descendingOrder(Float64Array.from({ length: cols }, (_, j) => hr[j * cols + j]))
     : undefined;
-  const r = await gptqSolveNative(Float32Array.from(wz), Float32Array.from(hr), rows, cols, {
+  const r = await gptqSolveNative(wz, Float32Array.from(hr), rows, cols, {
     ...common,
-    scales: Float32Array.from(scales, (s) => s * st),
+    scales: c.effective,
     groupSize: gs,
-    levels: quantizer.levels,
+    element: spec.element,
     order,
     device: options.device,
   });
   return {
     ...base,
-    codes: r.codes,
-    scales: Float32Array.from(scales),
-    tensorScale: st,
+    ...pack(r.codes),
+    scaleBits: c.scales,
+    scales: c.effective,
+    tensorScale: c.tensorScale,
     permutation: order,
     dequantized: r.dequantized,
     proxyLoss: r.proxyLoss,

@@ -16,10 +16,8 @@
  */
 export * from "./hessian.ts";
 export * from "./layer.ts";
-export * from "./formats.ts";
 export * from "./quantizer.ts";
 export * from "./reference.ts";
 export * from "./native.ts";
-export * from "./rotation.ts";
 export * from "./synthetic.ts";
 export * from "./linalg.ts";

@@ -12,20 +12,22 @@
  *    positive definite, the relative damping is multiplied by 10 and the factorization retried,
  *    at most `maxDampRetries` times, then an Error is thrown (never a silent identity).
  * 4. U = upper Cholesky factor of H^-1. For every column in processing order:
- *    q = round(w / s) * s with its group's scale s; err = (w - q) / U_jj; the remaining columns
+ *    q = value(encode(w / S)) * S with its group's effective scale S (lib/formats element
+ *    rounding, here on the float64 quotient; S = 0 gives code 0 and q = 0); err = (w - q) / U_jj; the remaining columns
  *    get w -= err * U_j,: — eagerly inside a block of `blockSize` columns and lazily (one
  *    matrix product) for the columns after the block.
- * 5. Group scales: `"static"` chooses all scales before the loop from the (dead-column-zeroed)
- *    weights, groups in stored layout, so act-order needs no permutation at inference.
+ * 5. Group scales (lib/formats `chooseGroupScales` on the weights rounded to float32):
+ *    `"static"` chooses all scales before the loop from the (dead-column-zeroed) weights,
+ *    groups in stored layout, so act-order needs no permutation at inference.
  *    `"dynamic"` chooses a group's scale from the error-compensated weights when the loop
- *    reaches its first column; groups are then runs of `groupSize` columns in processing order,
+ *    reaches its first column, with the whole matrix's tensor scale; groups are then runs of `groupSize` columns in processing order,
  *    so with act-order the result carries the permutation and every column's group (`groupIndex`,
  *    GPTQ's g_idx), and inference must gather columns by it.
  *
  * @module
  */
-import { roundToLevel } from "./quantizer.ts";
 import type { GroupQuantizer } from "./quantizer.ts";
+import { scaleBytes } from "../formats/scales.ts";
 import { inverseSpd, upperCholeskyOfInverse } from "./linalg.ts";
 
 /** How group scales are chosen: before the loop (`"static"`) or as the loop reaches a group. */
@@ -57,10 +59,12 @@ export interface ReferenceResult {
   codes: Uint8Array;
   /** Dequantized weights (code value * effective scale), rows x cols. */
   dequantized: Float64Array;
-  /** Block scales, rows x groups (group g of row r at `r * groups + g`). */
-  blockScales: Float64Array;
-  /** The per-tensor scale. */
-  tensorScale: number;
+  /** Raw scale bits, rows x groups (group g of row r at `r * groups + g`), lib/formats layout. */
+  scaleBits: Uint8Array;
+  /** Effective scale S (block scale x tensor scale) of every group, rows x groups. */
+  scales: Float32Array;
+  /** The float32 tensor scale, or null when the format has none. */
+  tensorScale: number | null;
   /** Processing order (stored column index of the p-th processed column); with act-order. */
   permutation?: Int32Array;
   /** Group of every stored column; only when groups do not follow the stored layout. */
@@ -145,11 +149,11 @@ export function proxyLoss(
  * @example
  * ```ts
  * import { gptqReference } from "./reference.ts";
- * import { uniformQuantizer } from "./quantizer.ts";
+ * import { groupQuantizer } from "./quantizer.ts";
  * const w = Float64Array.from({ length: 2 * 8 }, (_, i) => Math.sin(i));
  * const h = new Float64Array(64);
  * for (let i = 0; i < 8; i++) h[i * 8 + i] = 1 + i;
- * const r = gptqReference(w, h, 2, 8, { quantizer: uniformQuantizer(4, 4) });
+ * const r = gptqReference(w, h, 2, 8, { quantizer: groupQuantizer("int4:g4") });
  * console.assert(r.codes.length === 16 && r.proxyLoss >= 0);
  * ```
  */
@@ -194,10 +198,11 @@ export function gptqReference(
     : Int32Array.from({ length: cols }, (_, j) => j);
 
   // Static scales come from the stored layout, before any permutation.
-  const tensorScale = quant.tensorScale(wz, rows, cols);
-  const blockScales = mode === "static"
-    ? Float64Array.from(quant.chooseScales(wz, rows, cols, 0, groups, tensorScale).block)
-    : new Float64Array(rows * groups);
+  const whole = quant.chooseScales(Float32Array.from(wz), rows, cols);
+  const tensorScale = whole.tensorScale;
+  const nb = scaleBytes(quant.spec.scaleFormat);
+  const scaleBits = mode === "static" ? whole.scales.slice() : new Uint8Array(rows * groups * nb);
+  const scales = mode === "static" ? whole.effective.slice() : new Float32Array(rows * groups);
 
   // Permuted problem.
   const hp = new Float64Array(cols * cols);
@@ -243,20 +248,24 @@ export function gptqReference(
   const quantizeColumn = (p: number, col: Float64Array): void => {
     const g = groupOfPos[p];
     for (let r = 0; r < rows; r++) {
-      const s = blockScales[r * groups + g] * tensorScale;
-      const li = roundToLevel(quant.levels, col[r] / s);
-      codesP[r * cols + p] = quant.levels.codes[li];
-      qP[r * cols + p] = quant.levels.values[li] * s;
+      const s = scales[r * groups + g];
+      const bits = s === 0 ? 0 : quant.codec.encode(col[r] / s);
+      codesP[r * cols + p] = bits;
+      qP[r * cols + p] = s === 0 ? 0 : quant.codec.value(bits) * s;
     }
   };
   const chooseDynamic = (p: number, current: (c: number, r: number) => number): void => {
     if (mode !== "dynamic" || p % gs !== 0) return;
-    const slice = new Float64Array(rows * gs);
+    const slice = new Float32Array(rows * gs);
     for (let r = 0; r < rows; r++) {
       for (let c = 0; c < gs; c++) slice[r * gs + c] = current(p + c, r);
     }
-    const s = quant.chooseScales(slice, rows, gs, 0, 1, tensorScale).block;
-    for (let r = 0; r < rows; r++) blockScales[r * groups + p / gs] = s[r];
+    const c = quant.chooseScales(slice, rows, gs, tensorScale ?? undefined);
+    for (let r = 0; r < rows; r++) {
+      const i = r * groups + p / gs;
+      scales[i] = c.effective[r];
+      scaleBits.set(c.scales.subarray(r * nb, (r + 1) * nb), i * nb);
+    }
   };
 
   const col = new Float64Array(rows);
@@ -324,7 +333,8 @@ export function gptqReference(
   const result: ReferenceResult = {
     codes,
     dequantized,
-    blockScales,
+    scaleBits,
+    scales,
     tensorScale,
     damp,
     proxyLoss: proxyLoss(w0, dequantized, h0, rows, cols),

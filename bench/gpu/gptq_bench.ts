@@ -1,0 +1,155 @@
+// GPTQ on CUDA per Llama-3-8B layer shape (out x in): Hessian accumulation of 128 batches of
+// 2048 calibration tokens (f32 SYRK kernel, X resident on the device: four distinct random
+// batches cycled) and the solve (MXFP4 static scales, act-order, blocks of 128; the time of
+// fp4_gptq_solve including H's download, the host f64 Cholesky + triangular inverse, and W's
+// upload and download, with that factorization time and the GPU column loop reported apart).
+// Runs bench/gpu/gptq_torch_baseline.py in the same run when python3 with torch is there and
+// reports our/torch time ratios. Hessian throughput is given as GEMM-equivalent flops
+// 2 * tokens * in^2 / t (the kernel computes the lower triangle of tiles, about half of that)
+// against the FP32 non-tensor peak of the device: 66.9 TFLOP/s for H100 SXM (51.2 for PCIe).
+//
+//   deno run -A bench/gpu/gptq_bench.ts --out DIR [--shapes 4096x4096,...] [--batches 128]
+import { parseArgs } from "node:util";
+import { cudaStatus } from "../../lib/device.ts";
+import { Tensor } from "../../lib/tensor.ts";
+import { Hessian } from "../../lib/gptq/hessian.ts";
+import { gptqSolveNative } from "../../lib/gptq/native.ts";
+import { descendingOrder } from "../../lib/gptq/reference.ts";
+import { chooseGroupScales } from "../../lib/formats/quantize.ts";
+import { gaussian, seededRandom } from "../../lib/gptq/synthetic.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    out: { type: "string" },
+    shapes: { type: "string", default: "4096x4096,1024x4096,14336x4096,4096x14336" },
+    tokens: { type: "string", default: "2048" },
+    batches: { type: "string", default: "128" },
+    torch: { type: "boolean", default: true },
+  },
+});
+if (!values.out) throw new Error("usage: gptq_bench.ts --out DIR [--shapes OxI,...]");
+const status = cudaStatus();
+if (!status.available) throw new Error(`gptq_bench needs CUDA: ${status.reason}`);
+const tokens = Number(values.tokens), batches = Number(values.batches);
+const shapes = values.shapes.split(",").map((s) => s.split("x").map(Number) as [number, number]);
+const peak = /pcie/i.test(status.name ?? "") ? 51.2e12 : 66.9e12;
+
+function commit(): string {
+  const env = Deno.env.get("GIT_COMMIT");
+  try {
+    const r = new Deno.Command("git", { args: ["rev-parse", "HEAD"], stderr: "null" }).outputSync();
+    if (r.success) return new TextDecoder().decode(r.stdout).trim();
+  } catch { /* no git on the machine */ }
+  return env ?? "unknown";
+}
+
+interface Row {
+  out: number;
+  in: number;
+  hessianSeconds: number;
+  hessianTflops: number;
+  hessianFractionOfPeak: number;
+  solveSeconds: number;
+  solveFactorSeconds: number;
+  solveLoopSeconds: number;
+  torchHessianSeconds?: number;
+  torchSolveSeconds?: number;
+  hessianRatioOursOverTorch?: number;
+  solveRatioOursOverTorch?: number;
+}
+
+const g = gaussian(seededRandom(1));
+const rows: Row[] = [];
+for (const [out, inF] of shapes) {
+  const xs = Array.from({ length: 4 }, () => {
+    const host = new Float32Array(tokens * inF);
+    for (let i = 0; i < host.length; i++) host[i] = g();
+    return Tensor.from(host, [tokens, inF]).to("cuda");
+  });
+  using warm = new Hessian(inF, { device: "cuda" });
+  await warm.add(xs[0], tokens);
+  using hess = new Hessian(inF, { device: "cuda" });
+  const t0 = performance.now();
+  for (let b = 0; b < batches; b++) await hess.add(xs[b % xs.length], tokens);
+  const hs = (performance.now() - t0) / 1000;
+  for (const x of xs) x.dispose();
+  const h = hess.matrix();
+
+  const w = new Float32Array(out * inF);
+  for (let i = 0; i < w.length; i++) w[i] = g() * 0.02;
+  const scales = chooseGroupScales(w, [out, inF], "mxfp4").effective;
+  const order = descendingOrder(Float64Array.from({ length: inF }, (_, j) => h[j * inF + j]));
+  const t1 = performance.now();
+  const r = await gptqSolveNative(w, h, out, inF, {
+    scales,
+    groupSize: 32,
+    element: "e2m1",
+    order,
+    device: "cuda",
+  });
+  const ss = (performance.now() - t1) / 1000;
+  const flops = 2 * tokens * batches * inF * inF;
+  rows.push({
+    out,
+    in: inF,
+    hessianSeconds: hs,
+    hessianTflops: flops / hs / 1e12,
+    hessianFractionOfPeak: flops / hs / peak,
+    solveSeconds: ss,
+    solveFactorSeconds: r.factorSeconds,
+    solveLoopSeconds: r.loopSeconds,
+  });
+  console.log(JSON.stringify(rows[rows.length - 1]));
+}
+
+let torch: Record<string, unknown> | null = null;
+const script = new URL("./gptq_torch_baseline.py", import.meta.url).pathname;
+if (values.torch) {
+  try {
+    const p = await new Deno.Command("python3", {
+      args: [
+        script,
+        "--shapes",
+        values.shapes,
+        "--tokens",
+        String(tokens),
+        "--batches",
+        String(batches),
+      ],
+      stderr: "inherit",
+    }).output();
+    const text = new TextDecoder().decode(p.stdout).trim().split("\n").pop() ?? "";
+    if (p.success) torch = JSON.parse(text);
+    else console.log("torch baseline failed; see its stderr above");
+  } catch (e) {
+    console.log(`torch baseline not run: ${(e as Error).message}`);
+  }
+}
+if (torch) {
+  for (
+    const t of torch.shapes as { out: number; in: number; hessian_s: number; solve_s: number }[]
+  ) {
+    const row = rows.find((r) => r.out === t.out && r.in === t.in);
+    if (!row) continue;
+    row.torchHessianSeconds = t.hessian_s;
+    row.torchSolveSeconds = t.solve_s;
+    row.hessianRatioOursOverTorch = row.hessianSeconds / t.hessian_s;
+    row.solveRatioOursOverTorch = row.solveSeconds / t.solve_s;
+  }
+}
+const result = {
+  bench: "gptq",
+  device: status.name,
+  date: new Date().toISOString(),
+  commit: commit(),
+  tokensPerBatch: tokens,
+  batches,
+  fp32PeakFlops: peak,
+  torch: torch ? { version: torch.torch, device: torch.device } : null,
+  shapes: rows,
+};
+console.table(rows);
+await Deno.mkdir(values.out, { recursive: true });
+await Deno.writeTextFile(`${values.out}/gptq.json`, JSON.stringify(result, null, 2) + "\n");
+console.log(`wrote ${values.out}/gptq.json`);
