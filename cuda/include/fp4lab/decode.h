@@ -1,0 +1,74 @@
+/* Building blocks of an incremental (KV-cache) decode step, on both backends.
+ *
+ * Every op works on `tokens` consecutive new tokens whose first position is *pos: prefill runs
+ * the whole prompt at *pos = 0, decode one token at a time. `pos` points to one int32 in the
+ * device's memory (host memory on the CPU, device memory on CUDA), so a decode step needs no
+ * host-side argument that changes from token to token. Activations are FP4_DTYPE_F32 or
+ * FP4_DTYPE_BF16, row-major, one row per token; every reduction accumulates in f32 (or wider);
+ * bf16 results are rounded once, to nearest even.
+ *
+ * KV cache: per layer one K and one V array [ctx, kv_heads, head_dim] (f32 or bf16); row p
+ * holds position p. Attention for the query at position *pos + t reads rows 0..*pos + t.
+ * Positions are checked against `ctx` on the CPU (an error) and on CUDA (out-of-range rows are
+ * skipped and their outputs written as NaN, since a device-side position cannot be reported
+ * without a synchronisation); callers keep *pos + tokens <= ctx.
+ *
+ * CUDA calls are asynchronous on the default stream, like fp4_gemm; fp4_synchronize waits. */
+#ifndef FP4LAB_DECODE_H
+#define FP4LAB_DECODE_H
+
+#include "core.h"
+
+/* y[t, :] = table[ids[t], :] as f32 (table [vocab, dim] f32|bf16). Ids out of range fail on
+ * the CPU and give NaN rows on CUDA. */
+FP4_API fp4_status fp4_dec_embedding(int32_t device, const int32_t *ids, const void *table,
+                                     int32_t table_dtype, float *y, int64_t tokens, int64_t vocab,
+                                     int64_t dim);
+
+/* y[t, :] = w * x[t, :] / sqrt(mean(x[t, :]^2) + eps); x f32, w f32|bf16, y f32|bf16. */
+FP4_API fp4_status fp4_dec_rmsnorm(int32_t device, const float *x, const void *w, int32_t w_dtype,
+                                   void *y, int32_t y_dtype, int64_t rows, int64_t dim, float eps);
+
+/* y[r, o] = sum_i x[r, i] * w[o, i]; x f32|bf16 [rows, in], w f32|bf16 [out, in],
+ * y f32|bf16 [rows, out]. */
+FP4_API fp4_status fp4_dec_linear(int32_t device, const void *x, int32_t x_dtype, const void *w,
+                                  int32_t w_dtype, void *y, int32_t y_dtype, int64_t rows,
+                                  int64_t out_features, int64_t in_features);
+
+/* Rotary embedding in place ("rotate_half" pairing, i with i + head_dim/2) of x [tokens, heads,
+ * head_dim] (f32|bf16), token t at position *pos + t; cos and sin are f32 tables
+ * [ctx, head_dim/2] for positions 0..ctx-1. */
+FP4_API fp4_status fp4_dec_rope(int32_t device, void *x, int32_t x_dtype, const float *cos,
+                                const float *sin, const int32_t *pos, int64_t ctx, int64_t tokens,
+                                int64_t heads, int64_t head_dim);
+
+/* cache[*pos + t, :] = x[t, :] for t < tokens (x f32|bf16 [tokens, width], cache f32|bf16
+ * [ctx, width]). */
+FP4_API fp4_status fp4_dec_kv_store(int32_t device, const void *x, int32_t x_dtype, void *cache,
+                                    int32_t cache_dtype, const int32_t *pos, int64_t ctx,
+                                    int64_t tokens, int64_t width);
+
+/* Causal grouped-query attention of new queries over the cache: q [tokens, heads, head_dim]
+ * (f32|bf16), k_cache and v_cache [ctx, kv_heads, head_dim] (cache_dtype), out like q
+ * (out_dtype); query t (position *pos + t) of head h reads kv head h / (heads / kv_heads) at
+ * rows 0..*pos + t; softmax(scale * q.k) in f32. */
+FP4_API fp4_status fp4_dec_attention(int32_t device, const void *q, int32_t q_dtype,
+                                     const void *k_cache, const void *v_cache, int32_t cache_dtype,
+                                     void *out, int32_t out_dtype, const int32_t *pos, int64_t ctx,
+                                     int64_t tokens, int64_t heads, int64_t kv_heads,
+                                     int64_t head_dim, float scale);
+
+/* out[i] = silu(gate[i]) * up[i] (all of `dtype`); out may alias gate. */
+FP4_API fp4_status fp4_dec_silu_mul(int32_t device, const void *gate, const void *up, void *out,
+                                    int32_t dtype, uint64_t n);
+
+/* y[i] += x[i]: y f32 (the residual stream), x f32|bf16. */
+FP4_API fp4_status fp4_dec_add(int32_t device, float *y, const void *x, int32_t x_dtype,
+                               uint64_t n);
+
+/* out[r] = the first index of the largest value of row r of x [rows, n] (f32); NaNs are never
+ * the largest; a row of NaNs gives 0. */
+FP4_API fp4_status fp4_dec_argmax(int32_t device, const float *x, int64_t rows, int64_t n,
+                                  int32_t *out);
+
+#endif

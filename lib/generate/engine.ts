@@ -1,0 +1,794 @@
+/**
+ * The KV-cache decode engine: a Llama model's weights and a key/value cache on one device, and
+ * a `forward` that runs any number of new tokens at the next positions (the whole prompt for
+ * prefill, one token per decode step) through the native ops of `fp4lab/decode.h`.
+ *
+ * Numerics per device: on the CPU activations and the cache default to f32, so a decode step
+ * reproduces the full forward pass of `lib/model` to within summation order; on CUDA (and
+ * wherever FP4 weights are used, since the FP4 kernels read and write BF16) activations
+ * between ops are BF16 while the residual stream, norms, softmax and logits stay f32, and the
+ * cache is BF16. Linear layers read the model's dense weights (f32 or bf16), or FP4 weights
+ * (MXFP4/NVFP4 through `fp4_gemm`) for the modules given in `quantized`; the LM head is dense.
+ *
+ * @module
+ */
+import { check, checkAsync, native } from "../../ffi/library.ts";
+import { type Device, deviceId, requireDevice } from "../device.ts";
+import { abiDType } from "../dtype.ts";
+import type { Fp4Weights } from "../kernels/fp4_linear.ts";
+import { ropeInvFreq } from "../model/config.ts";
+import type { Linear } from "../model/forward.ts";
+import type { LlamaModel, Weight } from "../model/llama.ts";
+import { Tensor } from "../tensor.ts";
+
+/** Storage of activations between ops and of the KV cache. */
+export type ActivationDType = "f32" | "bf16";
+
+/** Options of {@linkcode DecodeEngine.create}. */
+export interface EngineOptions {
+  /** Where the engine runs (default `"cpu"`); `"cuda"` needs a usable GPU. */
+  device?: Device;
+  /** Positions the KV cache holds (default and maximum: the model's max_position_embeddings). */
+  contextLength?: number;
+  /** KV cache element type (default f32 on the CPU without FP4 weights, else bf16). */
+  cacheDtype?: ActivationDType;
+  /** FP4 weights by linear module name (e.g. `model.layers.0.mlp.up_proj`), host or device. */
+  quantized?: ReadonlyMap<string, Fp4Weights>;
+  /**
+   * CPU only: runs every linear layer through this hook instead (e.g. the online rotation and
+   * activation quantization of a `loadQuantized` checkpoint), with f32 activations.
+   */
+  linear?: Linear;
+}
+
+interface DenseLinear {
+  kind: "dense";
+  name: string;
+  w: Tensor;
+  out: number;
+  in: number;
+}
+
+interface Fp4Linear {
+  kind: "fp4";
+  name: string;
+  codes: Tensor;
+  scales: Tensor;
+  format: number;
+  tensorScale: number;
+  out: number;
+  in: number;
+}
+
+type LinearWeights = DenseLinear | Fp4Linear;
+
+interface LayerWeights {
+  inputNorm: Tensor;
+  postNorm: Tensor;
+  q: LinearWeights;
+  k: LinearWeights;
+  v: LinearWeights;
+  o: LinearWeights;
+  gate: LinearWeights;
+  up: LinearWeights;
+  down: LinearWeights;
+  kCache: Tensor;
+  vCache: Tensor;
+}
+
+interface Scratch {
+  tokens: number;
+  ids: Tensor;
+  hidden: Tensor;
+  x: Tensor;
+  q: Tensor;
+  k: Tensor;
+  v: Tensor;
+  att: Tensor;
+  proj: Tensor;
+  gate: Tensor;
+  up: Tensor;
+  logits: Tensor;
+  last: Tensor;
+}
+
+const H2D = 0;
+const D2H = 1;
+
+function weightTensor(w: Weight, device: Device): Tensor {
+  const host = Tensor.from(w.data, w.shape, w.dtype);
+  return device === "cpu" ? host : host.to(device);
+}
+
+function offset(t: Tensor, bytes: number): Deno.PointerValue {
+  return bytes === 0 ? t.pointer() : Deno.UnsafePointer.offset(t.pointer()!, bytes);
+}
+
+/**
+ * A model loaded for incremental generation on one device, with its KV cache.
+ *
+ * @example
+ * ```ts
+ * import { DecodeEngine } from "./engine.ts";
+ * import { LlamaModel, parseLlamaConfig } from "../model/mod.ts";
+ * const model = LlamaModel.random(parseLlamaConfig({
+ *   model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 1,
+ *   num_attention_heads: 2, vocab_size: 10, max_position_embeddings: 8,
+ * }));
+ * using engine = DecodeEngine.create(model);
+ * await engine.forward(new Int32Array([1, 2, 3]));
+ * const next = engine.argmax();
+ * await engine.forward(new Int32Array([next]));
+ * console.assert(engine.position === 4);
+ * ```
+ */
+export class DecodeEngine {
+  /** The model's configuration, weights and name. */
+  readonly model: LlamaModel;
+  /** Where the engine runs. */
+  readonly device: Device;
+  /** Positions the cache holds. */
+  readonly contextLength: number;
+  /** Activation storage between ops. */
+  readonly activationDtype: ActivationDType;
+  /** KV cache storage. */
+  readonly cacheDtype: ActivationDType;
+  #dev: number;
+  #layers: LayerWeights[];
+  #embed: Tensor;
+  #finalNorm: Tensor;
+  #head: DenseLinear;
+  #cos: Tensor;
+  #sin: Tensor;
+  #pos: Tensor;
+  #scratch: Scratch | undefined;
+  #position = 0;
+  #owned: Tensor[] = [];
+  #disposed = false;
+  #hook: Linear | undefined;
+
+  private constructor(
+    model: LlamaModel,
+    device: Device,
+    ctx: number,
+    act: ActivationDType,
+    cache: ActivationDType,
+    hook: Linear | undefined,
+  ) {
+    this.model = model;
+    this.#hook = hook;
+    this.device = device;
+    this.contextLength = ctx;
+    this.activationDtype = act;
+    this.cacheDtype = cache;
+    this.#dev = deviceId(device);
+    this.#layers = [];
+    this.#embed =
+      this.#finalNorm =
+      this.#cos =
+      this.#sin =
+      this.#pos =
+        undefined as never;
+    this.#head = undefined as never;
+  }
+
+  /**
+   * Places `model`'s weights (and the FP4 weights of `options.quantized`) on the device and
+   * allocates the KV cache. Throws when the device is unusable, the context is out of range,
+   * the FP4 weights do not match the model's shapes, or the device is out of memory.
+   *
+   * @example
+   * ```ts
+   * import { DecodeEngine } from "./engine.ts";
+   * import { LlamaModel, parseLlamaConfig } from "../model/mod.ts";
+   * const model = LlamaModel.random(parseLlamaConfig({
+   *   model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 1,
+   *   num_attention_heads: 2, vocab_size: 10, max_position_embeddings: 8,
+   * }));
+   * using engine = DecodeEngine.create(model, { contextLength: 4 });
+   * console.assert(engine.contextLength === 4 && engine.cacheDtype === "f32");
+   * ```
+   */
+  static create(model: LlamaModel, options: EngineOptions = {}): DecodeEngine {
+    const device = requireDevice(options.device ?? "cpu");
+    const c = model.config;
+    const ctx = options.contextLength ?? c.maxPositionEmbeddings;
+    if (!Number.isSafeInteger(ctx) || ctx < 1 || ctx > c.maxPositionEmbeddings) {
+      throw new Error(
+        `context length ${ctx} is outside [1, ${c.maxPositionEmbeddings}] (max_position_embeddings)`,
+      );
+    }
+    const quantized = options.quantized ?? new Map<string, Fp4Weights>();
+    if (options.linear && (device !== "cpu" || quantized.size > 0)) {
+      throw new Error("a linear hook runs only on the CPU engine without FP4 weights");
+    }
+    const act: ActivationDType = device === "cpu" && quantized.size === 0 ? "f32" : "bf16";
+    const cache = options.cacheDtype ?? act;
+    if (cache !== "f32" && cache !== "bf16") {
+      throw new Error(`cache dtype "${cache}" is not f32 or bf16`);
+    }
+    const engine = new DecodeEngine(model, device, ctx, act, cache, options.linear);
+    try {
+      engine.#load(quantized);
+    } catch (e) {
+      engine.dispose();
+      throw e;
+    }
+    return engine;
+  }
+
+  #own(t: Tensor): Tensor {
+    this.#owned.push(t);
+    return t;
+  }
+
+  #load(quantized: ReadonlyMap<string, Fp4Weights>): void {
+    const c = this.model.config;
+    const names = new Set(this.model.linearNames());
+    for (const name of quantized.keys()) {
+      if (!names.has(name) || name === "lm_head") {
+        throw new Error(
+          `FP4 weights given for "${name}", which is not a quantizable linear layer of the model`,
+        );
+      }
+    }
+    const dense = new Map<Weight, Tensor>();
+    const upload = (w: Weight): Tensor => {
+      let t = dense.get(w);
+      if (!t) {
+        t = this.device === "cpu"
+          ? weightTensor(w, "cpu")
+          : this.#own(weightTensor(w, this.device));
+        dense.set(w, t);
+      }
+      return t;
+    };
+    const linear = (name: string): LinearWeights => {
+      const w = this.model.weight(`${name}.weight`);
+      const [out, inF] = w.shape;
+      const q = quantized.get(name);
+      if (!q) return { kind: "dense", name, w: upload(w), out, in: inF };
+      if (q.n !== out || q.k !== inF) {
+        throw new Error(
+          `FP4 weights of "${name}" are [${q.n}, ${q.k}], the model needs [${out}, ${inF}]`,
+        );
+      }
+      const place = (t: Tensor) => t.device === this.device ? t : this.#own(t.to(this.device));
+      return {
+        kind: "fp4",
+        name,
+        codes: place(q.codes),
+        scales: place(q.scales),
+        format: q.format === "mxfp4" ? 0 : 1,
+        tensorScale: q.tensorScale ?? 1,
+        out,
+        in: inF,
+      };
+    };
+    const cacheShape = [this.contextLength, c.numKvHeads * c.headDim];
+    for (let l = 0; l < c.numLayers; l++) {
+      const p = `model.layers.${l}`;
+      this.#layers.push({
+        inputNorm: upload(this.model.weight(`${p}.input_layernorm.weight`)),
+        postNorm: upload(this.model.weight(`${p}.post_attention_layernorm.weight`)),
+        q: linear(`${p}.self_attn.q_proj`),
+        k: linear(`${p}.self_attn.k_proj`),
+        v: linear(`${p}.self_attn.v_proj`),
+        o: linear(`${p}.self_attn.o_proj`),
+        gate: linear(`${p}.mlp.gate_proj`),
+        up: linear(`${p}.mlp.up_proj`),
+        down: linear(`${p}.mlp.down_proj`),
+        kCache: this.#allocCache(cacheShape),
+        vCache: this.#allocCache(cacheShape),
+      });
+    }
+    this.#embed = upload(this.model.weight("model.embed_tokens.weight"));
+    this.#finalNorm = upload(this.model.weight("model.norm.weight"));
+    const head = this.model.weight("lm_head.weight");
+    this.#head = {
+      kind: "dense",
+      name: "lm_head",
+      w: upload(head),
+      out: head.shape[0],
+      in: head.shape[1],
+    };
+    const { cos, sin } = ropeTables(this.model, this.contextLength);
+    this.#cos = this.#place(Tensor.from(cos, [cos.length]));
+    this.#sin = this.#place(Tensor.from(sin, [sin.length]));
+    this.#pos = this.#place(Tensor.from(new Int32Array(1), [1]));
+  }
+
+  #place(t: Tensor): Tensor {
+    return this.device === "cpu" ? this.#own(t) : this.#own(t.to(this.device));
+  }
+
+  #allocCache(shape: number[]): Tensor {
+    try {
+      return this.#own(Tensor.zeros(shape, this.cacheDtype, this.device));
+    } catch (e) {
+      const c = this.model.config;
+      const bytes = 2 * c.numLayers * shape[0] * shape[1] * (this.cacheDtype === "f32" ? 4 : 2);
+      throw new Error(
+        `cannot allocate the KV cache (${this.contextLength} positions, ${
+          (bytes / 2 ** 20).toFixed(1)
+        } MiB in all) on ${this.device}: ${(e as Error).message}`,
+        { cause: e },
+      );
+    }
+  }
+
+  /** Positions already in the cache: the next token goes to this position. */
+  get position(): number {
+    return this.#position;
+  }
+
+  /**
+   * Forgets the cached tokens (the next `forward` starts at position 0).
+   *
+   * @example
+   * ```ts
+   * import { DecodeEngine } from "./engine.ts";
+   * import { LlamaModel, parseLlamaConfig } from "../model/mod.ts";
+   * const model = LlamaModel.random(parseLlamaConfig({
+   *   model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 1,
+   *   num_attention_heads: 2, vocab_size: 10,
+   * }));
+   * using engine = DecodeEngine.create(model, { contextLength: 8 });
+   * await engine.forward(new Int32Array([1, 2]));
+   * engine.reset();
+   * console.assert(engine.position === 0);
+   * ```
+   */
+  reset(): void {
+    this.#position = 0;
+  }
+
+  #scratchFor(tokens: number): Scratch {
+    const s = this.#scratch;
+    if (s && s.tokens >= tokens) return s;
+    if (s) { for (const t of Object.values(s)) if (t instanceof Tensor) t.dispose(); }
+    const c = this.model.config;
+    const act = this.activationDtype;
+    const mk = (n: number, dtype: "f32" | "bf16" | "i32") =>
+      Tensor.empty([tokens, n], dtype, this.device);
+    this.#scratch = {
+      tokens,
+      ids: mk(1, "i32"),
+      hidden: mk(c.hiddenSize, "f32"),
+      x: mk(c.hiddenSize, act),
+      q: mk(c.numHeads * c.headDim, act),
+      k: mk(c.numKvHeads * c.headDim, act),
+      v: mk(c.numKvHeads * c.headDim, act),
+      att: mk(c.numHeads * c.headDim, act),
+      proj: mk(c.hiddenSize, act),
+      gate: mk(c.intermediateSize, act),
+      up: mk(c.intermediateSize, act),
+      logits: Tensor.empty([c.vocabSize], "f32", this.device),
+      last: Tensor.empty([1], "i32", this.device),
+    };
+    return this.#scratch;
+  }
+
+  #copyIn(dst: Tensor, src: Int32Array): void {
+    if (this.device === "cpu") {
+      (dst.data() as Int32Array).set(src);
+      return;
+    }
+    check(
+      native().fp4_memcpy(
+        this.#dev,
+        dst.pointer(),
+        Deno.UnsafePointer.of(src as BufferSource),
+        BigInt(src.byteLength),
+        H2D,
+      ),
+      "fp4_memcpy",
+    );
+  }
+
+  async #linear(
+    lw: LinearWeights,
+    x: Deno.PointerValue,
+    xDtype: ActivationDType,
+    y: Deno.PointerValue,
+    yDtype: ActivationDType,
+    rows: number,
+  ): Promise<void> {
+    if (this.#hook) {
+      // The CPU engine's activations are host f32 arrays (checked in create).
+      const xs = new Float32Array(rows * lw.in);
+      xs.set(new Float32Array(Deno.UnsafePointerView.getArrayBuffer(x!, rows * lw.in * 4)));
+      const ys = await this.#hook(lw.name, xs, rows);
+      if (!(ys instanceof Float32Array) || ys.length !== rows * lw.out) {
+        throw new Error(
+          `linear hook "${lw.name}" returned ${ys?.length} values, expected [${rows}, ${lw.out}]`,
+        );
+      }
+      new Float32Array(Deno.UnsafePointerView.getArrayBuffer(y!, rows * lw.out * 4)).set(ys);
+      return;
+    }
+    const lib = native();
+    const R = BigInt(rows), N = BigInt(lw.out), K = BigInt(lw.in);
+    if (lw.kind === "fp4") {
+      // fp4_gemm reads and writes bf16; #create made the activations bf16 whenever FP4 is used.
+      check(
+        lib.fp4_gemm(
+          this.#dev,
+          lw.format,
+          x,
+          lw.codes.pointer(),
+          lw.scales.pointer(),
+          lw.tensorScale,
+          y,
+          R,
+          N,
+          K,
+        ),
+        "fp4_gemm",
+      );
+      return;
+    }
+    const wDtype = abiDType(lw.w.dtype);
+    if (this.device === "cpu" && xDtype === "f32" && yDtype === "f32") {
+      await checkAsync(
+        lib.fp4_linear(this.#dev, x, lw.w.pointer(), wDtype, y, R, N, K),
+        "fp4_linear",
+      );
+      return;
+    }
+    check(
+      lib.fp4_dec_linear(
+        this.#dev,
+        x,
+        abiDType(xDtype),
+        lw.w.pointer(),
+        wDtype,
+        y,
+        abiDType(yDtype),
+        R,
+        N,
+        K,
+      ),
+      "fp4_dec_linear",
+    );
+  }
+
+  /**
+   * Runs `ids` at positions `position .. position + ids.length - 1`, appends their keys and
+   * values to the cache, and leaves the last token's logits ready for {@linkcode logits} and
+   * {@linkcode argmax}. Throws when the ids are out of the vocabulary or the tokens would not
+   * fit the context.
+   *
+   * @example
+   * ```ts
+   * import { DecodeEngine } from "./engine.ts";
+   * import { LlamaModel, parseLlamaConfig } from "../model/mod.ts";
+   * const model = LlamaModel.random(parseLlamaConfig({
+   *   model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 1,
+   *   num_attention_heads: 2, vocab_size: 10, max_position_embeddings: 8,
+   * }));
+   * using engine = DecodeEngine.create(model);
+   * await engine.forward(new Int32Array([4, 2]));
+   * console.assert(engine.logits().length === 10);
+   * ```
+   */
+  async forward(ids: Int32Array): Promise<void> {
+    this.#live();
+    const c = this.model.config;
+    const T = ids.length;
+    if (T === 0) throw new Error("forward: no tokens");
+    for (let i = 0; i < T; i++) {
+      if (!(ids[i] >= 0 && ids[i] < c.vocabSize)) {
+        throw new Error(`forward: token id ${ids[i]} at index ${i} is outside [0, ${c.vocabSize})`);
+      }
+    }
+    const p0 = this.#position;
+    if (p0 + T > this.contextLength) {
+      throw new Error(
+        `forward: ${T} more tokens after ${p0} do not fit the context of ${this.contextLength} positions`,
+      );
+    }
+    const s = this.#scratchFor(T);
+    const lib = native();
+    const dev = this.#dev;
+    const act = this.activationDtype, A = abiDType(act), C = abiDType(this.cacheDtype);
+    const TT = BigInt(T), ctx = BigInt(this.contextLength);
+    const dim = c.hiddenSize, eps = c.rmsNormEps;
+    const kvWidth = c.numKvHeads * c.headDim;
+    this.#copyIn(s.ids, ids);
+    this.#copyIn(this.#pos, new Int32Array([p0]));
+    const pos = this.#pos.pointer();
+    const hidden = s.hidden.pointer();
+    const wd = (t: Tensor) => abiDType(t.dtype);
+    check(
+      lib.fp4_dec_embedding(
+        dev,
+        s.ids.pointer(),
+        this.#embed.pointer(),
+        wd(this.#embed),
+        hidden,
+        TT,
+        BigInt(c.vocabSize),
+        BigInt(dim),
+      ),
+      "fp4_dec_embedding",
+    );
+    for (const L of this.#layers) {
+      const x = s.x.pointer(), q = s.q.pointer(), k = s.k.pointer(), v = s.v.pointer();
+      check(
+        lib.fp4_dec_rmsnorm(
+          dev,
+          hidden,
+          L.inputNorm.pointer(),
+          wd(L.inputNorm),
+          x,
+          A,
+          TT,
+          BigInt(dim),
+          eps,
+        ),
+        "fp4_dec_rmsnorm",
+      );
+      await this.#linear(L.q, x, act, q, act, T);
+      await this.#linear(L.k, x, act, k, act, T);
+      await this.#linear(L.v, x, act, v, act, T);
+      const hd = BigInt(c.headDim);
+      const cos = this.#cos.pointer(), sin = this.#sin.pointer();
+      check(
+        lib.fp4_dec_rope(dev, q, A, cos, sin, pos, ctx, TT, BigInt(c.numHeads), hd),
+        "fp4_dec_rope",
+      );
+      check(
+        lib.fp4_dec_rope(dev, k, A, cos, sin, pos, ctx, TT, BigInt(c.numKvHeads), hd),
+        "fp4_dec_rope",
+      );
+      const kc = L.kCache.pointer(), vc = L.vCache.pointer();
+      check(
+        lib.fp4_dec_kv_store(dev, k, A, kc, C, pos, ctx, TT, BigInt(kvWidth)),
+        "fp4_dec_kv_store",
+      );
+      check(
+        lib.fp4_dec_kv_store(dev, v, A, vc, C, pos, ctx, TT, BigInt(kvWidth)),
+        "fp4_dec_kv_store",
+      );
+      check(
+        lib.fp4_dec_attention(
+          dev,
+          q,
+          A,
+          kc,
+          vc,
+          C,
+          s.att.pointer(),
+          A,
+          pos,
+          ctx,
+          TT,
+          BigInt(c.numHeads),
+          BigInt(c.numKvHeads),
+          hd,
+          1 / Math.sqrt(c.headDim),
+        ),
+        "fp4_dec_attention",
+      );
+      await this.#linear(L.o, s.att.pointer(), act, s.proj.pointer(), act, T);
+      check(lib.fp4_dec_add(dev, hidden, s.proj.pointer(), A, BigInt(T * dim)), "fp4_dec_add");
+      check(
+        lib.fp4_dec_rmsnorm(
+          dev,
+          hidden,
+          L.postNorm.pointer(),
+          wd(L.postNorm),
+          x,
+          A,
+          TT,
+          BigInt(dim),
+          eps,
+        ),
+        "fp4_dec_rmsnorm",
+      );
+      await this.#linear(L.gate, x, act, s.gate.pointer(), act, T);
+      await this.#linear(L.up, x, act, s.up.pointer(), act, T);
+      check(
+        lib.fp4_dec_silu_mul(
+          dev,
+          s.gate.pointer(),
+          s.up.pointer(),
+          s.gate.pointer(),
+          A,
+          BigInt(T * c.intermediateSize),
+        ),
+        "fp4_dec_silu_mul",
+      );
+      await this.#linear(L.down, s.gate.pointer(), act, s.proj.pointer(), act, T);
+      check(lib.fp4_dec_add(dev, hidden, s.proj.pointer(), A, BigInt(T * dim)), "fp4_dec_add");
+    }
+    // Only the last token's logits are needed.
+    const lastRow = offset(s.hidden, (T - 1) * dim * 4);
+    check(
+      lib.fp4_dec_rmsnorm(
+        dev,
+        lastRow,
+        this.#finalNorm.pointer(),
+        wd(this.#finalNorm),
+        s.x.pointer(),
+        A,
+        1n,
+        BigInt(dim),
+        eps,
+      ),
+      "fp4_dec_rmsnorm",
+    );
+    await this.#linear(this.#head, s.x.pointer(), act, s.logits.pointer(), "f32", 1);
+    this.#position = p0 + T;
+  }
+
+  /**
+   * The logits `[vocab]` (f32) of the last token run, copied to the host.
+   *
+   * @example
+   * ```ts
+   * import { DecodeEngine } from "./engine.ts";
+   * import { LlamaModel, parseLlamaConfig } from "../model/mod.ts";
+   * const model = LlamaModel.random(parseLlamaConfig({
+   *   model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 1,
+   *   num_attention_heads: 2, vocab_size: 10, max_position_embeddings: 8,
+   * }));
+   * using engine = DecodeEngine.create(model);
+   * await engine.forward(new Int32Array([3]));
+   * console.assert(engine.logits().every(Number.isFinite));
+   * ```
+   */
+  logits(): Float32Array {
+    const s = this.#ready();
+    if (this.device === "cpu") return (s.logits.data() as Float32Array).slice();
+    const out = new Float32Array(this.model.config.vocabSize);
+    check(
+      native().fp4_memcpy(
+        this.#dev,
+        Deno.UnsafePointer.of(out),
+        s.logits.pointer(),
+        BigInt(out.byteLength),
+        D2H,
+      ),
+      "fp4_memcpy",
+    );
+    return out;
+  }
+
+  /**
+   * The greedy next token: the index of the largest logit of the last token run (the first
+   * on ties), computed on the device so that only 4 bytes come back.
+   *
+   * @example
+   * ```ts
+   * import { DecodeEngine } from "./engine.ts";
+   * import { LlamaModel, parseLlamaConfig } from "../model/mod.ts";
+   * const model = LlamaModel.random(parseLlamaConfig({
+   *   model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 1,
+   *   num_attention_heads: 2, vocab_size: 10, max_position_embeddings: 8,
+   * }));
+   * using engine = DecodeEngine.create(model);
+   * await engine.forward(new Int32Array([3]));
+   * const l = engine.logits();
+   * console.assert(l[engine.argmax()] === Math.max(...l));
+   * ```
+   */
+  argmax(): number {
+    const s = this.#ready();
+    const lib = native();
+    check(
+      lib.fp4_dec_argmax(
+        this.#dev,
+        s.logits.pointer(),
+        1n,
+        BigInt(this.model.config.vocabSize),
+        s.last.pointer(),
+      ),
+      "fp4_dec_argmax",
+    );
+    if (this.device === "cpu") return (s.last.data() as Int32Array)[0];
+    const out = new Int32Array(1);
+    check(
+      lib.fp4_memcpy(this.#dev, Deno.UnsafePointer.of(out), s.last.pointer(), 4n, D2H),
+      "fp4_memcpy",
+    );
+    return out[0];
+  }
+
+  /**
+   * Waits for the device's queued work (a no-op on the CPU); for timing.
+   *
+   * @example
+   * ```ts
+   * import { DecodeEngine } from "./engine.ts";
+   * import { LlamaModel, parseLlamaConfig } from "../model/mod.ts";
+   * const model = LlamaModel.random(parseLlamaConfig({
+   *   model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 1,
+   *   num_attention_heads: 2, vocab_size: 10, max_position_embeddings: 8,
+   * }));
+   * using engine = DecodeEngine.create(model);
+   * engine.synchronize();
+   * ```
+   */
+  synchronize(): void {
+    if (this.device !== "cpu") check(native().fp4_synchronize(this.#dev), "fp4_synchronize");
+  }
+
+  #ready(): Scratch {
+    this.#live();
+    if (!this.#scratch || this.#position === 0) {
+      throw new Error("no logits yet: run forward() first");
+    }
+    return this.#scratch;
+  }
+
+  #live(): void {
+    if (this.#disposed) throw new Error("DecodeEngine used after dispose()");
+  }
+
+  /**
+   * Frees the device memory (weights copies, cache, scratch).
+   *
+   * @example
+   * ```ts
+   * import { DecodeEngine } from "./engine.ts";
+   * import { LlamaModel, parseLlamaConfig } from "../model/mod.ts";
+   * const model = LlamaModel.random(parseLlamaConfig({
+   *   model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 1,
+   *   num_attention_heads: 2, vocab_size: 10,
+   * }));
+   * const engine = DecodeEngine.create(model, { contextLength: 4 });
+   * engine.dispose();
+   * ```
+   */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    for (const t of this.#owned) t.dispose();
+    if (this.#scratch) {
+      for (const t of Object.values(this.#scratch)) if (t instanceof Tensor) t.dispose();
+    }
+    this.#owned = [];
+    this.#scratch = undefined;
+  }
+
+  /** Same as {@linkcode dispose}, for `using`. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/**
+ * RoPE tables `[positions, head_dim / 2]` as lib/model's forward pass forms them: the angle
+ * `fround(position * inv_freq)` in f32, its cos and sin rounded to f32.
+ *
+ * @example
+ * ```ts
+ * import { ropeTables } from "./engine.ts";
+ * import { LlamaModel, parseLlamaConfig } from "../model/mod.ts";
+ * const model = LlamaModel.random(parseLlamaConfig({
+ *   model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 1,
+ *   num_attention_heads: 2, vocab_size: 10,
+ * }));
+ * const { cos } = ropeTables(model, 3);
+ * console.assert(cos.length === 3 * 4 && cos[0] === 1);
+ * ```
+ */
+export function ropeTables(
+  model: LlamaModel,
+  positions: number,
+): { cos: Float32Array; sin: Float32Array } {
+  const half = model.config.headDim / 2;
+  const inv = ropeInvFreq(model.config.rope, model.config.headDim);
+  const cos = new Float32Array(positions * half);
+  const sin = new Float32Array(positions * half);
+  for (let t = 0; t < positions; t++) {
+    for (let i = 0; i < half; i++) {
+      const angle = Math.fround(t * inv[i]);
+      cos[t * half + i] = Math.cos(angle);
+      sin[t * half + i] = Math.sin(angle);
+    }
+  }
+  return { cos, sin };
+}
