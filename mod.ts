@@ -22,4 +22,5 @@ export * from "./lib/formats/mod.ts";
 export * from "./lib/formats/native.ts";
 export * from "./lib/gptq/mod.ts";
 export * from "./lib/kernels/fp4_linear.ts";
+export * from "./lib/generate/mod.ts";
 export * from "./lib/safetensors.ts";

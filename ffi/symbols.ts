@@ -5,6 +5,7 @@
  * @module
  */
 import { coreSymbols } from "./symbols/core.ts";
+import { decodeSymbols } from "./symbols/decode.ts";
 import { formatsSymbols } from "./symbols/formats.ts";
 import { gemmSymbols } from "./symbols/gemm.ts";
 import { gptqSymbols } from "./symbols/gptq.ts";
@@ -17,6 +18,7 @@ export const symbols = {
   ...gemmSymbols,
   ...gptqSymbols,
   ...modelSymbols,
+  ...decodeSymbols,
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** Must equal `FP4_ABI_VERSION` in `cuda/include/fp4lab/core.h`. */

@@ -9,7 +9,8 @@
  *     and device memory for CUDA (allocated with fp4_alloc).
  *
  * The per-concern declarations live in fp4lab/<concern>.h and are all included here, so the
- * FFI symbol table (ffi/symbols/*.ts) is checked against this header by tests/ffi_header_test.ts.
+ * FFI symbol table (the files in ffi/symbols/) is checked against this header by
+ * tests/ffi_header_test.ts.
  */
 #ifndef FP4LAB_H
 #define FP4LAB_H
@@ -19,5 +20,6 @@
 #include "fp4lab/gemm.h"
 #include "fp4lab/gptq.h"
 #include "fp4lab/model.h"
+#include "fp4lab/decode.h"
 
 #endif

@@ -12,7 +12,8 @@
 #endif
 #define FP4_API FP4_EXTERN_C __attribute__((visibility("default")))
 
-/* Bumped whenever a signature in any fp4lab/*.h changes; ffi/ refuses a mismatched library. */
+/* Bumped whenever a signature in any header under fp4lab/ changes; ffi/ refuses a mismatched
+ * library. */
 #define FP4_ABI_VERSION 1
 
 typedef int32_t fp4_status;
