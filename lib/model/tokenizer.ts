@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { Tokenizer } from "@huggingface/tokenizers";
+import { Tokenizer } from "npm:@huggingface/tokenizers@0.2.0";
 
 /** Options of {@linkcode HfTokenizer.encode}. */
 export interface EncodeOptions {
