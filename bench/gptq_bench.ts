@@ -4,7 +4,7 @@
 import { Hessian } from "../lib/gptq/hessian.ts";
 import { quantizeLayer } from "../lib/gptq/layer.ts";
 import { gptqSolveNative } from "../lib/gptq/native.ts";
-import { gaussian, seededRandom } from "../lib/gptq/synthetic.ts";
+import { gaussian, seededRandom } from "../lib/random.ts";
 
 const g = gaussian(seededRandom(1));
 const tokens = 128 * 512;

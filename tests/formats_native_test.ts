@@ -2,6 +2,7 @@
 // reference of lib/formats, bit for bit: exhaustive element encoders, random quantizations of
 // every preset and rule, Hadamard rotations, fused rotate+quantize, and bad-input errors.
 // Random inputs use a fresh seed per run, printed in every failure message.
+import { seededRandom as rng } from "../lib/random.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { cudaStatus, type Device } from "../lib/device.ts";
 import { bf16ToF32, f16ToF32, f32ToBf16 } from "../lib/dtype.ts";
@@ -50,18 +51,6 @@ import {
 
 const DEVICES: Device[] = cudaStatus().available ? ["cpu", "cuda"] : ["cpu"];
 const SEED = (Math.random() * 2 ** 32) >>> 0;
-
-/** mulberry32: a small seeded generator, so a failure can be replayed from SEED. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const tag = (s: string) => `${s} (seed ${SEED})`;
 

@@ -7,6 +7,7 @@
 // any order (k·2^-24 for the sums, one more rounding per product on the CPU, the NVFP4 tensor
 // scale applied after the sum on CUDA), doubled for tensor-core adders, which align operands
 // with truncation. A wrong nibble order, scale or tile mapping gives errors of order |r|.
+import { seededRandom as rng } from "../lib/random.ts";
 import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { check, native, NativeError } from "../ffi/library.ts";
 import { cudaStatus, type Device } from "../lib/device.ts";
@@ -22,16 +23,6 @@ import {
 } from "../lib/kernels/fp4_linear.ts";
 
 const seed = (Math.random() * 2 ** 32) >>> 0;
-function rng(s: number): () => number {
-  // mulberry32: small, fast, good enough for test data.
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 const rand = rng(seed);
 const tag = `(seed ${seed})`;
 

@@ -3,7 +3,8 @@ import { cholesky, inverseSpd, upperCholeskyOfInverse } from "../lib/gptq/linalg
 import { gptqReference, proxyLoss } from "../lib/gptq/reference.ts";
 import { groupQuantizer } from "../lib/gptq/quantizer.ts";
 import { fakeQuantize } from "../lib/formats/quantize.ts";
-import { gaussian, hessianOf, seededRandom, syntheticLayer } from "../lib/gptq/synthetic.ts";
+import { hessianOf, syntheticLayer } from "../lib/gptq/synthetic.ts";
+import { gaussian, seededRandom } from "../lib/random.ts";
 
 const seed = (Math.random() * 2 ** 31) >>> 0;
 const tag = `(seed ${seed})`;

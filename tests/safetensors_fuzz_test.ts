@@ -1,17 +1,7 @@
+import { seededRandom as mulberry32 } from "../lib/random.ts";
 import { assert } from "./assert.ts";
 import { SafetensorsError, SafetensorsFile, writeSafetensors } from "../lib/safetensors.ts";
 import { fixtureEntries } from "./safetensors_fixtures.ts";
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const MUTATIONS = 5000;
 

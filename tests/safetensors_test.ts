@@ -1,3 +1,4 @@
+import { seededRandom as mulberry32 } from "../lib/random.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { isAtomicTempFor } from "../lib/atomic.ts";
 import { cudaStatus } from "../lib/device.ts";
@@ -25,17 +26,6 @@ import {
   SPECS,
   writeFp4labFixture,
 } from "./safetensors_fixtures.ts";
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Runs `fn` with a fresh seeded PRNG; a failure names the seed so it can be replayed. */
 async function withSeed(fn: (rand: () => number) => Promise<void>): Promise<void> {

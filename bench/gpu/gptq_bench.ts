@@ -16,7 +16,7 @@ import { Hessian } from "../../lib/gptq/hessian.ts";
 import { gptqSolveNative } from "../../lib/gptq/native.ts";
 import { descendingOrder } from "../../lib/gptq/reference.ts";
 import { chooseGroupScales } from "../../lib/formats/quantize.ts";
-import { gaussian, seededRandom } from "../../lib/gptq/synthetic.ts";
+import { gaussian, seededRandom } from "../../lib/random.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
