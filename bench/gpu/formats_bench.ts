@@ -2,7 +2,10 @@
 // to NVFP4 and MXFP4, and the fused Hadamard-128 rotate+quantize, as achieved bandwidth (input
 // bytes read + code/scale bytes written, per pass over the input) and as a fraction of the
 // device-to-device copy bandwidth measured in the same run. Timing is native (CUDA events
-// around `iters` launches, fp4_bench_formats). Writes JSON to the path given as the argument.
+// around `iters` launches, fp4_bench_formats). Before timing, the CUDA results are checked
+// byte for byte against the CPU backend on a wide-range random bf16 tensor (every benchmarked
+// op and spec, with and without a random Hadamard seed), so a fast path that drifts from the
+// shared numerics fails the run. Writes JSON to the path given as the argument.
 //
 //   deno run -A bench/gpu/formats_bench.ts bench/results/formats_h100.json [--rows N --cols N]
 import { parseArgs } from "node:util";
@@ -10,7 +13,14 @@ import { checkAsync, native } from "../../ffi/library.ts";
 import { cudaStatus, type Device, deviceId } from "../../lib/device.ts";
 import { abiDType } from "../../lib/dtype.ts";
 import { Tensor } from "../../lib/tensor.ts";
-import { packSpec } from "../../lib/formats/native.ts";
+import {
+  disposeQuantized,
+  packSpec,
+  quantizeOn,
+  rotateQuantizeOn,
+  toQuantized,
+} from "../../lib/formats/native.ts";
+import { f32ToBf16 } from "../../lib/dtype.ts";
 import { resolveSpec } from "../../lib/formats/spec.ts";
 
 const { values, positionals } = parseArgs({
@@ -122,24 +132,72 @@ async function run(device: Device, rows: number, cols: number, iters: number): P
   return rowsOut;
 }
 
+interface Check {
+  op: string;
+  spec: string;
+  seed: number | null;
+  elements: number;
+  identical: boolean;
+}
+
+/** CUDA against CPU, byte for byte, on bf16 values spread over 2^-40 .. 2^40 (and zeros). */
+async function verify(rows: number, cols: number): Promise<Check[]> {
+  const host = new Uint16Array(rows * cols);
+  for (let i = 0; i < host.length; i++) {
+    const u = Math.random();
+    const v = u < 0.01 ? 0 : (Math.random() - 0.5) * 2 ** Math.floor(u * 80 - 40);
+    host[i] = f32ToBf16(Math.random() < 0.5 ? v : v * (1 + Math.random()));
+  }
+  using x = Tensor.from(host, [rows, cols], "bf16");
+  using xd = x.to("cuda");
+  const checks: Check[] = [];
+  for (const spec of ["nvfp4", "mxfp4", "nvfp4:g32", "int4:g16", "mxfp4:sr:seed=3"]) {
+    for (const seed of [null, 1 + Math.floor(Math.random() * 1e6)]) {
+      for (
+        const op of seed === null ? ["quantize", "rotate128+quantize"] : ["rotate128+quantize"]
+      ) {
+        const run = (device: Device, t: Tensor) =>
+          op === "quantize"
+            ? quantizeOn(device, t, spec)
+            : rotateQuantizeOn(device, t, { block: 128, seed: seed ?? undefined }, spec);
+        const a = await run("cpu", x);
+        const b = await run("cuda", xd);
+        const qa = toQuantized(a), qb = toQuantized(b);
+        disposeQuantized(a);
+        disposeQuantized(b);
+        const same = (p: Uint8Array, q: Uint8Array) =>
+          p.length === q.length && p.every((v, i) => v === q[i]);
+        const identical = same(qa.codes, qb.codes) && same(qa.scales, qb.scales) &&
+          Object.is(qa.tensorScale, qb.tensorScale);
+        checks.push({ op, spec, seed, elements: rows * cols, identical });
+      }
+    }
+  }
+  return checks;
+}
+
 const rows = Number(values.rows);
 const cols = Number(values.cols);
 const iters = Number(values.iters);
 const results: Row[] = [];
 const cuda = cudaStatus();
+const checks = cuda.available ? await verify(Number(values["cpu-rows"]), cols) : [];
 if (cuda.available) results.push(...await run("cuda", rows, cols, iters));
 Deno.env.set("OMP_NUM_THREADS", "2"); // read by libgomp at its first parallel region only
 results.push(...await run("cpu", Number(values["cpu-rows"]), cols, 3));
 const report = {
   date: new Date().toISOString(),
   gpu: cuda.available ? cuda.name : null,
+  gitCommit: Deno.env.get("GIT_COMMIT") ?? null,
   cpuThreads: 2,
+  checks,
   results,
 };
 await Deno.writeTextFile(
   values.out ? `${values.out}/formats.json` : positionals[0],
   JSON.stringify(report, null, 2) + "\n",
 );
+if (checks.length) console.table(checks);
 console.table(
   results.map((r) => ({
     device: r.device,
@@ -150,3 +208,6 @@ console.table(
     ofCopy: r.fractionOfCopy === null ? null : +r.fractionOfCopy.toFixed(3),
   })),
 );
+if (checks.some((c) => !c.identical)) {
+  throw new Error("CUDA and CPU results differ (see the checks table)");
+}

@@ -124,12 +124,102 @@ struct Offset {
   float operator()(uint64_t i) const { return load(base + i); }
 };
 
+// Magnitude code of mf_encode(e2m1, v) for finite v >= 0, without the generic minifloat walk
+// (the CPU twin of e2m1_magnitude in cuda/src/cuda/quantize_fast.cuh): at v >= 1, RNE of the
+// bits at bit 22 (the carry moves into the exponent as the grid does), capped at 7; below 1,
+// rint(2v) through 2v + 2^23 (2v is exact, so the sum rounds once, ties to even).
+inline uint32_t e2m1_magnitude(float v) {
+  const uint32_t u = f32_bits(v);
+  const uint32_t lo = f32_bits(v * 2.0f + 8388608.0f) - 0x4b000000u;
+  const uint32_t n = (u + 0x1fffffu + ((u >> 22) & 1u)) >> 22;
+  const uint32_t hi = (n < 259u ? n : 259u) - 252u;
+  return u < 0x3f800000u ? lo : hi;  // both computed: a branch here mispredicts on real data
+}
+
+// One pass per group for groups of at most kFusedMax elements that own whole code bytes and
+// need no MSE search: load the group once, take its statistics and scale, encode and pack,
+// all while it is in L1. E2M1 with nearest rounding divides by a power-of-two scale as a
+// multiplication by its exact reciprocal (the same rounding of the same real) and uses the
+// short encoder above; the rest goes through quantize_element.
+constexpr uint64_t kFusedMax = 256;
+
+// Returns false when a group holds a non-finite value (that group is left unwritten).
+template <class Load>
+bool quantize_groups_fused(const QuantParams &q, const Layout &l, const Load &load,
+                           uint8_t *codes, uint8_t *scales, uint8_t *zeros) {
+  const bool fast = q.elem == CODEC_E2M1 && !q.stochastic && q.rule != RULE_MINMAX;
+  const uint64_t len = l.len;
+  int finite = 1;
+#pragma omp parallel for schedule(static) reduction(min : finite)
+  for (int64_t g = 0; g < int64_t(l.groups); g++) {
+    const uint64_t start = uint64_t(g) * len;
+    float v[kFusedMax];
+    for (uint64_t i = 0; i < len; i++) v[i] = load(start + i);
+    float a = 0.0f, lo = 0.0f, hi = 0.0f;
+    uint32_t mag = 0;  // max bits of |x|: at or above 0x7f800000 means Inf or NaN
+    for (uint64_t i = 0; i < len; i++) {
+      const float x = v[i], ax = fabsf(x);
+      const uint32_t mb = f32_bits(ax);
+      mag = mb > mag ? mb : mag;
+      a = ax > a ? ax : a;
+      lo = x < lo ? x : lo;
+      hi = x > hi ? x : hi;
+    }
+    if (mag >= 0x7f800000u) {
+      finite = 0;
+      continue;
+    }
+    const GroupScale gs = scale_for(q, a, lo, hi, 1.0f);
+    store_scale(scales, uint64_t(g), gs.bits, q.scale_nbytes);
+    if (zeros) zeros[g] = uint8_t(gs.z);
+    uint32_t c[kFusedMax];
+    if (fast) {
+      const uint32_t b = f32_bits(gs.S), e = (b >> 23) & 0xffu;
+      const bool pow2 = (b & 0x7fffffu) == 0 && e >= 1 && e <= 253;
+      const float y = pow2 ? bits_f32((254u - e) << 23) : 0.0f;
+      auto encode = [&](auto divide) {
+        for (uint64_t i = 0; i < len; i++) {
+          const uint32_t xb = f32_bits(v[i]);
+          c[i] = e2m1_magnitude(divide(bits_f32(xb & 0x7fffffffu))) | ((xb >> 28) & 8u);
+        }
+      };
+      if (gs.S == 0.0f) {
+        for (uint64_t i = 0; i < len; i++) c[i] = 0;
+      } else if (pow2) {
+        encode([y](float m) { return m * y; });
+      } else {
+        encode([S = gs.S](float m) { return m / S; });
+      }
+    } else {
+      for (uint64_t i = 0; i < len; i++) {
+        c[i] = quantize_element(q, gs, v[i], start + i, q.stochastic);
+      }
+    }
+    if (q.code_bits == 4) {
+      for (uint64_t i = 0; i < len; i += 2) {
+        codes[(start + i) >> 1] = uint8_t((c[i] & 0xfu) | ((c[i + 1] & 0xfu) << 4));
+      }
+    } else {
+      for (uint64_t i = 0; i < len; i++) codes[start + i] = uint8_t(c[i]);
+    }
+  }
+  return finite != 0;
+}
+
 template <class Load>
 fp4_status quantize_impl(const char *fn, const fp4_quant_spec &s, const Load &load, uint64_t rows,
                          uint64_t cols, uint8_t *codes, uint8_t *scales, uint8_t *zeros,
                          float *tensor_scale) {
   const Layout l = make_layout(s.group_size, rows, cols);
   QuantParams q = params_of(s);
+  const bool fused = s.group_size > 0 && q.mse_k == 0 && l.len <= kFusedMax &&
+                     (q.code_bits != 4 || l.len % 2 == 0);
+  // Without a tensor amax the fused pass finds non-finite input itself; the scan then runs only
+  // to name the first bad element.
+  if (fused && !q.tensor_amax) {
+    if (q.has_st) *tensor_scale = q.s_t;
+    if (quantize_groups_fused(q, l, load, codes, scales, zeros)) return FP4_OK;
+  }
   uint64_t bad;
   float amax_t;
   scan(load, l.n, bad, amax_t);
@@ -141,6 +231,10 @@ fp4_status quantize_impl(const char *fn, const fp4_quant_spec &s, const Load &lo
   }
   if (q.tensor_amax) q.s_t = tensor_scale_of(q, amax_t);
   if (q.has_st) *tensor_scale = q.s_t;
+  if (fused) {
+    quantize_groups_fused(q, l, load, codes, scales, zeros);
+    return FP4_OK;
+  }
 
   std::vector<float> S(l.groups);
   std::vector<int32_t> Z(l.groups);

@@ -4,6 +4,14 @@
 //
 // Layout: x [rows, cols] f32 or bf16, row-major; groups of `len` consecutive elements.
 // Paths:
+//  - coalesced (groups of 8·2^k elements, k <= 5, no MSE): each thread owns 8 consecutive
+//    elements (one 16-byte load of bf16), the len/8 lanes of a group reduce its statistics with
+//    shuffles, and each thread stores its 4 (4-bit) or 8 code bytes in one store, so a warp
+//    reads 512 contiguous bytes and writes 128 per instruction. E2M1 with nearest rounding
+//    takes the exact fast encoder and divider of quantize_fast.cuh. Bytes moved: reads x once,
+//    writes n/2 or n code bytes plus the scales. With a tensor amax the statistics pass reads
+//    x once more (16-byte loads); the quantize pass then walks the tensor backwards, so it
+//    starts on the part that the statistics pass left in L2.
 //  - fused: one thread per group (picks the scale, encodes, packs its own bytes) when every group
 //    owns whole bytes (8-bit codes, or 4-bit codes with an even group length) and groups are not
 //    the whole tensor. Bytes moved: reads x once (plain rule) or 2 + candidates times (MSE, from
@@ -22,6 +30,7 @@
 #include "../error.hpp"
 #include "../formats.hpp"
 #include "check.cuh"
+#include "quantize_fast.cuh"
 
 namespace fp4::cuda {
 
@@ -72,9 +81,196 @@ __global__ void stats_kernel(Load load, uint64_t n, Stats *st) {
   }
   if ((threadIdx.x & 31) == 0) {
     atomicMax(&st->amax, __float_as_uint(a));
-    atomicMax(&st->neg_lo, __float_as_uint(-l));
+    atomicMax(&st->neg_lo, __float_as_uint(0.0f - l));  // +0, not -0, when l = 0
     atomicMax(&st->hi, __float_as_uint(h));
     if (bad != ~0ull) atomicMin(&st->bad, bad);
+  }
+}
+
+__global__ void init_stats_kernel(Stats *st) {
+  st->bad = ~0ull;
+  st->amax = st->neg_lo = st->hi = st->pad = 0;
+}
+
+constexpr int kStatThreads = 256;
+constexpr int kStatUnroll = 4;
+
+// Whole-tensor statistics over 8-element chunks (16-byte loads), grid-stride with kStatUnroll
+// loads in flight per thread, one atomic per block and statistic. kLoHi: also min/max (the
+// tensor-wide group's rules); the tensor amax needs only max |x|.
+template <bool kBf16, bool kLoHi>
+__global__ void __launch_bounds__(kStatThreads)
+    vec_stats_kernel(const void *x, uint64_t chunks, Stats *st) {
+  uint32_t mag = 0;
+  float l = 0.0f, h = 0.0f;
+  unsigned long long bad = ~0ull;
+  const uint64_t stride = uint64_t(gridDim.x) * kStatThreads;
+  for (uint64_t c0 = blockIdx.x * uint64_t(kStatThreads) + threadIdx.x; c0 < chunks;
+       c0 += stride * kStatUnroll) {
+    float v[kStatUnroll][8];
+#pragma unroll
+    for (int k = 0; k < kStatUnroll; k++) {
+      const uint64_t c = c0 + k * stride;
+      if (c < chunks) {
+        load_chunk8<kBf16>(x, c, v[k]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++) v[k][i] = 0.0f;
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kStatUnroll; k++) {
+      uint32_t m = magnitude_bits8(v[k]);
+      if (m >= 0x7f800000u) {  // rare: note the first bad index, keep the finite values
+        m = 0;
+        for (int i = 0; i < 8; i++) {
+          if (is_finite(v[k][i])) {
+            m = max(m, __float_as_uint(v[k][i]) & 0x7fffffffu);
+          } else {
+            bad = min(bad, (unsigned long long)((c0 + k * stride) * 8 + i));
+            v[k][i] = 0.0f;
+          }
+        }
+      }
+      mag = max(mag, m);
+      if (kLoHi) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+          if (v[k][i] < l) l = v[k][i];
+          if (v[k][i] > h) h = v[k][i];
+        }
+      }
+    }
+  }
+  __shared__ uint32_t s_mag[kStatThreads / 32], s_lo[kStatThreads / 32], s_hi[kStatThreads / 32];
+  for (int o = 16; o > 0; o >>= 1) {
+    mag = max(mag, __shfl_xor_sync(0xffffffffu, mag, o));
+    if (kLoHi) {
+      l = fminf(l, __shfl_xor_sync(0xffffffffu, l, o));
+      h = fmaxf(h, __shfl_xor_sync(0xffffffffu, h, o));
+    }
+    bad = min(bad, __shfl_xor_sync(0xffffffffu, bad, o));
+  }
+  const int warp = threadIdx.x >> 5;
+  if ((threadIdx.x & 31) == 0) {
+    s_mag[warp] = mag;
+    s_lo[warp] = __float_as_uint(0.0f - l);  // +0, not -0, when l = 0
+    s_hi[warp] = __float_as_uint(h);
+    if (bad != ~0ull) atomicMin(&st->bad, bad);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    uint32_t a = 0, nl = 0, hh = 0;
+    for (int w = 0; w < kStatThreads / 32; w++) {
+      a = max(a, s_mag[w]);
+      nl = max(nl, s_lo[w]);  // bits of non-negative floats (-l >= 0 is +0 or positive)
+      hh = max(hh, s_hi[w]);
+    }
+    atomicMax(&st->amax, a);
+    if (kLoHi) {
+      atomicMax(&st->neg_lo, nl);
+      atomicMax(&st->hi, hh);
+    }
+  }
+}
+
+constexpr int kVecThreads = 256;
+constexpr int kVecUnroll = 2;  // chunks per thread, all loaded before the first is used
+
+// The coalesced quantizer (header comment). Chunk c = block * 512 + k * 256 + thread; the
+// `lanes` = len / 8 chunks of a group are consecutive lanes of one warp. The tensor scale, when
+// there is one, comes from the statistics pass (amax) or the rule's constant; block 0 writes
+// it out. kFast: E2M1 with nearest rounding (quantize_fast.cuh), else quantize_element.
+template <bool kBf16, bool kFast>
+__global__ void __launch_bounds__(kVecThreads)
+    vec_group_kernel(QuantParams q, const void *x, uint64_t chunks, int lanes, uint8_t *codes,
+                     uint8_t *scales, uint8_t *zeros, Stats *st, float *tensor_scale,
+                     bool reverse) {
+  if (q.tensor_amax) q.s_t = tensor_scale_of(q, __uint_as_float(st->amax));
+  if (q.has_st && blockIdx.x == 0 && threadIdx.x == 0) *tensor_scale = q.s_t;
+  const uint64_t blk = reverse ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const uint64_t c0 = blk * (kVecThreads * kVecUnroll) + threadIdx.x;
+  float v[kVecUnroll][8];
+#pragma unroll
+  for (int k = 0; k < kVecUnroll; k++) {
+    const uint64_t c = c0 + k * kVecThreads;
+    if (c < chunks) {
+      load_chunk8<kBf16>(x, c, v[k]);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; i++) v[k][i] = 0.0f;
+    }
+  }
+  const bool first = (threadIdx.x & (lanes - 1)) == 0;
+#pragma unroll
+  for (int k = 0; k < kVecUnroll; k++) {
+    const uint64_t c = c0 + k * kVecThreads;
+    const uint32_t own = magnitude_bits8(v[k]);
+    uint32_t mag = own;
+    float lo = 0.0f, hi = 0.0f;
+    if (!kFast) {
+#pragma unroll
+      for (int i = 0; i < 8; i++) {
+        if (v[k][i] < lo) lo = v[k][i];
+        if (v[k][i] > hi) hi = v[k][i];
+      }
+    }
+    for (int o = 1; o < lanes; o <<= 1) {
+      mag = max(mag, __shfl_xor_sync(0xffffffffu, mag, o));
+      if (!kFast) {
+        const float l2 = __shfl_xor_sync(0xffffffffu, lo, o);
+        const float h2 = __shfl_xor_sync(0xffffffffu, hi, o);
+        if (l2 < lo) lo = l2;
+        if (h2 > hi) hi = h2;
+      }
+    }
+    if (c >= chunks) continue;
+    if (mag >= 0x7f800000u) {  // the group holds a non-finite value: report, write nothing
+      if (own >= 0x7f800000u) {
+        for (int i = 0; i < 8; i++) {
+          if (!is_finite(v[k][i])) {
+            atomicMin(&st->bad, (unsigned long long)(c * 8 + i));
+            break;
+          }
+        }
+      }
+      continue;
+    }
+    const float amax = __uint_as_float(mag);
+    const GroupScale gs = scale_for(q, amax, lo, hi, 1.0f);
+    if (first) {
+      const uint64_t g = c / uint64_t(lanes);
+      store_scale(scales, g, gs.bits, q.scale_nbytes);
+      if (zeros) zeros[g] = uint8_t(gs.z);
+    }
+    if (kFast) {
+      uint32_t word = 0;
+      if (gs.S != 0.0f) {
+        const GroupDivider div(gs.S, amax);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+          const uint32_t b = __float_as_uint(v[k][i]);
+          const uint32_t code = e2m1_magnitude(div(__uint_as_float(b & 0x7fffffffu))) | ((b >> 28) & 8u);
+          word |= code << (4 * i);
+        }
+      }
+      reinterpret_cast<uint32_t *>(codes)[c] = word;
+    } else if (q.code_bits == 4) {
+      uint32_t word = 0;
+#pragma unroll
+      for (int i = 0; i < 8; i++) {
+        word |= (quantize_element(q, gs, v[k][i], c * 8 + i, q.stochastic) & 0xfu) << (4 * i);
+      }
+      reinterpret_cast<uint32_t *>(codes)[c] = word;
+    } else {
+      uint32_t w[2] = {0, 0};
+#pragma unroll
+      for (int i = 0; i < 8; i++) {
+        w[i >> 2] |= (quantize_element(q, gs, v[k][i], c * 8 + i, q.stochastic) & 0xffu)
+                     << (8 * (i & 3));
+      }
+      reinterpret_cast<uint2 *>(codes)[c] = make_uint2(w[0], w[1]);
+    }
   }
 }
 
@@ -236,6 +432,47 @@ __global__ void tensor_scale_kernel(QuantParams q, const Stats *st, float *tenso
   *tensor_scale = q.tensor_amax ? tensor_scale_of(q, __uint_as_float(st->amax)) : q.s_t;
 }
 
+// Statistics of the whole tensor into st (initialised): 16-byte loads when x allows them.
+template <class Load>
+fp4_status launch_stats(Load load, const void *x, bool bf16, uint64_t n, bool lohi, Stats *st) {
+  const uint64_t chunks = n / 8;
+  if (n % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
+    auto kernel = bf16 ? (lohi ? vec_stats_kernel<true, true> : vec_stats_kernel<true, false>)
+                       : (lohi ? vec_stats_kernel<false, true> : vec_stats_kernel<false, false>);
+    // One resident wave: the grid-stride loop then ends for every block at once.
+    int dev = 0, sms = 0, per_sm = 0;
+    FP4_CU(cudaGetDevice(&dev));
+    FP4_CU(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    FP4_CU(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kStatThreads, 0));
+    const uint64_t wave = uint64_t(sms) * uint64_t(per_sm > 0 ? per_sm : 1);
+    const uint64_t want = (chunks + kStatThreads * kStatUnroll - 1) / (kStatThreads * kStatUnroll);
+    const unsigned grid = unsigned(want < wave ? (want ? want : 1) : wave);
+    kernel<<<grid, kStatThreads>>>(x, chunks, st);
+  } else {
+    const unsigned grid = grid_for(n, 256);
+    stats_kernel<<<grid > 4096 ? 4096 : grid, 256>>>(load, n, st);
+  }
+  FP4_CU_LAUNCH();
+  return FP4_OK;
+}
+
+template <bool kBf16>
+void launch_vec(const QuantParams &q, const void *x, const Layout &l, uint8_t *codes,
+                uint8_t *scales, uint8_t *zeros, Stats *st, float *tensor_scale) {
+  const uint64_t chunks = l.n / 8;
+  const uint64_t per = kVecThreads * kVecUnroll;
+  const unsigned grid = unsigned((chunks + per - 1) / per);
+  const int lanes = int(l.len / 8);
+  const bool fast = q.elem == CODEC_E2M1 && !q.stochastic && q.rule != RULE_MINMAX;
+  if (fast) {
+    vec_group_kernel<kBf16, true><<<grid, kVecThreads>>>(q, x, chunks, lanes, codes, scales,
+                                                         zeros, st, tensor_scale, q.tensor_amax);
+  } else {
+    vec_group_kernel<kBf16, false><<<grid, kVecThreads>>>(q, x, chunks, lanes, codes, scales,
+                                                          zeros, st, tensor_scale, q.tensor_amax);
+  }
+}
+
 template <class Load>
 fp4_status quantize_with(const fp4_quant_spec &spec, Load load, int32_t dtype, const void *x,
                          uint64_t rows, uint64_t cols, uint8_t *codes, uint8_t *scales,
@@ -245,54 +482,66 @@ fp4_status quantize_with(const fp4_quant_spec &spec, Load load, int32_t dtype, c
   const bool tensor_group = spec.group_size == FP4_GROUP_TENSOR;
   const bool fused = !tensor_group && (q.code_bits != 4 || (l.len % 2) == 0);
   const bool need_stats = q.tensor_amax || tensor_group;
+  const uint64_t lanes = l.len / 8;
+  const bool vec = fused && q.mse_k == 0 && l.len % 8 == 0 && lanes <= 32 &&
+                   (lanes & (lanes - 1)) == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(codes) % (q.code_bits == 4 ? 4 : 8) == 0;
   Scratch st_mem, sz_mem;
   FP4_CU(cudaMallocAsync(&st_mem.p, sizeof(Stats), 0));
   Stats *st = static_cast<Stats *>(st_mem.p);
-  FP4_CU(cudaMemsetAsync(st, 0, sizeof(Stats)));
-  FP4_CU(cudaMemsetAsync(&st->bad, 0xff, sizeof(unsigned long long)));
+  init_stats_kernel<<<1, 1>>>(st);
+  FP4_CU_LAUNCH();
   if (need_stats) {
-    unsigned grid = grid_for(l.n, 256);
-    stats_kernel<<<grid > 4096 ? 4096 : grid, 256>>>(load, l.n, st);
-    FP4_CU_LAUNCH();
+    if (fp4_status s = launch_stats(load, x, dtype == FP4_DTYPE_BF16, l.n, tensor_group, st)) {
+      return s;
+    }
   }
-  // Kernels read s_t from device memory, so nothing here waits for the statistics.
-  const float *st_dev = q.has_st ? tensor_scale : nullptr;
-  if (q.has_st) {
-    tensor_scale_kernel<<<1, 1>>>(q, st, tensor_scale);
-    FP4_CU_LAUNCH();
-  }
-  if (fused) {
-    group_kernel<Load, true><<<grid_for(l.groups, 128), 128>>>(q, load, l, codes, scales, zeros,
-                                                              nullptr, nullptr, st, st_dev);
+  if (vec) {
+    // The kernel derives the tensor scale itself and writes it out.
+    if (dtype == FP4_DTYPE_BF16) launch_vec<true>(q, x, l, codes, scales, zeros, st, tensor_scale);
+    else launch_vec<false>(q, x, l, codes, scales, zeros, st, tensor_scale);
     FP4_CU_LAUNCH();
   } else {
-    FP4_CU(cudaMallocAsync(&sz_mem.p, l.groups * (sizeof(float) + sizeof(int)), 0));
-    float *S = static_cast<float *>(sz_mem.p);
-    int *Z = reinterpret_cast<int *>(S + l.groups);
-    if (tensor_group && q.mse_k > 0) {
-      if (q.has_st) FP4_CU(cudaMemcpy(&q.s_t, tensor_scale, sizeof(float), cudaMemcpyDeviceToHost));
-      fp4_status s;
-      GroupScale gs = host_tensor_scale<Load>(q, x, dtype, l.n, s);
-      if (s) return s;
-      uint8_t sb[4];
-      store_scale(sb, 0, gs.bits, q.scale_nbytes);
-      FP4_CU(cudaMemcpy(scales, sb, size_t(q.scale_nbytes), cudaMemcpyHostToDevice));
-      if (zeros) {
-        uint8_t zb = uint8_t(gs.z);
-        FP4_CU(cudaMemcpy(zeros, &zb, 1, cudaMemcpyHostToDevice));
-      }
-      FP4_CU(cudaMemcpy(S, &gs.S, sizeof(float), cudaMemcpyHostToDevice));
-      FP4_CU(cudaMemcpy(Z, &gs.z, sizeof(int), cudaMemcpyHostToDevice));
-    } else if (tensor_group) {
-      tensor_group_kernel<<<1, 1>>>(q, st, st_dev, scales, zeros, S, Z);
-      FP4_CU_LAUNCH();
-    } else {
-      group_kernel<Load, false><<<grid_for(l.groups, 128), 128>>>(q, load, l, codes, scales, zeros,
-                                                                 S, Z, st, st_dev);
+    // Kernels read s_t from device memory, so nothing here waits for the statistics.
+    const float *st_dev = q.has_st ? tensor_scale : nullptr;
+    if (q.has_st) {
+      tensor_scale_kernel<<<1, 1>>>(q, st, tensor_scale);
       FP4_CU_LAUNCH();
     }
-    element_kernel<<<grid_for(code_bytes(q.code_bits, l.n), 256), 256>>>(q, load, l, S, Z, codes);
-    FP4_CU_LAUNCH();
+    if (fused) {
+      group_kernel<Load, true><<<grid_for(l.groups, 128), 128>>>(q, load, l, codes, scales, zeros,
+                                                                nullptr, nullptr, st, st_dev);
+      FP4_CU_LAUNCH();
+    } else {
+      FP4_CU(cudaMallocAsync(&sz_mem.p, l.groups * (sizeof(float) + sizeof(int)), 0));
+      float *S = static_cast<float *>(sz_mem.p);
+      int *Z = reinterpret_cast<int *>(S + l.groups);
+      if (tensor_group && q.mse_k > 0) {
+        if (q.has_st) FP4_CU(cudaMemcpy(&q.s_t, tensor_scale, sizeof(float), cudaMemcpyDeviceToHost));
+        fp4_status s;
+        GroupScale gs = host_tensor_scale<Load>(q, x, dtype, l.n, s);
+        if (s) return s;
+        uint8_t sb[4];
+        store_scale(sb, 0, gs.bits, q.scale_nbytes);
+        FP4_CU(cudaMemcpy(scales, sb, size_t(q.scale_nbytes), cudaMemcpyHostToDevice));
+        if (zeros) {
+          uint8_t zb = uint8_t(gs.z);
+          FP4_CU(cudaMemcpy(zeros, &zb, 1, cudaMemcpyHostToDevice));
+        }
+        FP4_CU(cudaMemcpy(S, &gs.S, sizeof(float), cudaMemcpyHostToDevice));
+        FP4_CU(cudaMemcpy(Z, &gs.z, sizeof(int), cudaMemcpyHostToDevice));
+      } else if (tensor_group) {
+        tensor_group_kernel<<<1, 1>>>(q, st, st_dev, scales, zeros, S, Z);
+        FP4_CU_LAUNCH();
+      } else {
+        group_kernel<Load, false><<<grid_for(l.groups, 128), 128>>>(q, load, l, codes, scales,
+                                                                   zeros, S, Z, st, st_dev);
+        FP4_CU_LAUNCH();
+      }
+      element_kernel<<<grid_for(code_bytes(q.code_bits, l.n), 256), 256>>>(q, load, l, S, Z,
+                                                                            codes);
+      FP4_CU_LAUNCH();
+    }
   }
   if (check) {
     unsigned long long bad;
