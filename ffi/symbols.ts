@@ -9,6 +9,7 @@ import { decodeSymbols } from "./symbols/decode.ts";
 import { formatsSymbols } from "./symbols/formats.ts";
 import { gemmSymbols } from "./symbols/gemm.ts";
 import { gptqSymbols } from "./symbols/gptq.ts";
+import { linalgSymbols } from "./symbols/linalg.ts";
 import { modelSymbols } from "./symbols/model.ts";
 
 /** Every symbol the Deno side binds, with its FFI signature. */
@@ -19,6 +20,7 @@ export const symbols = {
   ...gptqSymbols,
   ...modelSymbols,
   ...decodeSymbols,
+  ...linalgSymbols,
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** Must equal `FP4_ABI_VERSION` in `cuda/include/fp4lab/core.h`. */

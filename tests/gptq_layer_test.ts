@@ -6,7 +6,11 @@ import { groupQuantizer } from "../lib/gptq/quantizer.ts";
 import { hessianOf, outputError, syntheticLayer } from "../lib/gptq/synthetic.ts";
 import { hadamard } from "../lib/formats/hadamard.ts";
 import { dequantize, quantize, unpackCodes } from "../lib/formats/quantize.ts";
-import { cudaStatus } from "../lib/device.ts";
+import { cudaStatus, type Device, deviceId } from "../lib/device.ts";
+import { upperCholeskyOfInverse } from "../lib/gptq/linalg.ts";
+import { Tensor } from "../lib/tensor.ts";
+import { gaussian, seededRandom } from "../lib/random.ts";
+import { checkAsync, native } from "../ffi/library.ts";
 
 const seed = (Math.random() * 2 ** 31) >>> 0;
 const tag = `(seed ${seed})`;
@@ -277,3 +281,102 @@ Deno.test({
     );
   },
 });
+
+/** The native upper Cholesky factor of A^-1 (fp4_inverse_cholesky_upper), f64, on `device`. */
+async function nativeInverseCholesky(a: Float64Array, n: number, device: Device) {
+  using at = Tensor.from(a, [n, n]).to(device);
+  using ut = Tensor.from(new Float64Array(n * n).fill(NaN), [n, n]).to(device);
+  await checkAsync(
+    native().fp4_inverse_cholesky_upper(deviceId(device), at.pointer(), BigInt(n), ut.pointer()),
+    "fp4_inverse_cholesky_upper",
+  );
+  return ut.toArray() as Float64Array;
+}
+
+/** A = X^T X / (4n) + 0.1 I for Gaussian X (4n x n): eigenvalues near [0.35, 2.35] (condition ~7). */
+function randomSpd(n: number, normal: () => number): Float64Array {
+  const m = 4 * n, x = new Float64Array(m * n).map(normal), a = new Float64Array(n * n);
+  for (let t = 0; t < m; t++) {
+    for (let i = 0; i < n; i++) {
+      const xi = x[t * n + i];
+      for (let j = 0; j <= i; j++) a[i * n + j] += xi * x[t * n + j];
+    }
+  }
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j <= i; j++) {
+      const v = a[i * n + j] / m + (i === j ? 0.1 : 0);
+      a[i * n + j] = v;
+      a[j * n + i] = v;
+    }
+  }
+  return a;
+}
+
+for (const device of ["cpu", "cuda"] as const) {
+  Deno.test({
+    name:
+      `${device} inverse Cholesky factor matches float64 within n * 2^-40 (block size 64 edges)`,
+    ignore: device === "cuda" && !cuda,
+    fn: async () => {
+      const normal = gaussian(seededRandom(seed));
+      for (const n of [1, 63, 64, 65, 130, 257, 520]) {
+        const a = randomSpd(n, normal);
+        const want = upperCholeskyOfInverse(a, n)!;
+        const got = await nativeInverseCholesky(a, n, device);
+        // Both routes are backward stable: with condition ~7 the difference is a few n * eps
+        // relative to max |U| (measured ~1e-15); n * 2^-40 leaves room without hiding a wrong
+        // block (any indexing slip is O(1)).
+        let scale = 0, err = 0;
+        for (const v of want) scale = Math.max(scale, Math.abs(v));
+        for (let i = 0; i < n; i++) {
+          for (let j = 0; j < n; j++) {
+            const k = i * n + j;
+            if (j < i) assert(got[k] === 0, `U[${i}][${j}] = ${got[k]} below the diagonal ${tag}`);
+            err = Math.max(err, Math.abs(got[k] - want[k]));
+          }
+        }
+        console.log(
+          `${device} n=${n}: max |U - U_ref| / max |U| = ${(err / scale).toExponential(2)}`,
+        );
+        assert(err <= n * 2 ** -40 * scale, `n=${n}: error ${err} of max ${scale} ${tag}`);
+      }
+      const indefinite = new Float64Array([1, 2, 0, 2, 1, 0, 0, 0, 1]);
+      await assertRejects(
+        () => nativeInverseCholesky(indefinite, 3, device),
+        Error,
+        "not positive definite",
+      );
+    },
+  });
+
+  Deno.test({
+    name: `${device} solve: damping retries rescue an indefinite H, then fail with a clear Error`,
+    ignore: device === "cuda" && !cuda,
+    fn: async () => {
+      // H = 16 blocks [[1, c], [c, 1]]: eigenvalues 1 +- c, mean diagonal 1. c = 1.5 needs
+      // damping > 0.5 (0.01 -> 0.1 -> 1: two retries); c = 200 is past 0.01 * 10^4 = 100.
+      const n = 32, rows = 3;
+      const hOf = (c: number) => {
+        const h = new Float32Array(n * n);
+        for (let i = 0; i < n; i++) {
+          h[i * n + i] = 1;
+          h[i * n + (i ^ 1)] = c;
+        }
+        return h;
+      };
+      const rand = seededRandom(seed + 1);
+      const w = Float32Array.from({ length: rows * n }, () => rand() - 0.5);
+      const opts = { scales: new Float32Array(rows).fill(0.1), groupSize: 32, device } as const;
+      const ok = await gptqSolveNative(w, hOf(1.5), rows, n, { ...opts, element: "e2m1" });
+      let rel = 0.01;
+      for (let k = 0; k < 2; k++) rel *= 10;
+      assert(ok.damp === rel, `damping ${ok.damp}, expected ${rel} ${tag}`);
+      assert(ok.dequantized.every(Number.isFinite), `non-finite output ${tag}`);
+      await assertRejects(
+        () => gptqSolveNative(w, hOf(200), rows, n, { ...opts, element: "e2m1" }),
+        Error,
+        "not positive definite even with damping 100 x mean diagonal (4 retries from 0.01)",
+      );
+    },
+  });
+}

@@ -1,8 +1,10 @@
 // GPTQ on CUDA per Llama-3-8B layer shape (out x in): Hessian accumulation of 128 batches of
 // 2048 calibration tokens (f32 SYRK kernel, X resident on the device: four distinct random
 // batches cycled) and the solve (MXFP4 static scales, act-order, blocks of 128; the time of
-// fp4_gptq_solve including H's download, the host f64 Cholesky + triangular inverse, and W's
-// upload and download, with that factorization time and the GPU column loop reported apart).
+// fp4_gptq_solve including the f64 Cholesky + triangular inverse (cuSOLVER on the GPU when it
+// loads, else on the host after H's download: `factorization` in the JSON says which) and W's
+// upload and download, with that factorization time and the GPU column loop reported apart;
+// one small solve first warms the kernels up, as the PyTorch baseline does).
 // Runs bench/gpu/gptq_torch_baseline.py in the same run when python3 with torch is there and
 // reports our/torch time ratios. Hessian throughput is given as GEMM-equivalent flops
 // 2 * tokens * in^2 / t (the kernel computes the lower triangle of tiles, about half of that)
@@ -17,6 +19,7 @@ import { gptqSolveNative } from "../../lib/gptq/native.ts";
 import { descendingOrder } from "../../lib/gptq/reference.ts";
 import { chooseGroupScales } from "../../lib/formats/quantize.ts";
 import { gaussian, seededRandom } from "../../lib/random.ts";
+import { native } from "../../ffi/library.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -59,7 +62,24 @@ interface Row {
   solveRatioOursOverTorch?: number;
 }
 
+const why = new Uint8Array(1024);
+const onGpu = native().fp4_cusolver_status(why, why.length) === 1;
+const where = new TextDecoder().decode(why.subarray(0, why.indexOf(0)));
+const factorization = onGpu ? `gpu (cuSOLVER ${where})` : `host (${where})`;
+console.log(`factorization: ${factorization}`);
+
 const g = gaussian(seededRandom(1));
+{
+  const n = 256, w = new Float32Array(64 * n).map(() => g() * 0.02);
+  const h = new Float32Array(n * n);
+  for (let i = 0; i < n; i++) h[i * n + i] = 1;
+  await gptqSolveNative(w, h, 64, n, {
+    scales: chooseGroupScales(w, [64, n], "mxfp4").effective,
+    groupSize: 32,
+    element: "e2m1",
+    device: "cuda",
+  });
+}
 const rows: Row[] = [];
 for (const [out, inF] of shapes) {
   const xs = Array.from({ length: 4 }, () => {
@@ -146,6 +166,7 @@ const result = {
   tokensPerBatch: tokens,
   batches,
   fp32PeakFlops: peak,
+  factorization,
   torch: torch ? { version: torch.torch, device: torch.device } : null,
   shapes: rows,
 };

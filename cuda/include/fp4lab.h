@@ -21,5 +21,6 @@
 #include "fp4lab/gptq.h"
 #include "fp4lab/model.h"
 #include "fp4lab/decode.h"
+#include "fp4lab/linalg.h"
 
 #endif

@@ -56,4 +56,16 @@ fp4_status gptq_solve(float *w, const float *h, int64_t rows, int64_t cols, cons
                       int32_t group_size, int32_t element, const int32_t *perm, double damp,
                       int32_t block_size, int32_t max_retries, uint8_t *codes, double *info);
 
+// fp4_inverse_cholesky_upper on device memory (cuSOLVER, or the host path when it is missing).
+fp4_status inverse_cholesky_upper(const double *a, int64_t n, double *u);
+
+// fp4_cusolver_status: loads cuSOLVER on the first call (thread-safe), then reports.
+int32_t cusolver_status(char *buf, int32_t cap);
+
+// The cuSOLVER half of the GPU factorization (cuda/src/cuda/cusolver_runtime.cu). In place on
+// device b [n, n] f64 (full symmetric in, the matrix B = J A J): potrf then trtri, so that b's
+// row-major lower triangle holds L^-1 with B = L L^T. *pd = false when B is not positive
+// definite. Requires cusolver_status() == 1. Synchronizes.
+fp4_status lower_inverse_of_cholesky(double *b, int64_t n, bool *pd);
+
 }  // namespace fp4::cuda

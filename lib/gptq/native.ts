@@ -44,7 +44,7 @@ export interface NativeSolveResult {
   damp: number;
   /** trace((W - Q) H (W - Q)^T): CPU in f64; CUDA as sum H .* (D^T D), D^T D in f32, sum in f64. */
   proxyLoss: number;
-  /** Seconds spent in the host f64 factorization (both devices; CUDA includes H's download). */
+  /** Seconds spent in the f64 factorization (host for cpu; cuSOLVER on the GPU for cuda). */
   factorSeconds: number;
   /** Seconds in the column loop and lazy updates. */
   loopSeconds: number;

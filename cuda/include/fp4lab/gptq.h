@@ -34,10 +34,11 @@ FP4_API fp4_status fp4_gptq_hessian_add(int32_t device, float *h, const float *x
  *            multiplied by 10, at most max_retries times, then FP4_ERR_NUMERIC.
  *   codes:   [rows, cols] u8 out, one code per byte, stored order.
  *   info:    [4] f64 out: absolute damping used, proxy loss trace((W - Q) H (W - Q)^T),
- *            seconds spent factoring (host f64) and seconds in the column loop (wall clock).
+ *            seconds spent factoring (f64) and seconds in the column loop (wall clock).
  * Inputs with H_jj = 0 are dead: their weights become 0 (as GPTQ does).
- * Cholesky and the triangular inverse run on the host in f64 (both devices); the column loop and
- * the lazy updates in f32 with unfused products in the same order on both devices. */
+ * Cholesky and the triangular inverse run in f64: on the host for the CPU device, on the GPU through
+ * cuSOLVER (loaded at run time; host fallback when it cannot be loaded) for CUDA; the column loop
+ * and the lazy updates in f32 with unfused products in the same order on both devices. */
 FP4_API fp4_status fp4_gptq_solve(int32_t device, float *w, const float *h, int64_t rows,
                                   int64_t cols, const float *scales, int32_t group_size,
                                   int32_t element, const int32_t *order, double damp,

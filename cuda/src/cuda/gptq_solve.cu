@@ -1,10 +1,14 @@
 // CUDA GPTQ solve, the twin of solve() in cuda/src/cpu/gptq.cpp: the same float operations in
 // the same order, so with the same U the codes equal the CPU's.
 //
-// Flow (W [rows, cols] f32 row-major, device): the host copies H back, masks dead inputs,
-// permutes, damps and factors in f64 (fp4::gptq::factor, shared with the CPU) and uploads U
-// (f32 [n, n], processing order). W is gathered into processing order (Wp). Then per block of B
-// columns [c1, c2):
+// Flow (W [rows, cols] f32 row-major, device): U (the upper Cholesky factor of the damped,
+// permuted H^-1, f32 [n, n], processing order) is built on the GPU: the permuted, masked, damped
+// f64 Hessian is written reversed (B = J Hd J, n^2 f64), cuSOLVER factors B = L L^T and inverts
+// L in place (cusolver_runtime.cu), and U = J L^-1 J is read out rounded to f32; damping retries
+// as on the CPU (same absolute damping: the mean diagonal is summed on the host in the CPU's
+// order). Without cuSOLVER (or when it fails) the host copies H back and factors it in f64
+// (fp4::gptq::factor, shared with the CPU) and uploads U. W is gathered into processing order
+// (Wp). Then per block of B columns [c1, c2):
 //  1. block_kernel: one warp per 32 rows, the rows' B columns staged in shared memory
 //     (transposed, padded: conflict-free for both the coalesced load and the per-row loop);
 //     each thread runs the column loop of its row with error feedback inside the block (reading
@@ -20,11 +24,14 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <mutex>
 #include <vector>
 
 #include "../cuda_backend.hpp"
 #include "../error.hpp"
 #include "../gptq_backend.hpp"
+#include "../cpu/linalg.hpp"
 #include "check.cuh"
 
 namespace fp4::cuda {
@@ -178,7 +185,141 @@ __global__ void dot_kernel(const float *h, const float *g, int64_t count, double
 
 unsigned grid_for(int64_t n) { return unsigned(std::min<int64_t>((n + 255) / 256, 65535 * 4)); }
 
+// b[i][j] = Hd[n-1-i][n-1-j], Hd the permuted f64 Hessian with dead inputs masked (identity rows
+// and columns) plus abs_damp on the diagonal: the CPU's factor() input, reversed. Reads of h are
+// gathered through perm (rows of h stay in L2); writes are coalesced. Bytes: 12 n^2.
+__global__ void damped_reversed_kernel(const float *h, int64_t n, const int32_t *perm,
+                                       const char *dead, double abs_damp, double *b) {
+  const int64_t total = n * n;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t p = n - 1 - i / n, q = n - 1 - i % n;
+    const int64_t sp = perm[p], sq = perm[q];
+    double v = dead[sp] || dead[sq] ? (p == q ? 1.0 : 0.0) : double(h[sp * n + sq]);
+    if (p == q) v += abs_damp;
+    b[i] = v;
+  }
+}
+
+// b = J a J for f64 row-major a (the entry point's input). Bytes: 16 n^2.
+__global__ void reversed_kernel(const double *a, int64_t n, double *b) {
+  const int64_t total = n * n;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x)
+    b[i] = a[total - 1 - i];
+}
+
+// u = J L^-1 J with L^-1 in the row-major lower triangle of b (upper triangle of b ignored):
+// u[i][j] = b[n-1-i][n-1-j] for j >= i, else 0; sets *bad on a non-finite value of u. Reads run
+// backwards through b, still coalesced. Bytes: (8 + sizeof(T)) n^2.
+template <class T>
+__global__ void upper_from_reversed_kernel(const double *b, int64_t n, T *u, int *bad) {
+  const int64_t total = n * n;
+  int any = 0;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const T v = i % n >= i / n ? T(b[total - 1 - i]) : T(0);
+    if (!isfinite(v)) any = 1;
+    u[i] = v;
+  }
+  if (__syncthreads_or(any) && threadIdx.x == 0) atomicOr(bad, 1);
+}
+
+template <class T>
+fp4_status read_out_upper(const double *b, int64_t n, T *u, bool *finite) {
+  int *bad = nullptr;
+  FP4_CU(cudaMalloc(&bad, sizeof(int)));
+  cudaError_t e = cudaMemset(bad, 0, sizeof(int));
+  if (e == cudaSuccess) {
+    upper_from_reversed_kernel<T><<<grid_for(n * n), 256>>>(b, n, u, bad);
+    e = cudaGetLastError();
+  }
+  int host = 0;
+  if (e == cudaSuccess) e = cudaMemcpy(&host, bad, sizeof(int), cudaMemcpyDeviceToHost);
+  cudaFree(bad);
+  FP4_CU(e);
+  *finite = host == 0;
+  return FP4_OK;
+}
+
+// The GPU twin of fp4::gptq::factor writing U (f32, device) and dead (host; also uploaded to
+// dead_d). FP4_ERR_NUMERIC for H with NaN/Inf or when every damping fails; any other failure
+// status means the caller may factor on the host instead.
+fp4_status factor_on_device(const float *h, int64_t n, const int32_t *perm, const int32_t *perm_d,
+                            double damp, int32_t max_retries, float *u, std::vector<char> &dead,
+                            char *dead_d, double *abs_damp_out) {
+  bool bad = false;
+  if (fp4_status s = any_bad(h, n * n, false, &bad)) return s;
+  if (bad) return fp4::fail(FP4_ERR_NUMERIC, "fp4_gptq_solve: H has NaN or Inf values");
+  std::vector<float> diag(n);
+  FP4_CU(cudaMemcpy2D(diag.data(), sizeof(float), h, size_t(n + 1) * sizeof(float),
+                      sizeof(float), size_t(n), cudaMemcpyDeviceToHost));
+  dead.assign(size_t(n), 0);
+  for (int64_t j = 0; j < n; j++) dead[j] = diag[j] == 0.0f;
+  double mean_diag = 0;
+  for (int64_t p = 0; p < n; p++) mean_diag += dead[perm[p]] ? 1.0 : double(diag[perm[p]]);
+  mean_diag /= double(n);
+  FP4_CU(cudaMemcpy(dead_d, dead.data(), n, cudaMemcpyHostToDevice));
+
+  Buffers buf;
+  double *b = nullptr;
+  FP4_CU(buf.alloc(&b, size_t(n) * n));
+  double rel = damp, abs_damp = 0;
+  bool factored = false;
+  for (int attempt = 0; attempt <= max_retries && !factored; attempt++) {
+    if (attempt > 0) rel *= 10;
+    abs_damp = rel * mean_diag;
+    damped_reversed_kernel<<<grid_for(n * n), 256>>>(h, n, perm_d, dead_d, abs_damp, b);
+    FP4_CU_LAUNCH();
+    bool pd = false;
+    if (fp4_status s = lower_inverse_of_cholesky(b, n, &pd)) return s;
+    if (pd)
+      if (fp4_status s = read_out_upper(b, n, u, &factored)) return s;
+  }
+  if (!factored)
+    return fp4::fail(FP4_ERR_NUMERIC,
+                     "fp4_gptq_solve: the Hessian is not positive definite even with damping "
+                     "%g x mean diagonal (%d retries from %g)", rel, max_retries, damp);
+  *abs_damp_out = abs_damp;
+  return FP4_OK;
+}
+
+// Says once per process why the CUDA solve factors on the host (it is much slower there).
+void note_host_factor(const char *why) {
+  static std::once_flag once;
+  std::call_once(once, [why] {
+    std::fprintf(stderr, "fp4lab: %s; the CUDA GPTQ solve factors on the host\n", why);
+  });
+}
+
 }  // namespace
+
+fp4_status inverse_cholesky_upper(const double *a, int64_t n, double *u) {
+  if (fp4_status s = ensure_device()) return s;
+  const size_t count = size_t(n) * size_t(n);
+  if (!cusolver_status(nullptr, 0)) {
+    std::vector<double> ah(count), uh(count);
+    FP4_CU(cudaMemcpy(ah.data(), a, count * sizeof(double), cudaMemcpyDeviceToHost));
+    if (!fp4::cpu::upper_cholesky_of_inverse(ah.data(), n, uh.data()))
+      return fp4::fail(FP4_ERR_NUMERIC,
+                       "fp4_inverse_cholesky_upper: the matrix is not positive definite");
+    FP4_CU(cudaMemcpy(u, uh.data(), count * sizeof(double), cudaMemcpyHostToDevice));
+    return FP4_OK;
+  }
+  Buffers buf;
+  double *b = nullptr;
+  FP4_CU(buf.alloc(&b, count));
+  reversed_kernel<<<grid_for(n * n), 256>>>(a, n, b);
+  FP4_CU_LAUNCH();
+  bool pd = false, finite = false;
+  if (fp4_status s = lower_inverse_of_cholesky(b, n, &pd)) return s;
+  if (pd)
+    if (fp4_status s = read_out_upper(b, n, u, &finite)) return s;
+  if (!pd || !finite)
+    return fp4::fail(FP4_ERR_NUMERIC,
+                     "fp4_inverse_cholesky_upper: the matrix is not positive definite");
+  return FP4_OK;
+}
 
 fp4_status gptq_solve(float *w, const float *h, int64_t rows, int64_t cols, const float *scales,
                       int32_t group_size, int32_t element, const int32_t *perm, double damp,
@@ -200,35 +341,46 @@ fp4_status gptq_solve(float *w, const float *h, int64_t rows, int64_t cols, cons
                      "fp4_gptq_solve: group scales must be finite and >= 0");
 
   const double t0 = fp4::gptq::now_seconds();
-  std::vector<float> hh(size_t(n) * size_t(n));
-  FP4_CU(cudaMemcpy(hh.data(), h, hh.size() * sizeof(float), cudaMemcpyDeviceToHost));
-  std::vector<float> uh;
-  std::vector<char> dead;
-  double abs_damp = 0;
-  if (fp4_status s = fp4::gptq::factor(hh.data(), n, perm, damp, max_retries, uh, dead, &abs_damp))
-    return s;
-  hh = std::vector<float>();
-  std::vector<int32_t> gpos(n);
-  for (int64_t p = 0; p < n; p++) gpos[p] = perm[p] / group_size;
-
   Buffers buf;
   float *u = nullptr, *wp = nullptr, *err_t = nullptr, *d = nullptr, *g = nullptr;
   int32_t *perm_d = nullptr, *gpos_d = nullptr;
   char *dead_d = nullptr;
   uint8_t *codes_p = nullptr;
   double *partial = nullptr;
-  FP4_CU(buf.alloc(&u, uh.size()));
+  FP4_CU(buf.alloc(&u, size_t(n) * n));
+  FP4_CU(buf.alloc(&perm_d, n));
+  FP4_CU(buf.alloc(&dead_d, n));
+  FP4_CU(cudaMemcpy(perm_d, perm, n * sizeof(int32_t), cudaMemcpyHostToDevice));
+  std::vector<char> dead;
+  double abs_damp = 0;
+  bool on_device = false;
+  char why[512] = "";
+  if (cusolver_status(why, sizeof why)) {
+    const fp4_status s =
+        factor_on_device(h, n, perm, perm_d, damp, max_retries, u, dead, dead_d, &abs_damp);
+    if (s == FP4_ERR_NUMERIC) return s;
+    on_device = s == FP4_OK;
+    if (!on_device) fp4_last_error(why, sizeof why);
+  }
+  if (!on_device) {
+    note_host_factor(why);
+    std::vector<float> hh(size_t(n) * size_t(n));
+    FP4_CU(cudaMemcpy(hh.data(), h, hh.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    std::vector<float> uh;
+    if (fp4_status s =
+            fp4::gptq::factor(hh.data(), n, perm, damp, max_retries, uh, dead, &abs_damp))
+      return s;
+    hh = std::vector<float>();
+    FP4_CU(cudaMemcpy(u, uh.data(), uh.size() * sizeof(float), cudaMemcpyHostToDevice));
+    FP4_CU(cudaMemcpy(dead_d, dead.data(), n, cudaMemcpyHostToDevice));
+  }
+  std::vector<int32_t> gpos(n);
+  for (int64_t p = 0; p < n; p++) gpos[p] = perm[p] / group_size;
   FP4_CU(buf.alloc(&wp, size_t(rows) * n));
   FP4_CU(buf.alloc(&codes_p, size_t(rows) * n));
   FP4_CU(buf.alloc(&err_t, size_t(bs) * rows));
-  FP4_CU(buf.alloc(&perm_d, n));
   FP4_CU(buf.alloc(&gpos_d, n));
-  FP4_CU(buf.alloc(&dead_d, n));
-  FP4_CU(cudaMemcpy(u, uh.data(), uh.size() * sizeof(float), cudaMemcpyHostToDevice));
-  FP4_CU(cudaMemcpy(perm_d, perm, n * sizeof(int32_t), cudaMemcpyHostToDevice));
   FP4_CU(cudaMemcpy(gpos_d, gpos.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice));
-  FP4_CU(cudaMemcpy(dead_d, dead.data(), n, cudaMemcpyHostToDevice));
-  uh = std::vector<float>();
   FP4_CU(cudaDeviceSynchronize());
   const double t1 = fp4::gptq::now_seconds();
 
