@@ -1,7 +1,8 @@
 import { assert, assertRejects } from "./assert.ts";
 import { Hessian } from "../lib/gptq/hessian.ts";
 import { type GptqFormat, type GptqMethod, quantizeLayer } from "../lib/gptq/layer.ts";
-import { gptqSolveNative } from "../lib/gptq/native.ts";
+import { gptqSolveInPlace, gptqSolveNative } from "../lib/gptq/native.ts";
+import { resolveSpec } from "../lib/formats/spec.ts";
 import { groupQuantizer } from "../lib/gptq/quantizer.ts";
 import { hessianOf, outputError, syntheticLayer } from "../lib/gptq/synthetic.ts";
 import { hadamard } from "../lib/formats/hadamard.ts";
@@ -376,6 +377,103 @@ for (const device of ["cpu", "cuda"] as const) {
         () => gptqSolveNative(w, hOf(200), rows, n, { ...opts, element: "e2m1" }),
         Error,
         "not positive definite even with damping 100 x mean diagonal (4 retries from 0.01)",
+      );
+    },
+  });
+}
+
+for (const device of ["cpu", "cuda"] as const) {
+  Deno.test({
+    name: `${device} solve: Tensor inputs give the host-array results, in place or copied`,
+    ignore: device === "cuda" && !cuda,
+    fn: async () => {
+      const rows = 40, cols = 128;
+      const l = syntheticLayer(rows, cols, 512, seed + 7);
+      const h = Float32Array.from(hessianOf(l.x, l.tokens, cols));
+      const opts = { groupSize: 32, element: "e2m1", device, blockSize: 32 } as const;
+      const scales = groupQuantizer(resolveSpec("mxfp4")).chooseScales(l.w, rows, cols).effective;
+      const order = Int32Array.from({ length: cols }, (_, j) => (j * 37) % cols);
+      const host = await gptqSolveNative(l.w, h, rows, cols, { ...opts, scales, order });
+      using wt = Tensor.from(l.w.slice(), [rows, cols]).to(device);
+      using ht = Tensor.from(h.slice(), [cols, cols]).to(device);
+      using st = Tensor.from(scales.slice(), [scales.length]).to(device);
+      const same = (r: { codes: Uint8Array; dequantized: Float32Array; proxyLoss: number }) => {
+        const dc = r.codes.findIndex((v, i) => v !== host.codes[i]);
+        const dq = r.dequantized.findIndex((v, i) => !Object.is(v, host.dequantized[i]));
+        assert(dc < 0 && dq < 0, `first differing code ${dc}, dequantized ${dq} ${tag}`);
+        // The CPU loss sums per-thread partials in a schedule-dependent order.
+        const rel = Math.abs(r.proxyLoss - host.proxyLoss) / host.proxyLoss;
+        assert(rel < 1e-12, `proxy loss ${r.proxyLoss} vs ${host.proxyLoss} ${tag}`);
+      };
+      same(await gptqSolveNative(wt, ht, rows, cols, { ...opts, scales: st, order }));
+      const wAfter = wt.toArray();
+      assert(wAfter.every((v, i) => v === l.w[i]), `the W tensor was modified ${tag}`);
+      // Inputs on the other device are moved to the solve's device.
+      const other: Device | null = device === "cuda" ? "cpu" : cuda ? "cuda" : null;
+      if (other) {
+        using wo = Tensor.from(l.w.slice(), [rows, cols]).to(other);
+        using so = Tensor.from(scales.slice(), [scales.length]).to(other);
+        same(await gptqSolveNative(wo, ht, rows, cols, { ...opts, scales: so, order }));
+      }
+
+      using wi = Tensor.from(l.w.slice(), [rows, cols]).to(device);
+      using codes = Tensor.empty([rows * cols], "u8", device);
+      const stats = await gptqSolveInPlace(wi, ht, codes, rows, cols, {
+        ...opts,
+        scales: st,
+        order,
+      });
+      same({
+        codes: codes.toArray() as Uint8Array,
+        dequantized: wi.toArray() as Float32Array,
+        proxyLoss: stats.proxyLoss,
+      });
+      assert(stats.damp === host.damp, `damping ${stats.damp} vs ${host.damp} ${tag}`);
+
+      using bad = Tensor.from(new Int32Array(rows * cols), [rows, cols]).to(device);
+      await assertRejects(
+        () => gptqSolveNative(bad, ht, rows, cols, { ...opts, scales }),
+        Error,
+        "W must be an f32 tensor, got i32",
+      );
+      using short = Tensor.empty([rows * cols - 1], "u8", device);
+      await assertRejects(
+        () => gptqSolveInPlace(wi, ht, short, rows, cols, { ...opts, scales }),
+        Error,
+        `codes must be a u8 tensor of ${rows * cols} elements on ${device}`,
+      );
+    },
+  });
+
+  Deno.test({
+    name: `${device} quantizeLayer: Tensor W and H give the host-array layer`,
+    ignore: device === "cuda" && !cuda,
+    fn: async () => {
+      const rows = 40, cols = 128, tokens = 512;
+      const l = syntheticLayer(rows, cols, tokens, seed + 8);
+      const xDead = l.x.slice();
+      for (let t = 0; t < tokens; t++) xDead[t * cols + 5] = 0;
+      for (const x of [l.x, xDead]) {
+        const h = Float32Array.from(hessianOf(x, tokens, cols));
+        for (const method of ["gptq", "mr-gptq"] as const) {
+          const opts = { format: "mxfp4", method, device } as const;
+          const want = await quantizeLayer(l.w, rows, cols, h, opts);
+          using wt = Tensor.from(l.w.slice(), [rows, cols]).to(device);
+          using ht = Tensor.from(h.slice(), [cols, cols]).to(device);
+          const got = await quantizeLayer(wt, rows, cols, ht, { ...opts, device: undefined });
+          const what = `${method}${x === xDead ? " with a dead input" : ""}`;
+          const dc = got.codes.findIndex((v, i) => v !== want.codes[i]);
+          assert(dc < 0, `${what}: code ${dc} differs ${tag}`);
+          const rel = Math.abs(got.proxyLoss - want.proxyLoss) / want.proxyLoss;
+          assert(rel < 1e-12, `${what}: loss ${got.proxyLoss} vs ${want.proxyLoss} ${tag}`);
+          assert(got.scales.every((s, i) => s === want.scales[i]), `${what}: scales ${tag}`);
+        }
+      }
+      using w16 = Tensor.from(new Uint16Array(rows * cols), [rows, cols]);
+      await assertRejects(
+        () => quantizeLayer(w16, rows, cols, l.x, { format: "mxfp4", device }),
+        Error,
+        "W must be an f32 tensor, got bf16",
       );
     },
   });

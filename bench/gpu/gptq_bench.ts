@@ -1,10 +1,17 @@
 // GPTQ on CUDA per Llama-3-8B layer shape (out x in): Hessian accumulation of 128 batches of
 // 2048 calibration tokens (f32 SYRK kernel, X resident on the device: four distinct random
-// batches cycled) and the solve (MXFP4 static scales, act-order, blocks of 128; the time of
-// fp4_gptq_solve including the f64 Cholesky + triangular inverse (cuSOLVER on the GPU when it
-// loads, else on the host after H's download: `factorization` in the JSON says which) and W's
-// upload and download, with that factorization time and the GPU column loop reported apart;
-// one small solve first warms the kernels up, as the PyTorch baseline does).
+// batches cycled) and the solve (MXFP4 static scales, act-order, blocks of 128), timed two ways:
+// - solveSeconds: W, H and the scales already on the device and Q and the codes left there, as
+//   the PyTorch baseline has them: a device-to-device clone of W (the baseline clones too) and
+//   gptqSolveInPlace. The clone's target and the codes are allocated before the clock starts
+//   (a Tensor's device allocation is initialised from the host); the solve's own scratch
+//   buffers are allocated inside it, timed. This is the time compared with PyTorch.
+// - solveHostArraysSeconds: gptqSolveNative on host Float32Arrays, returning host arrays: W, H
+//   and the scales uploaded, the codes and Q downloaded (what quantizeLayer pays per layer).
+// Both include the f64 Cholesky + triangular inverse (cuSOLVER on the GPU when it loads, else on
+// the host after H's download: `factorization` in the JSON says which), reported apart with the
+// GPU column loop; solveDeviceMatchesHost says the two paths gave the same codes. Small solves
+// of both paths first warm the kernels up, as the PyTorch baseline does.
 // Runs bench/gpu/gptq_torch_baseline.py in the same run when python3 with torch is there and
 // reports our/torch time ratios. Hessian throughput is given as GEMM-equivalent flops
 // 2 * tokens * in^2 / t (the kernel computes the lower triangle of tiles, about half of that)
@@ -15,11 +22,11 @@ import { parseArgs } from "node:util";
 import { cudaStatus } from "../../lib/device.ts";
 import { Tensor } from "../../lib/tensor.ts";
 import { Hessian } from "../../lib/gptq/hessian.ts";
-import { gptqSolveNative } from "../../lib/gptq/native.ts";
+import { gptqSolveInPlace, gptqSolveNative } from "../../lib/gptq/native.ts";
 import { descendingOrder } from "../../lib/gptq/reference.ts";
 import { chooseGroupScales } from "../../lib/formats/quantize.ts";
 import { gaussian, seededRandom } from "../../lib/random.ts";
-import { native } from "../../ffi/library.ts";
+import { check, native } from "../../ffi/library.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -56,10 +63,38 @@ interface Row {
   solveSeconds: number;
   solveFactorSeconds: number;
   solveLoopSeconds: number;
+  solveHostArraysSeconds: number;
+  solveDeviceMatchesHost: boolean;
   torchHessianSeconds?: number;
   torchSolveSeconds?: number;
   hessianRatioOursOverTorch?: number;
   solveRatioOursOverTorch?: number;
+  solveHostArraysRatioOursOverTorch?: number;
+}
+
+const D2D = 2;
+
+/** Device-resident solve: clone W into `work` on the device, then solve in place. */
+async function solveOnDevice(
+  w: Tensor,
+  work: Tensor,
+  h: Tensor,
+  codes: Tensor,
+  rows: number,
+  cols: number,
+  scales: Tensor,
+  order?: Int32Array,
+) {
+  check(
+    native().fp4_memcpy(1, work.pointer(), w.pointer(), BigInt(w.byteLength), D2D),
+    "fp4_memcpy",
+  );
+  return await gptqSolveInPlace(work, h, codes, rows, cols, {
+    scales,
+    groupSize: 32,
+    element: "e2m1",
+    order,
+  });
 }
 
 const why = new Uint8Array(1024);
@@ -73,12 +108,14 @@ const g = gaussian(seededRandom(1));
   const n = 256, w = new Float32Array(64 * n).map(() => g() * 0.02);
   const h = new Float32Array(n * n);
   for (let i = 0; i < n; i++) h[i * n + i] = 1;
-  await gptqSolveNative(w, h, 64, n, {
-    scales: chooseGroupScales(w, [64, n], "mxfp4").effective,
-    groupSize: 32,
-    element: "e2m1",
-    device: "cuda",
-  });
+  const scales = chooseGroupScales(w, [64, n], "mxfp4").effective;
+  await gptqSolveNative(w, h, 64, n, { scales, groupSize: 32, element: "e2m1", device: "cuda" });
+  using wd = Tensor.from(w, [64, n]).to("cuda");
+  using work = Tensor.empty([64, n], "f32", "cuda");
+  using hd = Tensor.from(h, [n, n]).to("cuda");
+  using codes = Tensor.empty([64 * n], "u8", "cuda");
+  using sd = Tensor.from(scales, [scales.length]).to("cuda");
+  await solveOnDevice(wd, work, hd, codes, 64, n, sd);
 }
 const rows: Row[] = [];
 for (const [out, inF] of shapes) {
@@ -100,6 +137,18 @@ for (const [out, inF] of shapes) {
   for (let i = 0; i < w.length; i++) w[i] = g() * 0.02;
   const scales = chooseGroupScales(w, [out, inF], "mxfp4").effective;
   const order = descendingOrder(Float64Array.from({ length: inF }, (_, j) => h[j * inF + j]));
+  const onDevice = async () => {
+    using wd = Tensor.from(w, [out, inF]).to("cuda");
+    using work = Tensor.empty([out, inF], "f32", "cuda");
+    using hd = Tensor.from(h, [inF, inF]).to("cuda");
+    using codes = Tensor.empty([out * inF], "u8", "cuda");
+    using sd = Tensor.from(scales, [scales.length]).to("cuda");
+    const t = performance.now();
+    const stats = await solveOnDevice(wd, work, hd, codes, out, inF, sd, order);
+    const seconds = (performance.now() - t) / 1000;
+    return { seconds, stats, codes: codes.toArray() as Uint8Array };
+  };
+  const dev = await onDevice();
   const t1 = performance.now();
   const r = await gptqSolveNative(w, h, out, inF, {
     scales,
@@ -108,7 +157,9 @@ for (const [out, inF] of shapes) {
     order,
     device: "cuda",
   });
-  const ss = (performance.now() - t1) / 1000;
+  const hostSeconds = (performance.now() - t1) / 1000;
+  let matches = dev.codes.length === r.codes.length;
+  for (let i = 0; matches && i < r.codes.length; i++) matches = dev.codes[i] === r.codes[i];
   const flops = 2 * tokens * batches * inF * inF;
   rows.push({
     out,
@@ -116,9 +167,11 @@ for (const [out, inF] of shapes) {
     hessianSeconds: hs,
     hessianTflops: flops / hs / 1e12,
     hessianFractionOfPeak: flops / hs / peak,
-    solveSeconds: ss,
-    solveFactorSeconds: r.factorSeconds,
-    solveLoopSeconds: r.loopSeconds,
+    solveSeconds: dev.seconds,
+    solveFactorSeconds: dev.stats.factorSeconds,
+    solveLoopSeconds: dev.stats.loopSeconds,
+    solveHostArraysSeconds: hostSeconds,
+    solveDeviceMatchesHost: matches,
   });
   console.log(JSON.stringify(rows[rows.length - 1]));
 }
@@ -156,6 +209,7 @@ if (torch) {
     row.torchSolveSeconds = t.solve_s;
     row.hessianRatioOursOverTorch = row.hessianSeconds / t.hessian_s;
     row.solveRatioOursOverTorch = row.solveSeconds / t.solve_s;
+    row.solveHostArraysRatioOursOverTorch = row.solveHostArraysSeconds / t.solve_s;
   }
 }
 const result = {

@@ -14,6 +14,7 @@
  * @module
  */
 import type { Device } from "../device.ts";
+import { Tensor } from "../tensor.ts";
 import { hadamard, hadamardF64, type HadamardOptions } from "../formats/hadamard.ts";
 import { packCodes } from "../formats/quantize.ts";
 import { type QuantSpec, resolveSpec, type SpecInput } from "../formats/spec.ts";
@@ -64,7 +65,7 @@ export interface QuantizeLayerOptions {
   maxDampRetries?: number;
   /** `"native"` (default) or the float64 `"reference"` (small layers). */
   solver?: "native" | "reference";
-  /** Device of the native solver; default `"cpu"`. */
+  /** Device of the native solver; default W's device when W is a Tensor, else `"cpu"`. */
   device?: Device;
 }
 
@@ -117,6 +118,11 @@ function layerSpec(options: QuantizeLayerOptions, mr: boolean): QuantSpec {
   return resolveSpec(spec as SpecInput);
 }
 
+function hostF32(name: string, t: Tensor): Float32Array {
+  if (t.dtype !== "f32") throw new Error(`${name} must be an f32 tensor, got ${t.dtype}`);
+  return t.toArray() as Float32Array;
+}
+
 /**
  * H' = R^T H R for the rotation R of lib/formats `hadamard` (x -> x R), in float64: the
  * transform applied to the rows of H, then to the rows of the transpose (H is symmetric).
@@ -133,6 +139,8 @@ function rotateHessian(h: Float64Array, cols: number, rot: HadamardOptions): Flo
  * inputs (cols x cols, or a {@linkcode Hessian}). Bad input throws an Error and returns nothing.
  * The rotation is lib/formats `hadamard` (float32, Sylvester order, optional seeded signs), the
  * transform activations get online; W' = hadamard(W) in float32 and H' = R^T H R in float64.
+ * W and H may be f32 Tensors: they are read back for the checks, scales and order, and handed to
+ * the native solver where they lie when no rotation changes them (no second upload).
  *
  * @example
  * ```ts
@@ -146,10 +154,10 @@ function rotateHessian(h: Float64Array, cols: number, rot: HadamardOptions): Flo
  * ```
  */
 export async function quantizeLayer(
-  w: ArrayLike<number>,
+  weights: ArrayLike<number> | Tensor,
   rows: number,
   cols: number,
-  hessian: ArrayLike<number> | Hessian,
+  hessian: ArrayLike<number> | Hessian | Tensor,
   options: QuantizeLayerOptions,
 ): Promise<QuantizedLayer> {
   const method = options.method ?? "mr-gptq";
@@ -157,7 +165,12 @@ export async function quantizeLayer(
   const spec = layerSpec(options, mr);
   const quantizer = groupQuantizer(spec);
   const gs = quantizer.groupSize;
-  const h = hessian instanceof Hessian ? hessian.matrix() : hessian;
+  const w = weights instanceof Tensor ? hostF32("W", weights) : weights;
+  const h = hessian instanceof Hessian
+    ? hessian.matrix()
+    : hessian instanceof Tensor
+    ? hostF32("H", hessian)
+    : hessian;
   const groups = validateProblem(w, h, rows, cols, gs);
   for (const [name, a] of [["W", w], ["H", h]] as const) {
     for (let i = 0; i < a.length; i++) {
@@ -247,23 +260,28 @@ export async function quantizeLayer(
       'dynamic group scales are implemented by the reference solver only (solver: "reference")',
     );
   }
-  // Static scales from the rotated weights with dead inputs zeroed, as the reference does.
-  const wz = wr.slice();
+  // Static scales from the rotated weights with dead inputs zeroed, as the reference does
+  // (wr is this call's own copy). An unrotated W Tensor without dead inputs is the same W, so
+  // it goes to the solver where it lies.
+  let dead = 0;
   for (let j = 0; j < cols; j++) {
     if (hr[j * cols + j] !== 0) continue;
-    for (let r = 0; r < rows; r++) wz[r * cols + j] = 0;
+    dead++;
+    for (let r = 0; r < rows; r++) wr[r * cols + j] = 0;
   }
-  const c = quantizer.chooseScales(wz, rows, cols);
+  const c = quantizer.chooseScales(wr, rows, cols);
   const order = actOrder === "static"
     ? descendingOrder(Float64Array.from({ length: cols }, (_, j) => hr[j * cols + j]))
     : undefined;
-  const r = await gptqSolveNative(wz, Float32Array.from(hr), rows, cols, {
+  const wIn = !rot && !dead && weights instanceof Tensor ? weights : wr;
+  const hIn = !rot && hessian instanceof Tensor ? hessian : Float32Array.from(hr);
+  const r = await gptqSolveNative(wIn, hIn, rows, cols, {
     ...common,
     scales: c.effective,
     groupSize: gs,
     element: spec.element,
     order,
-    device: options.device,
+    device: options.device ?? (weights instanceof Tensor ? weights.device : "cpu"),
   });
   return {
     ...base,
