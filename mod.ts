@@ -24,4 +24,5 @@ export * from "./lib/gptq/mod.ts";
 export * from "./lib/kernels/fp4_linear.ts";
 export * from "./lib/generate/mod.ts";
 export * from "./lib/safetensors.ts";
+export * from "./lib/pipeline/mod.ts";
 export * from "./lib/random.ts";

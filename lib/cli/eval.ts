@@ -12,6 +12,16 @@ import { perplexity, WINDOW_TOKENS } from "../model/perplexity.ts";
 import { testModelDir } from "../paths.ts";
 import { parseDevice } from "../device.ts";
 import { formatTable, Progress } from "./table.ts";
+import type { Linear } from "../model/forward.ts";
+import { loadQuantized } from "../pipeline/export.ts";
+import {
+  digestFiles,
+  gitCommit,
+  MANIFEST_VERSION,
+  modelFiles,
+  TOOL,
+  writeManifest,
+} from "../pipeline/manifest.ts";
 
 const HELP = `deno task eval [options]
 
@@ -21,11 +31,14 @@ ${WINDOW_TOKENS} tokens (remainder dropped), every next token in each window is 
 ppl = exp(mean NLL).
 
 Options:
-  --model DIR     model folder (config.json, tokenizer.json, *.safetensors)
+  --model DIR     model folder (config.json, tokenizer.json, *.safetensors), also a
+                  quantized one written by deno task quantize
                   [default: the shared test model brown-llama-29m]
   --data FILE     evaluation text [default: valid.txt in the model folder]
   --device NAME   cpu | cuda [default: cpu; cuda has no forward pass yet]
   --windows N     evaluate only the first N windows
+  --manifest FILE write a manifest of the run (options, checksums of the model files and
+                  the text, result) to FILE; deno task reproduce FILE re-runs it
   --json          print a machine-readable result as the last line:
                   {"ppl", "tokens", "windows", "seconds", ...}
   -h, --help      show this help
@@ -72,6 +85,7 @@ export async function main(args: string[]): Promise<number> {
         data: { type: "string" },
         device: { type: "string", default: "cpu" },
         windows: { type: "string" },
+        manifest: { type: "string" },
         json: { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
       },
@@ -87,7 +101,9 @@ export async function main(args: string[]): Promise<number> {
     return 0;
   }
   try {
+    const started = new Date().toISOString();
     const result = await evaluate(values);
+    if (values.manifest !== undefined) await writeEvalManifest(values.manifest, result, started);
     if (values.json) {
       console.log(JSON.stringify(result));
     } else {
@@ -140,10 +156,17 @@ async function evaluate(values: {
   // Progress goes to stderr even with --json: stdout's last line stays the result.
   const tokenizer = await HfTokenizer.load(modelDir);
   let loading: Progress | undefined;
-  const model = await LlamaModel.load(modelDir, {
-    device,
-    onProgress: (_done, total) => (loading ??= new Progress("load", total)).tick(),
-  });
+  let model: LlamaModel;
+  let linear: Linear | undefined;
+  const config = JSON.parse(await Deno.readTextFile(`${modelDir}/config.json`).catch(() => "{}"));
+  if (config.quantization_config) {
+    ({ model, linear } = await loadQuantized(modelDir));
+  } else {
+    model = await LlamaModel.load(modelDir, {
+      device,
+      onProgress: (_done, total) => (loading ??= new Progress("load", total)).tick(),
+    });
+  }
   loading?.done();
   const ids = tokenizer.encode(text);
   const available = Math.floor(ids.length / WINDOW_TOKENS);
@@ -151,6 +174,7 @@ async function evaluate(values: {
   const bar = new Progress("eval", total);
   const start = performance.now();
   const r = await perplexity(model, ids, {
+    linear,
     maxWindows,
     onProgress: (_done, _total, ppl) => bar.tick(1, `ppl ${ppl.toFixed(3)}`),
   });
@@ -167,6 +191,25 @@ async function evaluate(values: {
     data: dataPath,
     device,
   };
+}
+
+async function writeEvalManifest(path: string, r: EvalResult, started: string): Promise<void> {
+  const argv = ["--model", r.model, "--data", r.data, "--device", r.device];
+  if (r.windows < Math.floor(r.textTokens / WINDOW_TOKENS)) argv.push("--windows", `${r.windows}`);
+  await writeManifest(path, {
+    manifestVersion: MANIFEST_VERSION,
+    command: "eval",
+    tool: { ...TOOL },
+    commit: await gitCommit(),
+    options: { model: r.model, data: r.data, device: r.device, windows: r.windows },
+    argv,
+    inputs: await digestFiles([...await modelFiles(r.model), r.data]),
+    seed: 0,
+    device: r.device,
+    started,
+    timings: { eval: r.seconds },
+    results: { ppl: r.ppl, tokens: r.tokens, windows: r.windows, predictions: r.predictions },
+  });
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

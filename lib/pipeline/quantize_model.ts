@@ -1,0 +1,351 @@
+/**
+ * Sequential (GPTQ-style) quantization of a whole Llama model, block by block:
+ *
+ * 1. **calibrate**: the calibration windows' residual streams entering the block run through
+ *    it with its current weights while {@linkcode HessianCapture} streams the inputs of its
+ *    linear layers into Hessians (q/k/v share one, gate/up share one); these are the
+ *    unrotated, unquantized inputs (lib/gptq rotates H itself), as in GPTQ and MR-GPTQ;
+ * 2. **quantize**: every linear of the block is quantized (RTN with lib/formats, GPTQ and
+ *    MR-GPTQ with lib/gptq `quantizeLayer`) and its weight replaced by the dequantized values,
+ *    kept in the rotated space when there is a rotation (the forward pass then rotates the
+ *    layer's input online, as an FP4 engine does; see act_quant.ts);
+ * 3. **propagate**: the windows run through the *quantized* block (with the online input
+ *    rotation and activation quantization) to give the next block's inputs.
+ *
+ * Peak memory is one residual stream per window (windows x 512 x hidden f32) plus one block's
+ * Hessians. The LM head and the embeddings stay as they are.
+ *
+ * @module
+ */
+import type { Device } from "../device.ts";
+import { requireDevice } from "../device.ts";
+import { toFloat32 } from "../dtype.ts";
+import { hadamard, type HadamardOptions, inverseHadamard } from "../formats/hadamard.ts";
+import { dequantize, quantize, type Quantized } from "../formats/quantize.ts";
+import { type QuantSpec, resolveSpec } from "../formats/spec.ts";
+import type { Hessian } from "../gptq/hessian.ts";
+import { type GptqMethod, quantizeLayer } from "../gptq/layer.ts";
+import { embed, type Linear, matmulWeight, runLayer } from "../model/forward.ts";
+import type { LlamaModel, Weight } from "../model/llama.ts";
+import { type InputScheme, quantizedLinear } from "./act_quant.ts";
+import { blockLinears, HessianCapture, hessianGroup } from "./calibrate.ts";
+
+/** Quantization methods of {@linkcode quantizeModel}. */
+export const METHODS: readonly GptqMethod[] = ["rtn", "gptq", "mr-gptq"];
+
+/** Progress of {@linkcode quantizeModel}: one event as a stage starts (`done` 0), then one per finished step. */
+export interface QuantizeProgress {
+  /** The stage running. */
+  stage: "calibrate" | "quantize" | "propagate";
+  /** Decoder block. */
+  block: number;
+  /** Steps of this stage done (windows, or layers for `quantize`). */
+  done: number;
+  /** Steps of this stage in this block. */
+  total: number;
+}
+
+/** Options of {@linkcode quantizeModel}. */
+export interface QuantizeModelOptions {
+  /** Weight format: a lib/formats preset string such as `"nvfp4"`, `"mxfp4"`, `"int4:g128"`. */
+  format: string;
+  /** Method; RTN takes any preset, GPTQ and MR-GPTQ the FP4 presets and int4. */
+  method: GptqMethod;
+  /** Hadamard block size, 0 for none; default the format's group size for mr-gptq, else 0. */
+  hadamard?: number;
+  /** Activation format (W4A4 etc.): inputs of every quantized linear are quantized online. */
+  actFormat?: string | null;
+  /** Device of the GPTQ solver (the forward pass and Hessians run on the CPU). */
+  device?: Device;
+  /** Relative GPTQ damping (default lib/gptq's 0.01). */
+  damp?: number;
+  /** Called after every window or layer. */
+  onProgress?: (p: QuantizeProgress) => void;
+  /** Called with each block's Hessians (by group) before its layers are quantized. */
+  onHessians?: (block: number, hessians: ReadonlyMap<string, Hessian>) => void;
+}
+
+/** One quantized linear layer. */
+export interface QuantizedLinear {
+  /** Module name, e.g. `model.layers.0.self_attn.q_proj`. */
+  name: string;
+  /** Packed codes, raw scale bits and tensor scale of the weight in the rotated space. */
+  quantized: Quantized;
+  /** How the forward pass treats the layer's input. */
+  scheme: InputScheme;
+  /** trace((W - Q) H (W - Q)^T) in the original space, or NaN without calibration. */
+  proxyLoss: number;
+  /** Seconds spent quantizing this layer. */
+  seconds: number;
+}
+
+/** The result of {@linkcode quantizeModel}. */
+export interface QuantizedModel {
+  /** The model, its linear weights replaced by their dequantized (rotated-space) values. */
+  model: LlamaModel;
+  /** The forward pass's hook for the quantized model (online rotation, activation quant). */
+  linear: Linear;
+  /** Quantized layers by module name, in forward order. */
+  layers: Map<string, QuantizedLinear>;
+  /** Weight spec as stored (for GPTQ methods with the scale rule and MSE search lib/gptq used). */
+  spec: QuantSpec;
+  /** Activation spec, or null. */
+  actSpec: QuantSpec | null;
+  /** Method. */
+  method: GptqMethod;
+  /** Hadamard block size (0 = none). */
+  hadamard: number;
+  /** Calibration windows used (0 for RTN without calibration). */
+  calibrationWindows: number;
+  /** Seconds per stage, summed over blocks. */
+  timings: { calibrate: number; quantize: number; propagate: number };
+}
+
+/**
+ * The stored weight spec of `format` under `method` as far as it is known before quantizing:
+ * the preset for RTN; for GPTQ methods lib/gptq also sets the scale rule (`mr-gptq` for E8M0
+ * scales under MR-GPTQ) and the MSE search, and {@linkcode QuantizedModel.spec} reports the
+ * final spec.
+ *
+ * @example
+ * ```ts
+ * import { weightSpec } from "./quantize_model.ts";
+ * console.assert(weightSpec("fp8", "rtn").groupSize === "tensor");
+ * ```
+ */
+export function weightSpec(format: string, method: GptqMethod): QuantSpec {
+  if (!METHODS.includes(method)) {
+    throw new Error(`unknown method "${method}"; expected one of ${METHODS.join(", ")}`);
+  }
+  const spec = resolveSpec(format);
+  if (
+    method !== "rtn" &&
+    (typeof spec.groupSize !== "number" || spec.element === "uint4" || spec.element === "uint8")
+  ) {
+    throw new Error(
+      `--method ${method} needs a symmetric format with a numeric group size; "${format}" ` +
+        `is not (use --method rtn for it)`,
+    );
+  }
+  return spec;
+}
+
+function f32Of(w: Weight): Float32Array {
+  return w.dtype === "f32" ? w.data as Float32Array : toFloat32(w.data as Uint16Array, "bf16");
+}
+
+// trace(E H E^T) with E = W - Q (original space), through the native matmul.
+async function proxyLossOf(
+  w: Float32Array,
+  q: Float32Array,
+  rows: number,
+  cols: number,
+  h: Float32Array,
+): Promise<number> {
+  const e = new Float32Array(rows * cols);
+  for (let i = 0; i < e.length; i++) e[i] = w[i] - q[i];
+  const eh = await matmulWeight(e, rows, { dtype: "f32", shape: [cols, cols], data: h });
+  let sum = 0;
+  for (let i = 0; i < e.length; i++) sum += e[i] * eh[i];
+  return sum;
+}
+
+interface LayerResult {
+  quantized: Quantized;
+  dequantized: Float32Array;
+  proxyLoss: number;
+}
+
+async function quantizeOne(
+  w: Float32Array,
+  rows: number,
+  cols: number,
+  hessian: Hessian | null,
+  format: string,
+  method: GptqMethod,
+  rotation: HadamardOptions | null,
+  device: Device,
+  damp: number | undefined,
+): Promise<LayerResult> {
+  if (method === "rtn") {
+    const wr = rotation ? hadamard(w, [rows, cols], rotation) : w;
+    const quantized = quantize(wr, [rows, cols], format);
+    const dequantized = dequantize(quantized);
+    let proxyLoss = NaN;
+    if (hessian) {
+      const back = rotation ? inverseHadamard(dequantized, [rows, cols], rotation) : dequantized;
+      proxyLoss = await proxyLossOf(w, back, rows, cols, hessian.matrix());
+    }
+    return { quantized, dequantized, proxyLoss };
+  }
+  if (!hessian) throw new Error(`--method ${method} needs calibration data`);
+  const r = await quantizeLayer(w, rows, cols, hessian, {
+    format,
+    method,
+    hadamard: rotation?.block ?? 0,
+    damp,
+    device,
+  });
+  const quantized: Quantized = Object.freeze({
+    spec: r.spec,
+    shape: Object.freeze([rows, cols] as [number, number]),
+    codes: r.packedCodes,
+    scales: r.scaleBits,
+    scaleShape: Object.freeze([rows, cols / r.groupSize] as [number, number]),
+    zeros: null,
+    tensorScale: r.tensorScale,
+  });
+  // The stored form must give back exactly the weights GPTQ chose (it is what gets exported).
+  const dequantized = dequantize(quantized);
+  for (let i = 0; i < dequantized.length; i++) {
+    if (dequantized[i] !== r.dequantized[i]) {
+      throw new Error(
+        `internal: the stored form of the GPTQ result does not reproduce its weights ` +
+          `(element ${i}: ${dequantized[i]} vs ${r.dequantized[i]})`,
+      );
+    }
+  }
+  return { quantized, dequantized, proxyLoss: r.proxyLoss };
+}
+
+/**
+ * Quantizes every decoder linear layer of `model` in place (the LM head stays), sequentially
+ * block by block over the calibration windows (each an Int32Array of token ids; may be empty
+ * for RTN, which then reports no proxy loss). Bad options (unknown preset, sizes not
+ * divisible by the group or rotation size, GPTQ without calibration) throw before any work;
+ * a failure later (e.g. a native error) leaves the model partly quantized: reload it.
+ *
+ * @example
+ * ```ts
+ * import { quantizeModel } from "./quantize_model.ts";
+ * import { LlamaModel, parseLlamaConfig } from "../model/mod.ts";
+ * const model = LlamaModel.random(parseLlamaConfig({
+ *   model_type: "llama", hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
+ *   num_attention_heads: 2, vocab_size: 16,
+ * }));
+ * const windows = [Int32Array.from({ length: 8 }, (_, i) => i % 16)];
+ * const q = await quantizeModel(model, windows, { format: "nvfp4", method: "mr-gptq" });
+ * console.assert(q.layers.size === 7 && q.hadamard === 16);
+ * ```
+ */
+export async function quantizeModel(
+  model: LlamaModel,
+  calibration: readonly Int32Array[],
+  options: QuantizeModelOptions,
+): Promise<QuantizedModel> {
+  const method = options.method;
+  let spec = weightSpec(options.format, method);
+  const actSpec = options.actFormat ? resolveSpec(options.actFormat) : null;
+  const device = requireDevice(options.device ?? "cpu");
+  const hadamardBlock = options.hadamard ??
+    (method === "mr-gptq" && typeof spec.groupSize === "number" ? spec.groupSize : 0);
+  if (!Number.isInteger(hadamardBlock) || hadamardBlock < 0) {
+    throw new Error(`--hadamard must be 0 or a power of two, got ${options.hadamard}`);
+  }
+  if (hadamardBlock !== 0 && (hadamardBlock < 2 || (hadamardBlock & (hadamardBlock - 1)) !== 0)) {
+    throw new Error(`the rotation size ${hadamardBlock} is not a power of two >= 2`);
+  }
+  const rotation: HadamardOptions | null = hadamardBlock ? { block: hadamardBlock } : null;
+  if (method !== "rtn" && calibration.length === 0) {
+    throw new Error(`--method ${method} needs calibration windows; none were given`);
+  }
+  const c = model.config;
+  for (const name of blockLinears(0)) {
+    const cols = model.weight(`${name}.weight`).shape[1];
+    const checks: [string, number | string][] = [
+      ["group size", spec.groupSize],
+      ["rotation size", hadamardBlock],
+      ["activation group size", actSpec?.groupSize ?? 0],
+    ];
+    for (const [what, n] of checks) {
+      if (typeof n === "number" && n > 0 && cols % n !== 0) {
+        throw new Error(
+          `${name.replace("model.layers.0.", "")}: its ${cols} input features are not ` +
+            `divisible by the ${what} ${n}`,
+        );
+      }
+    }
+  }
+  for (const ids of calibration) {
+    if (ids.length < 1) throw new Error("a calibration window is empty");
+  }
+
+  const scheme: InputScheme = Object.freeze({ rotation, act: actSpec });
+  const schemes = new Map<string, InputScheme>();
+  const linear = quantizedLinear(model, schemes);
+  const layers = new Map<string, QuantizedLinear>();
+  const timings = { calibrate: 0, quantize: 0, propagate: 0 };
+  const progress = options.onProgress ?? (() => {});
+  const states = calibration.map((ids) => embed(model, ids));
+
+  for (let b = 0; b < c.numLayers; b++) {
+    let t = performance.now();
+    let capture: HessianCapture | null = null;
+    if (states.length > 0) {
+      capture = new HessianCapture(model, b);
+      progress({ stage: "calibrate", block: b, done: 0, total: states.length });
+      for (const [i, s] of states.entries()) {
+        // The block's output is thrown away: only its linears' inputs are wanted here.
+        await runLayer(model, b, s.slice(), { linear: capture.linear });
+        await capture.flush();
+        progress({ stage: "calibrate", block: b, done: i + 1, total: states.length });
+      }
+      options.onHessians?.(b, capture.hessians);
+    }
+    timings.calibrate += (performance.now() - t) / 1000;
+
+    t = performance.now();
+    const names = blockLinears(b);
+    progress({ stage: "quantize", block: b, done: 0, total: names.length });
+    for (const [i, name] of names.entries()) {
+      const t0 = performance.now();
+      const w = model.weight(`${name}.weight`);
+      const [rows, cols] = w.shape;
+      const hessian = capture?.hessians.get(hessianGroup(name)) ?? null;
+      const r = await quantizeOne(
+        f32Of(w),
+        rows,
+        cols,
+        hessian,
+        options.format,
+        method,
+        rotation,
+        device,
+        options.damp,
+      );
+      model.setWeight(`${name}.weight`, { dtype: "f32", shape: [rows, cols], data: r.dequantized });
+      spec = r.quantized.spec;
+      schemes.set(name, scheme);
+      layers.set(name, {
+        name,
+        quantized: r.quantized,
+        scheme,
+        proxyLoss: r.proxyLoss,
+        seconds: (performance.now() - t0) / 1000,
+      });
+      progress({ stage: "quantize", block: b, done: i + 1, total: names.length });
+    }
+    timings.quantize += (performance.now() - t) / 1000;
+
+    t = performance.now();
+    if (b + 1 < c.numLayers && states.length > 0) {
+      progress({ stage: "propagate", block: b, done: 0, total: states.length });
+      for (const [i, s] of states.entries()) {
+        await runLayer(model, b, s, { linear });
+        progress({ stage: "propagate", block: b, done: i + 1, total: states.length });
+      }
+    }
+    timings.propagate += (performance.now() - t) / 1000;
+  }
+  return {
+    model,
+    linear,
+    layers,
+    spec,
+    actSpec,
+    method,
+    hadamard: hadamardBlock,
+    calibrationWindows: calibration.length,
+    timings,
+  };
+}
