@@ -176,8 +176,14 @@ export function check(status: number, call: string): void {
   throw new NativeError(statusNames.get(status) ?? "UNKNOWN", call, lastError());
 }
 
+// Arrays and tensors whose memory a nonblocking native call is using: a worker thread reads them
+// through raw pointers, so nothing on the JS side may let them be collected before it returns.
+const inFlight = new Set<readonly unknown[]>();
+
 /**
- * Awaits a nonblocking native call and checks its status.
+ * Awaits a nonblocking native call and checks its status. `keepAlive` lists the arrays and
+ * tensors the call reads or writes through pointers; they stay referenced until it settles, since
+ * the native worker thread does not keep them alive.
  *
  * @example
  * ```ts
@@ -185,6 +191,15 @@ export function check(status: number, call: string): void {
  * await checkAsync(Promise.resolve(native().fp4_noop()), "fp4_noop");
  * ```
  */
-export async function checkAsync(status: Promise<number>, call: string): Promise<void> {
-  check(await status, call);
+export async function checkAsync(
+  status: Promise<number>,
+  call: string,
+  keepAlive: readonly unknown[] = [],
+): Promise<void> {
+  inFlight.add(keepAlive);
+  try {
+    check(await status, call);
+  } finally {
+    inFlight.delete(keepAlive);
+  }
 }

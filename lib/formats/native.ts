@@ -234,6 +234,7 @@ async function quantizeImpl(
             ptr(tensorScale),
           ),
           "fp4_rotate_quantize",
+          [packed, xd, codes, scales, zeros, tensorScale],
         );
       } else {
         await checkAsync(
@@ -250,6 +251,7 @@ async function quantizeImpl(
             ptr(tensorScale),
           ),
           "fp4_quantize",
+          [packed, xd, codes, scales, zeros, tensorScale],
         );
       }
     });
@@ -322,6 +324,7 @@ export async function dequantizeOn(
         out.pointer(),
       ),
       "fp4_dequantize",
+      [moved, out],
     );
   } catch (e) {
     out.dispose();
@@ -383,6 +386,7 @@ export async function hadamardOn(
           seed ?? 0n,
         ),
         "fp4_hadamard",
+        [xd, out],
       ));
   } catch (e) {
     out.dispose();
@@ -430,6 +434,7 @@ export async function encodeOn(
       out.pointer(),
     ),
     "fp4_encode",
+    [xd, rd, out],
   );
   return (out.toArray() as Uint8Array).slice();
 }
@@ -456,6 +461,7 @@ export async function decodeOn(
   await checkAsync(
     native().fp4_decode(deviceId(device), code, cd.pointer(), BigInt(codes.length), out.pointer()),
     "fp4_decode",
+    [cd, out],
   );
   return (out.toArray() as Float32Array).slice();
 }

@@ -433,6 +433,7 @@ export class DecodeEngine {
       await checkAsync(
         lib.fp4_linear(this.#dev, x, lw.w.pointer(), wDtype, y, R, N, K),
         "fp4_linear",
+        [lw],
       );
       return;
     }

@@ -77,6 +77,7 @@ export class Hessian {
             BigInt(seen),
           ),
           "fp4_gptq_hessian_add",
+          [xd, this.#h],
         );
       } finally {
         if (xd !== x && xd.device !== "cpu") xd.dispose();

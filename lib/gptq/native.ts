@@ -164,6 +164,7 @@ async function solve(
       info,
     ),
     "fp4_gptq_solve",
+    [order, info],
   );
   return { damp: info[0], proxyLoss: info[1], factorSeconds: info[2], loopSeconds: info[3] };
 }

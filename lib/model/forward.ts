@@ -34,21 +34,6 @@ function ptr(a: Float32Array | Uint16Array | Int32Array): Deno.PointerValue {
   return Deno.UnsafePointer.of(a as BufferSource);
 }
 
-// Nonblocking native calls receive raw pointers, which do not keep their arrays alive: an
-// array nothing references after the call starts (a fresh hook input, an attention output)
-// could be collected and its memory reused while the native thread still reads it. The
-// arrays of every call in flight are held here until it settles.
-const inFlight = new Set<unknown[]>();
-
-async function pinned<T>(arrays: unknown[], call: Promise<T>): Promise<T> {
-  inFlight.add(arrays);
-  try {
-    return await call;
-  } finally {
-    inFlight.delete(arrays);
-  }
-}
-
 function abiOf(w: Weight): number {
   return w.dtype === "bf16" ? ABI_BF16 : ABI_F32;
 }
@@ -80,21 +65,19 @@ export async function matmulWeight(
     );
   }
   const y = new Float32Array(rows * out).fill(NaN);
-  await pinned(
-    [x, w, y],
-    checkAsync(
-      native().fp4_linear(
-        CPU,
-        ptr(x),
-        ptr(w.data),
-        abiOf(w),
-        ptr(y),
-        BigInt(rows),
-        BigInt(out),
-        BigInt(inF),
-      ),
-      "fp4_linear",
+  await checkAsync(
+    native().fp4_linear(
+      CPU,
+      ptr(x),
+      ptr(w.data),
+      abiOf(w),
+      ptr(y),
+      BigInt(rows),
+      BigInt(out),
+      BigInt(inF),
     ),
+    "fp4_linear",
+    [x, w, y],
   );
   return y;
 }
@@ -282,23 +265,21 @@ export async function runLayer(
   check(lib.fp4_rope(CPU, ptr(q), ptr(cos), ptr(sin), T, BigInt(c.numHeads), hd), "fp4_rope");
   check(lib.fp4_rope(CPU, ptr(k), ptr(cos), ptr(sin), T, BigInt(c.numKvHeads), hd), "fp4_rope");
   const att = new Float32Array(tokens * c.numHeads * c.headDim).fill(NaN);
-  await pinned(
-    [q, k, v, att],
-    checkAsync(
-      lib.fp4_attention(
-        CPU,
-        ptr(q),
-        ptr(k),
-        ptr(v),
-        ptr(att),
-        T,
-        BigInt(c.numHeads),
-        BigInt(c.numKvHeads),
-        hd,
-        1 / Math.sqrt(c.headDim),
-      ),
-      "fp4_attention",
+  await checkAsync(
+    lib.fp4_attention(
+      CPU,
+      ptr(q),
+      ptr(k),
+      ptr(v),
+      ptr(att),
+      T,
+      BigInt(c.numHeads),
+      BigInt(c.numKvHeads),
+      hd,
+      1 / Math.sqrt(c.headDim),
     ),
+    "fp4_attention",
+    [q, k, v, att],
   );
   addInPlace(hidden, await linear(`${p}.self_attn.o_proj`, att, tokens));
 
@@ -417,12 +398,10 @@ export async function nllOf(
     throw new Error(`nll: ${logits.length} logits cannot hold ${rows} rows of ${vocab}`);
   }
   const out = new Float32Array(rows).fill(NaN);
-  await pinned(
+  await checkAsync(
+    native().fp4_nll(CPU, ptr(logits), ptr(targets), ptr(out), BigInt(rows), BigInt(vocab)),
+    "fp4_nll",
     [logits, targets, out],
-    checkAsync(
-      native().fp4_nll(CPU, ptr(logits), ptr(targets), ptr(out), BigInt(rows), BigInt(vocab)),
-      "fp4_nll",
-    ),
   );
   return out;
 }
