@@ -5,6 +5,9 @@
  *
  * @module
  */
+// Pinned inline rather than through deno.json's import map, so that mod.ts also works when it is
+// imported from outside this repository (a notebook elsewhere), where that map does not apply.
+// deno-lint-ignore no-import-prefix
 import { Tokenizer } from "npm:@huggingface/tokenizers@0.2.0";
 
 /** Options of {@linkcode HfTokenizer.encode}. */
