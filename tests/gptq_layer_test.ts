@@ -160,6 +160,24 @@ for (
   });
 }
 
+Deno.test("mr-gptq defaults to MSE-searched OCP scales for mxfp4; a rule or mse in the format wins", async () => {
+  const rows = 8, cols = 64;
+  const l = syntheticLayer(rows, cols, 256, seed);
+  const h = Float32Array.from(hessianOf(l.x, l.tokens, cols));
+  const spec = async (format: string) =>
+    (await quantizeLayer(l.w, rows, cols, h, { format, method: "mr-gptq" })).spec;
+  const d = await spec("mxfp4");
+  assert(d.scaleRule === "ocp" && d.mse !== null, `default ${JSON.stringify(d.scaleRule)}`);
+  assert((await spec("mxfp4:rule=ceil")).scaleRule === "ceil", "a rule in the preset string wins");
+  assert((await spec("mxfp4:rule=mr-gptq")).scaleRule === "mr-gptq");
+  const noMse = await quantizeLayer(l.w, rows, cols, h, {
+    format: "mxfp4",
+    method: "mr-gptq",
+    mse: false,
+  });
+  assert(noMse.spec.mse === null, "mse: false turns the search off");
+});
+
 Deno.test("gptq codes are lib/formats codes: every dequantized value is value(code) * scale", async () => {
   const rows = 16, cols = 128;
   const l = syntheticLayer(rows, cols, 512, seed);
