@@ -77,26 +77,11 @@ export function philox4x32(
  * ```
  */
 export function philoxWord0(c0: number, c1: number, k0: number, k1: number): number {
-  c0 >>>= 0;
-  c1 >>>= 0;
-  let c2 = 0;
-  let c3 = 0;
-  k0 >>>= 0;
-  k1 >>>= 0;
-  for (let round = 0; round < 10; round++) {
-    const hi0 = mulhi(M0, c0);
-    const lo0 = Math.imul(M0, c0) >>> 0;
-    const hi1 = mulhi(M1, c2);
-    const lo1 = Math.imul(M1, c2) >>> 0;
-    c0 = (hi1 ^ c1 ^ k0) >>> 0;
-    c1 = lo1;
-    c2 = (hi0 ^ c3 ^ k1) >>> 0;
-    c3 = lo0;
-    k0 = (k0 + W0) >>> 0;
-    k1 = (k1 + W1) >>> 0;
-  }
-  return c0;
+  return philox4x32(c0, c1, 0, 0, k0, k1, scratch)[0];
 }
+
+// Reused by philoxWord0 so the per-element path allocates nothing.
+const scratch = new Uint32Array(4);
 
 /**
  * Splits a 64-bit seed (a non-negative safe integer or a bigint below 2^64) into the Philox key
