@@ -97,6 +97,25 @@ function transform(y: Float32Array | Float64Array, b: number): void {
   }
 }
 
+// Multiplies column c of every row by the seeded sign of c (no-op without a seed).
+function applySigns(y: Float32Array | Float64Array, cols: number, seed?: number | bigint): void {
+  const s = signs(cols, seed);
+  if (s) { for (let i = 0; i < y.length; i++) y[i] *= s[i % cols]; }
+}
+
+// Signs, then the transform: the one body of the float32 and float64 forward rotations.
+function rotate<T extends Float32Array | Float64Array>(
+  x: T,
+  shape: readonly number[],
+  opts: HadamardOptions,
+): T {
+  const [, cols, b] = check(x, shape, opts);
+  const y = x.slice() as T;
+  applySigns(y, cols, opts.seed);
+  transform(y, b);
+  return y;
+}
+
 /**
  * Rotates each row of a row-major [rows, cols] float32 tensor block by block:
  * y = (H_b / sqrt(b)) · D · x per block, D the optional random signs.
@@ -113,12 +132,7 @@ export function hadamard(
   shape: readonly number[],
   opts: HadamardOptions,
 ): Float32Array {
-  const [, cols, b] = check(x, shape, opts);
-  const y = x.slice();
-  const s = signs(cols, opts.seed);
-  if (s) { for (let i = 0; i < y.length; i++) y[i] *= s[i % cols]; }
-  transform(y, b);
-  return y;
+  return rotate(x, shape, opts);
 }
 
 /**
@@ -141,8 +155,7 @@ export function inverseHadamard(
   const [, cols, b] = check(y, shape, opts);
   const x = y.slice();
   transform(x, b);
-  const s = signs(cols, opts.seed);
-  if (s) { for (let i = 0; i < x.length; i++) x[i] *= s[i % cols]; }
+  applySigns(x, cols, opts.seed);
   return x;
 }
 
@@ -165,10 +178,5 @@ export function hadamardF64(
   shape: readonly number[],
   opts: HadamardOptions,
 ): Float64Array {
-  const [, cols, b] = check(x, shape, opts);
-  const y = x.slice();
-  const s = signs(cols, opts.seed);
-  if (s) { for (let i = 0; i < y.length; i++) y[i] *= s[i % cols]; }
-  transform(y, b);
-  return y;
+  return rotate(x, shape, opts);
 }
