@@ -9,6 +9,7 @@ import { decodeSymbols } from "./symbols/decode.ts";
 import { formatsSymbols } from "./symbols/formats.ts";
 import { gemmSymbols } from "./symbols/gemm.ts";
 import { gptqSymbols } from "./symbols/gptq.ts";
+import { graphSymbols } from "./symbols/graph.ts";
 import { linalgSymbols } from "./symbols/linalg.ts";
 import { modelSymbols } from "./symbols/model.ts";
 
@@ -21,7 +22,8 @@ export const symbols = {
   ...modelSymbols,
   ...decodeSymbols,
   ...linalgSymbols,
+  ...graphSymbols,
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** Must equal `FP4_ABI_VERSION` in `cuda/include/fp4lab/core.h`. */
-export const ABI_VERSION = 1;
+export const ABI_VERSION = 2;

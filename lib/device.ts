@@ -113,3 +113,27 @@ export function defaultDevice(): Device {
   if (env) return requireDevice(env);
   return cudaStatus().available ? "cuda" : "cpu";
 }
+
+/** Free and total memory of the CUDA device, in bytes. */
+export interface CudaMemory {
+  /** Bytes not allocated by anyone. */
+  free: number;
+  /** Bytes the device has. */
+  total: number;
+}
+
+/**
+ * The CUDA device's free and total memory (cudaMemGetInfo); throws without a usable GPU.
+ *
+ * @example
+ * ```ts
+ * import { cudaMemory, cudaStatus } from "./device.ts";
+ * if (cudaStatus().available) console.assert(cudaMemory().free <= cudaMemory().total);
+ * ```
+ */
+export function cudaMemory(): CudaMemory {
+  requireDevice("cuda");
+  const f = new BigUint64Array(1), t = new BigUint64Array(1);
+  check(native().fp4_cuda_memory(f, t), "fp4_cuda_memory");
+  return { free: Number(f[0]), total: Number(t[0]) };
+}

@@ -1,7 +1,7 @@
 /**
  * GPU benchmark of the W4A16 kernels (fp4Linear) on Llama-3 shapes, against the two yardsticks
  * of issue 6, both measured in the same run: the device-to-device copy bandwidth and BF16
- * cuBLAS (cublasGemmEx, loaded at run time from PyTorch's environment).
+ * cuBLAS (cublasGemmEx, loaded at run time: $FP4LAB_CUBLAS, else PyTorch's environment).
  *
  * Shapes are n x k = out x in features: 4096x4096 (8B q/o), 14336x4096 (8B up/gate),
  * 4096x14336 (8B down), 28672x8192 (70B up/gate) and 8192x28672 (70B down); batches 1, 16, 128;
@@ -19,8 +19,6 @@ import { cudaStatus } from "../../lib/device.ts";
 import { Tensor } from "../../lib/tensor.ts";
 import { fp4GroupSize, type Fp4WeightFormat } from "../../lib/kernels/fp4_linear.ts";
 
-const DEFAULT_CUBLAS =
-  "/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib/libcublas.so.13";
 const ROTATE_BYTES = 256e6;
 const SAMPLES = 15;
 
@@ -28,11 +26,13 @@ const { values: args } = parseArgs({
   args: Deno.args,
   options: {
     out: { type: "string", default: "bench/results/tmp" },
-    cublas: { type: "string", default: DEFAULT_CUBLAS },
+    cublas: { type: "string" },
     quick: { type: "boolean", default: false },
   },
 });
 
+// The library reads $FP4LAB_CUBLAS when it first needs cuBLAS, after this.
+if (args.cublas) Deno.env.set("FP4LAB_CUBLAS", args.cublas);
 const status = cudaStatus();
 if (!status.available) {
   console.error(`fp4_gemm_bench needs a GPU: ${status.reason}`);
@@ -107,11 +107,9 @@ function timeCublas(
   copies: number,
 ): number {
   const samples = new Float32Array(SAMPLES);
-  const path = new TextEncoder().encode(args.cublas + "\0");
   const runWith = (reps: number, ns: number) =>
     check(
       lib.fp4_cublas_bench(
-        path,
         x.pointer(),
         w.pointer(),
         y.pointer(),

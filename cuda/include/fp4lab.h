@@ -22,5 +22,6 @@
 #include "fp4lab/model.h"
 #include "fp4lab/decode.h"
 #include "fp4lab/linalg.h"
+#include "fp4lab/graph.h"
 
 #endif

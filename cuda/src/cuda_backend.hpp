@@ -14,7 +14,13 @@ fp4_status alloc(uint64_t bytes, void **out);
 fp4_status free(void *ptr);
 fp4_status memcpy(void *dst, const void *src, uint64_t bytes, int32_t kind);
 fp4_status synchronize();
+fp4_status memory(uint64_t *free_bytes, uint64_t *total_bytes);
 fp4_status sum_f32(const float *x, uint64_t n, double *out);
+// fp4lab/graph.h (cuda/src/cuda/graph.cu).
+fp4_status graph_begin();
+fp4_status graph_end(void **graph);
+fp4_status graph_launch(void *graph);
+fp4_status graph_destroy(void *graph);
 
 }  // namespace fp4::cuda
 

@@ -28,7 +28,7 @@ fp4_status gemm_bench(int32_t format, const uint16_t *x, const uint8_t *codes,
                       float *samples);
 fp4_status copy_bench(void *dst, const void *src, uint64_t bytes, int32_t reps, int32_t nsamples,
                       float *samples);
-fp4_status cublas_bench(const char *cublas_path, const uint16_t *x, const uint16_t *w, uint16_t *y,
+fp4_status cublas_bench(const uint16_t *x, const uint16_t *w, uint16_t *y,
                         int64_t batch, int64_t n, int64_t k, int32_t copies, int32_t reps,
                         int32_t nsamples, float *samples);
 

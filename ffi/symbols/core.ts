@@ -12,6 +12,7 @@ export const coreSymbols = {
   fp4_has_cuda_build: { parameters: [], result: "i32" },
   fp4_cuda_device_count: { parameters: ["buffer"], result: "i32" },
   fp4_cuda_device_name: { parameters: ["i32", "buffer", "i32"], result: "i32" },
+  fp4_cuda_memory: { parameters: ["buffer", "buffer"], result: "i32" },
   fp4_alloc: { parameters: ["i32", "u64", "buffer"], result: "i32" },
   fp4_free: { parameters: ["i32", "pointer"], result: "i32" },
   fp4_memcpy: { parameters: ["i32", "pointer", "pointer", "u64", "i32"], result: "i32" },

@@ -9,6 +9,7 @@
 /** Symbols of the decode ABI: embedding, RMSNorm, linear, RoPE, KV store, attention, SwiGLU,
  * residual add, argmax. */
 export const decodeSymbols = {
+  fp4_cublas_status: { parameters: ["buffer", "i32"], result: "i32" },
   fp4_dec_embedding: {
     parameters: ["i32", "pointer", "pointer", "i32", "pointer", "i64", "i64", "i64"],
     result: "i32",

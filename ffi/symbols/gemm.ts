@@ -46,7 +46,6 @@ export const gemmSymbols = {
   },
   fp4_cublas_bench: {
     parameters: [
-      "buffer",
       "pointer",
       "pointer",
       "pointer",

@@ -14,7 +14,7 @@
 
 /* Bumped whenever a signature in any header under fp4lab/ changes; ffi/ refuses a mismatched
  * library. */
-#define FP4_ABI_VERSION 1
+#define FP4_ABI_VERSION 2
 
 typedef int32_t fp4_status;
 enum {
@@ -58,6 +58,9 @@ FP4_API fp4_status fp4_cuda_device_count(int32_t *count);
 
 /* Writes a one-line description of CUDA device `index` (name, SMs, memory) into buf. */
 FP4_API fp4_status fp4_cuda_device_name(int32_t index, char *buf, int32_t cap);
+
+/* Free and total memory of the current CUDA device, in bytes (cudaMemGetInfo). */
+FP4_API fp4_status fp4_cuda_memory(uint64_t *free_bytes, uint64_t *total_bytes);
 
 FP4_API fp4_status fp4_alloc(int32_t device, uint64_t bytes, void **out);
 FP4_API fp4_status fp4_free(int32_t device, void *ptr);

@@ -30,10 +30,16 @@ FP4_API fp4_status fp4_dec_rmsnorm(int32_t device, const float *x, const void *w
                                    void *y, int32_t y_dtype, int64_t rows, int64_t dim, float eps);
 
 /* y[r, o] = sum_i x[r, i] * w[o, i]; x f32|bf16 [rows, in], w f32|bf16 [out, in],
- * y f32|bf16 [rows, out]. */
+ * y f32|bf16 [rows, out]. On CUDA, bf16 x and w go through cuBLAS (cublasGemmEx, f32
+ * accumulation) when fp4_cublas_status finds it, else through the library's own kernel. */
 FP4_API fp4_status fp4_dec_linear(int32_t device, const void *x, int32_t x_dtype, const void *w,
                                   int32_t w_dtype, void *y, int32_t y_dtype, int64_t rows,
                                   int64_t out_features, int64_t in_features);
+
+/* 1 when cuBLAS was loaded (at run time: this library does not link it) for fp4_dec_linear,
+ * else 0; buf gets the library's path or why it was not loaded. $FP4LAB_CUBLAS names the
+ * library to load, or "off". */
+FP4_API int32_t fp4_cublas_status(char *buf, int32_t cap);
 
 /* Rotary embedding in place ("rotate_half" pairing, i with i + head_dim/2) of x [tokens, heads,
  * head_dim] (f32|bf16), token t at position *pos + t; cos and sin are f32 tables

@@ -36,10 +36,10 @@ FP4_API fp4_status fp4_copy_bench(void *dst, const void *src, uint64_t bytes, in
 
 /* The BF16 baseline: cublasGemmEx (CUDA_R_16BF in and out, CUBLAS_COMPUTE_32F) computing
  * y[b, n] = sum_k x[b, k] * w[n, k] with w [copies][n, k] BF16, rotating among the copies like
- * fp4_gemm_bench. cuBLAS is not linked: `cublas_path` names the libcublas.so to dlopen at run
- * time (FP4_ERR_INVALID_ARGUMENT with the loader's message when it cannot be opened). */
-FP4_API fp4_status fp4_cublas_bench(const char *cublas_path, const uint16_t *x, const uint16_t *w,
-                                    uint16_t *y, int64_t batch, int64_t n, int64_t k, int32_t copies,
+ * fp4_gemm_bench. cuBLAS is loaded at run time as fp4_cublas_status describes (FP4_ERR_CUDA
+ * with the reason when it cannot be). */
+FP4_API fp4_status fp4_cublas_bench(const uint16_t *x, const uint16_t *w, uint16_t *y,
+                                    int64_t batch, int64_t n, int64_t k, int32_t copies,
                                     int32_t reps, int32_t nsamples, float *samples);
 
 #endif

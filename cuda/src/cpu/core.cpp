@@ -111,6 +111,13 @@ FP4_API fp4_status fp4_memcpy(int32_t device, void *dst, const void *src, uint64
   })
 }
 
+FP4_API fp4_status fp4_cuda_memory(uint64_t *free_bytes, uint64_t *total_bytes) {
+  FP4_GUARD({
+    FP4_REQUIRE(free_bytes && total_bytes, "fp4_cuda_memory: null pointer");
+    FP4_CUDA_ONLY(return fp4::cuda::memory(free_bytes, total_bytes));
+  })
+}
+
 FP4_API fp4_status fp4_synchronize(int32_t device) {
   if (fp4_status s = check_device(device)) return s;
   if (device == FP4_DEVICE_CPU) return FP4_OK;

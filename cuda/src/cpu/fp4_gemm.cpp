@@ -119,17 +119,16 @@ FP4_API fp4_status fp4_copy_bench(void *dst, const void *src, uint64_t bytes, in
   })
 }
 
-FP4_API fp4_status fp4_cublas_bench(const char *cublas_path, const uint16_t *x, const uint16_t *w,
-                                    uint16_t *y, int64_t batch, int64_t n, int64_t k,
+FP4_API fp4_status fp4_cublas_bench(const uint16_t *x, const uint16_t *w, uint16_t *y, int64_t batch, int64_t n, int64_t k,
                                     int32_t copies, int32_t reps, int32_t nsamples,
                                     float *samples) {
   FP4_GUARD({
     if (fp4_status s = check_timing("fp4_cublas_bench", copies, reps, nsamples, samples)) return s;
-    FP4_REQUIRE(cublas_path && x && w && y, "fp4_cublas_bench: null pointer");
+    FP4_REQUIRE(x && w && y, "fp4_cublas_bench: null pointer");
     FP4_REQUIRE(batch >= 1 && n >= 1 && k >= 1 && batch < (int64_t(1) << 31) &&
                     n < (int64_t(1) << 31) && k < (int64_t(1) << 31),
                 "fp4_cublas_bench: batch, n, k must be in [1, 2^31)");
-    FP4_CUDA_ONLY(return fp4::cuda::cublas_bench(cublas_path, x, w, y, batch, n, k, copies, reps,
+    FP4_CUDA_ONLY(return fp4::cuda::cublas_bench(x, w, y, batch, n, k, copies, reps,
                                                  nsamples, samples));
   })
 }

@@ -4,17 +4,12 @@
 // process. The library stays loaded and the handle lives until exit: unloading cuSOLVER while
 // the runtime holds its kernels is unsafe.
 //
-// Where it is looked for: $FP4LAB_CUSOLVER (a path to libcusolver.so.*) only, when set; else the
-// loader's search path, then the pip wheels of PyTorch environments and the CUDA toolkit. For a
-// library found by path, its dependencies in the same folder (nvJitLink, cuBLASLt, cuBLAS,
-// cuSPARSE) are loaded first, in case its RUNPATH does not name that folder.
+// Where it is looked for: $FP4LAB_CUSOLVER (a path to libcusolver.so.*) only, when set; else
+// where dynlib.hpp looks.
 #include <cuda_runtime.h>
-#include <dlfcn.h>
-#include <glob.h>
 
-#include <cstdio>
 #include <algorithm>
-#include <cstdlib>
+#include <cstdio>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -23,6 +18,7 @@
 #include "../error.hpp"
 #include "../gptq_backend.hpp"
 #include "check.cuh"
+#include "dynlib.hpp"
 
 namespace fp4::cuda {
 
@@ -57,74 +53,28 @@ struct Api {
   Params params = nullptr;
 };
 
-std::string first_match(const std::string &pattern) {
-  glob_t g{};
-  std::string out;
-  if (glob(pattern.c_str(), 0, nullptr, &g) == 0 && g.gl_pathc > 0) out = g.gl_pathv[0];
-  globfree(&g);
-  return out;
-}
-
-void *open_with_deps(const std::string &path) {
-  const size_t slash = path.rfind('/');
-  if (slash != std::string::npos) {
-    const std::string dir = path.substr(0, slash + 1);
-    for (const char *dep : {"libnvJitLink.so*", "libcublasLt.so*", "libcublas.so*",
-                            "libcusparse.so*"}) {
-      const std::string d = first_match(dir + dep);
-      if (!d.empty()) dlopen(d.c_str(), RTLD_NOW | RTLD_GLOBAL);
-    }
-  }
-  return dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-}
-
 void load(Api &api) {
-  void *lib = nullptr;
-  std::string path, errors;
-  const char *env = std::getenv("FP4LAB_CUSOLVER");
-  if (env && *env) {
-    path = env;
-    lib = open_with_deps(path);
-    if (!lib) errors = dlerror();
-  } else {
-    for (const char *name : {"libcusolver.so.12", "libcusolver.so.13", "libcusolver.so.11"}) {
-      if ((lib = dlopen(name, RTLD_NOW | RTLD_LOCAL))) {
-        path = name;
-        break;
-      }
-    }
-    const char *patterns[] = {
-        "/opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib/libcusolver.so*",
-        "/usr/local/lib/python3*/dist-packages/nvidia/cu13/lib/libcusolver.so*",
-        "/opt/torch/.venv/lib/python3*/site-packages/nvidia/cusolver/lib/libcusolver.so*",
-        "/usr/local/cuda/lib64/libcusolver.so*",
-    };
-    for (const char *pattern : patterns) {
-      if (lib) break;
-      path = first_match(pattern);
-      if (path.empty()) continue;
-      lib = open_with_deps(path);
-      if (!lib) errors += std::string(dlerror()) + "; ";
-    }
-    if (!lib) errors += "not in the loader's path, the PyTorch wheels or /usr/local/cuda";
-  }
-  if (!lib) {
-    api.where = "cuSOLVER not loaded: " + errors + " (set FP4LAB_CUSOLVER to libcusolver.so.*)";
-    return;
-  }
-  api.create = reinterpret_cast<CreateFn>(dlsym(lib, "cusolverDnCreate"));
-  api.create_params = reinterpret_cast<CreateParamsFn>(dlsym(lib, "cusolverDnCreateParams"));
-  api.potrf_size = reinterpret_cast<PotrfSizeFn>(dlsym(lib, "cusolverDnXpotrf_bufferSize"));
-  api.potrf = reinterpret_cast<PotrfFn>(dlsym(lib, "cusolverDnXpotrf"));
-  api.trtri_size = reinterpret_cast<TrtriSizeFn>(dlsym(lib, "cusolverDnXtrtri_bufferSize"));
-  api.trtri = reinterpret_cast<TrtriFn>(dlsym(lib, "cusolverDnXtrtri"));
+  const DynLib lib = open_nvidia_library("cusolver", "FP4LAB_CUSOLVER",
+                                         {"libcusolver.so.12", "libcusolver.so.13",
+                                          "libcusolver.so.11"},
+                                         {"libnvJitLink", "libcublasLt", "libcublas",
+                                          "libcusparse"});
+  api.where = lib.where;
+  if (!lib.handle) return;
+  const std::string &path = lib.where;
+  void *h = lib.handle;
+  api.create = reinterpret_cast<CreateFn>(dlsym(h, "cusolverDnCreate"));
+  api.create_params = reinterpret_cast<CreateParamsFn>(dlsym(h, "cusolverDnCreateParams"));
+  api.potrf_size = reinterpret_cast<PotrfSizeFn>(dlsym(h, "cusolverDnXpotrf_bufferSize"));
+  api.potrf = reinterpret_cast<PotrfFn>(dlsym(h, "cusolverDnXpotrf"));
+  api.trtri_size = reinterpret_cast<TrtriSizeFn>(dlsym(h, "cusolverDnXtrtri_bufferSize"));
+  api.trtri = reinterpret_cast<TrtriFn>(dlsym(h, "cusolverDnXtrtri"));
   if (!(api.create && api.create_params && api.potrf_size && api.potrf && api.trtri_size &&
         api.trtri)) {
     api.where = "cuSOLVER not loaded: " + path + " lacks cusolverDnXpotrf or cusolverDnXtrtri";
     return;
   }
   api.loaded = true;
-  api.where = path;
 }
 
 Api &api() {

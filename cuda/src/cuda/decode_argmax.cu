@@ -4,6 +4,7 @@
 #include "../cuda_backend.hpp"
 #include "../decode_backend.hpp"
 #include "check.cuh"
+#include "stream.cuh"
 
 namespace fp4::cuda {
 namespace {
@@ -49,7 +50,7 @@ __global__ void argmax_kernel(const float *x, int64_t n, int32_t *out) {
 fp4_status dec_argmax(const float *x, int64_t rows, int64_t n, int32_t *out) {
   if (fp4_status s = ensure_device()) return s;
   FP4_REQUIRE(rows < (int64_t(1) << 31), "fp4_dec_argmax: too many rows for CUDA");
-  argmax_kernel<<<unsigned(rows), kThreads>>>(x, n, out);
+  argmax_kernel<<<unsigned(rows), kThreads, 0, launch_stream()>>>(x, n, out);
   FP4_CU_LAUNCH();
   return FP4_OK;
 }

@@ -7,6 +7,7 @@
 #include "../cuda_backend.hpp"
 #include "../decode_backend.hpp"
 #include "check.cuh"
+#include "stream.cuh"
 
 namespace fp4::cuda {
 namespace {
@@ -92,7 +93,7 @@ fp4_status dec_attention(const void *q, int32_t q_dtype, const void *k_cache,
   if (fp4_status s = ensure_device()) return s;
   FP4_REQUIRE(heads < 65536 && tokens < 65536,
               "fp4_dec_attention: CUDA handles fewer than 65536 heads and tokens per call");
-  attention_kernel<<<dim3(unsigned(heads), unsigned(tokens)), kWarps * 32>>>(
+  attention_kernel<<<dim3(unsigned(heads), unsigned(tokens)), kWarps * 32, 0, launch_stream()>>>(
       q, q_dtype, k_cache, v_cache, cache_dtype, out, out_dtype, pos, ctx, heads, kv_heads,
       head_dim, scale);
   FP4_CU_LAUNCH();

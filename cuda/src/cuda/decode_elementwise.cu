@@ -4,6 +4,7 @@
 #include "../cuda_backend.hpp"
 #include "../decode_backend.hpp"
 #include "check.cuh"
+#include "stream.cuh"
 
 namespace fp4::cuda {
 namespace {
@@ -51,7 +52,7 @@ __global__ void add_kernel(float *y, const void *x, int32_t dtype, uint64_t n) {
 fp4_status dec_embedding(const int32_t *ids, const void *table, int32_t table_dtype, float *y,
                          int64_t tokens, int64_t vocab, int64_t dim) {
   if (fp4_status s = ensure_device()) return s;
-  embedding_kernel<<<blocks_for(uint64_t(tokens * dim)), kThreads>>>(ids, table, table_dtype, y,
+  embedding_kernel<<<blocks_for(uint64_t(tokens * dim)), kThreads, 0, launch_stream()>>>(ids, table, table_dtype, y,
                                                                        tokens, vocab, dim);
   FP4_CU_LAUNCH();
   return FP4_OK;
@@ -59,14 +60,14 @@ fp4_status dec_embedding(const int32_t *ids, const void *table, int32_t table_dt
 
 fp4_status dec_silu_mul(const void *gate, const void *up, void *out, int32_t dtype, uint64_t n) {
   if (fp4_status s = ensure_device()) return s;
-  silu_mul_kernel<<<blocks_for(n), kThreads>>>(gate, up, out, dtype, n);
+  silu_mul_kernel<<<blocks_for(n), kThreads, 0, launch_stream()>>>(gate, up, out, dtype, n);
   FP4_CU_LAUNCH();
   return FP4_OK;
 }
 
 fp4_status dec_add(float *y, const void *x, int32_t x_dtype, uint64_t n) {
   if (fp4_status s = ensure_device()) return s;
-  add_kernel<<<blocks_for(n), kThreads>>>(y, x, x_dtype, n);
+  add_kernel<<<blocks_for(n), kThreads, 0, launch_stream()>>>(y, x, x_dtype, n);
   FP4_CU_LAUNCH();
   return FP4_OK;
 }

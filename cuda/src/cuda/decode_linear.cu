@@ -1,5 +1,7 @@
 // Dense (f32 or bf16 weight) linear layer of the decode step (fp4lab/decode.h): the BF16
-// baseline the FP4 kernels are measured against, and the LM head. A GEMV: one warp per output
+// baseline the FP4 kernels are measured against, and the LM head. BF16 weights with BF16
+// activations go to cuBLAS when it can be loaded (cublas_runtime.cu); the rest, or all of it
+// without cuBLAS, to this kernel, a GEMV: one warp per output
 // feature streams its weight row once (16-byte loads when in_features % 8 == 0) and dots it with
 // up to kRows activation rows at a time (activations come from L1/L2). Bytes: out * in weight
 // elements per ceil(rows / kRows) passes, plus the activations. f32 accumulation; each lane
@@ -7,6 +9,8 @@
 #include "../cuda_backend.hpp"
 #include "../decode_backend.hpp"
 #include "check.cuh"
+#include "cublas.cuh"
+#include "stream.cuh"
 
 namespace fp4::cuda {
 namespace {
@@ -69,14 +73,17 @@ __global__ void linear_kernel(const void *x, int32_t x_dtype, const void *w, voi
 fp4_status dec_linear(const void *x, int32_t x_dtype, const void *w, int32_t w_dtype, void *y,
                       int32_t y_dtype, int64_t rows, int64_t out_features, int64_t in_features) {
   if (fp4_status s = ensure_device()) return s;
+  if (w_dtype == FP4_DTYPE_BF16 && x_dtype == FP4_DTYPE_BF16 && cublas_loaded(nullptr))
+    return cublas_linear_bf16(x, w, y, y_dtype, rows, out_features, in_features,
+                              launch_stream());
   const int64_t blocks = (out_features + kWarps - 1) / kWarps;
   FP4_REQUIRE(blocks < (int64_t(1) << 31), "fp4_dec_linear: out_features too large for CUDA");
   const bool vec = in_features % 8 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0;
   if (w_dtype == FP4_DTYPE_BF16)
-    linear_kernel<true><<<unsigned(blocks), kWarps * 32>>>(x, x_dtype, w, y, y_dtype, rows,
+    linear_kernel<true><<<unsigned(blocks), kWarps * 32, 0, launch_stream()>>>(x, x_dtype, w, y, y_dtype, rows,
                                                            out_features, in_features, vec);
   else
-    linear_kernel<false><<<unsigned(blocks), kWarps * 32>>>(x, x_dtype, w, y, y_dtype, rows,
+    linear_kernel<false><<<unsigned(blocks), kWarps * 32, 0, launch_stream()>>>(x, x_dtype, w, y, y_dtype, rows,
                                                             out_features, in_features, vec);
   FP4_CU_LAUNCH();
   return FP4_OK;

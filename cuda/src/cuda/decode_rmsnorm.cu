@@ -4,6 +4,7 @@
 #include "../cuda_backend.hpp"
 #include "../decode_backend.hpp"
 #include "check.cuh"
+#include "stream.cuh"
 
 namespace fp4::cuda {
 namespace {
@@ -32,7 +33,7 @@ fp4_status dec_rmsnorm(const float *x, const void *w, int32_t w_dtype, void *y, 
                        int64_t rows, int64_t dim, float eps) {
   if (fp4_status s = ensure_device()) return s;
   FP4_REQUIRE(rows < (int64_t(1) << 31), "fp4_dec_rmsnorm: too many rows for CUDA");
-  rmsnorm_kernel<<<unsigned(rows), kThreads>>>(x, w, w_dtype, y, y_dtype, dim, eps);
+  rmsnorm_kernel<<<unsigned(rows), kThreads, 0, launch_stream()>>>(x, w, w_dtype, y, y_dtype, dim, eps);
   FP4_CU_LAUNCH();
   return FP4_OK;
 }

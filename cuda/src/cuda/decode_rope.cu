@@ -5,6 +5,7 @@
 #include "../cuda_backend.hpp"
 #include "../decode_backend.hpp"
 #include "check.cuh"
+#include "stream.cuh"
 
 namespace fp4::cuda {
 namespace {
@@ -57,7 +58,7 @@ fp4_status dec_rope(void *x, int32_t x_dtype, const float *cos, const float *sin
                     const int32_t *pos, int64_t ctx, int64_t tokens, int64_t heads,
                     int64_t head_dim) {
   if (fp4_status s = ensure_device()) return s;
-  rope_kernel<<<blocks_for(tokens * heads * head_dim / 2), kThreads>>>(x, x_dtype, cos, sin, pos,
+  rope_kernel<<<blocks_for(tokens * heads * head_dim / 2), kThreads, 0, launch_stream()>>>(x, x_dtype, cos, sin, pos,
                                                                        ctx, tokens, heads,
                                                                        head_dim);
   FP4_CU_LAUNCH();
@@ -67,7 +68,7 @@ fp4_status dec_rope(void *x, int32_t x_dtype, const float *cos, const float *sin
 fp4_status dec_kv_store(const void *x, int32_t x_dtype, void *cache, int32_t cache_dtype,
                         const int32_t *pos, int64_t ctx, int64_t tokens, int64_t width) {
   if (fp4_status s = ensure_device()) return s;
-  kv_store_kernel<<<blocks_for(tokens * width), kThreads>>>(x, x_dtype, cache, cache_dtype, pos,
+  kv_store_kernel<<<blocks_for(tokens * width), kThreads, 0, launch_stream()>>>(x, x_dtype, cache, cache_dtype, pos,
                                                             ctx, tokens, width);
   FP4_CU_LAUNCH();
   return FP4_OK;

@@ -70,6 +70,15 @@ fp4_status memcpy(void *dst, const void *src, uint64_t bytes, int32_t kind) {
   return FP4_OK;
 }
 
+fp4_status memory(uint64_t *free_bytes, uint64_t *total_bytes) {
+  if (fp4_status s = ensure_device()) return s;
+  size_t f = 0, t = 0;
+  FP4_CU(cudaMemGetInfo(&f, &t));
+  *free_bytes = f;
+  *total_bytes = t;
+  return FP4_OK;
+}
+
 fp4_status synchronize() {
   FP4_CU(cudaDeviceSynchronize());
   return FP4_OK;
