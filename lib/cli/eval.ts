@@ -10,7 +10,9 @@ import { HfTokenizer } from "../model/tokenizer.ts";
 import { LlamaModel } from "../model/llama.ts";
 import { perplexity, WINDOW_TOKENS } from "../model/perplexity.ts";
 import { testModelDir } from "../paths.ts";
-import { parseDevice } from "../device.ts";
+import { parseDevice, requireDevice } from "../device.ts";
+import { DecodeEngine } from "../generate/engine.ts";
+import type { InputScheme } from "../pipeline/act_quant.ts";
 import { formatTable, Progress } from "./table.ts";
 import type { Linear } from "../model/forward.ts";
 import { loadQuantized } from "../pipeline/export.ts";
@@ -35,7 +37,10 @@ Options:
                   quantized one written by deno task quantize
                   [default: the shared test model brown-llama-29m]
   --data FILE     evaluation text [default: valid.txt in the model folder]
-  --device NAME   cpu | cuda [default: cpu; cuda has no forward pass yet]
+  --device NAME   cpu | cuda [default: cpu]. cuda runs the decode engine's kernels with
+                  bf16 activations between ops (f32 on the CPU), cuBLAS for the dense
+                  products when it can be loaded, and a quantized checkpoint's input
+                  rotations and activation quantization on the GPU
   --windows N     evaluate only the first N windows
   --manifest FILE write a manifest of the run (options, checksums of the model files and
                   the text, result) to FILE; deno task reproduce FILE re-runs it
@@ -133,11 +138,7 @@ async function evaluate(values: {
   windows?: string;
 }): Promise<EvalResult> {
   const device = parseDevice(values.device ?? "cpu");
-  if (device === "cuda") {
-    throw new Error(
-      "--device cuda: the CUDA forward pass is not implemented yet (use --device cpu)",
-    );
-  }
+  if (device === "cuda") requireDevice("cuda");
   let maxWindows: number | undefined;
   if (values.windows !== undefined) {
     maxWindows = Number(values.windows);
@@ -158,16 +159,24 @@ async function evaluate(values: {
   let loading: Progress | undefined;
   let model: LlamaModel;
   let linear: Linear | undefined;
+  let schemes: ReadonlyMap<string, InputScheme> = new Map();
   const config = JSON.parse(await Deno.readTextFile(`${modelDir}/config.json`).catch(() => "{}"));
   if (config.quantization_config) {
-    ({ model, linear } = await loadQuantized(modelDir));
+    ({ model, linear, schemes } = await loadQuantized(modelDir));
   } else {
     model = await LlamaModel.load(modelDir, {
-      device,
       onProgress: (_done, total) => (loading ??= new Progress("load", total)).tick(),
     });
   }
   loading?.done();
+  if (model.config.maxPositionEmbeddings < WINDOW_TOKENS) {
+    throw new Error(
+      `the model's max_position_embeddings ${model.config.maxPositionEmbeddings} is below the ${WINDOW_TOKENS}-token window`,
+    );
+  }
+  using engine = device === "cuda"
+    ? DecodeEngine.create(model, { device, contextLength: WINDOW_TOKENS, schemes })
+    : undefined;
   const ids = tokenizer.encode(text);
   const available = Math.floor(ids.length / WINDOW_TOKENS);
   const total = Math.min(available, maxWindows ?? available);
@@ -175,6 +184,7 @@ async function evaluate(values: {
   const start = performance.now();
   const r = await perplexity(model, ids, {
     linear,
+    scoreWindow: engine ? (w) => engine.nll(w) : undefined,
     maxWindows,
     onProgress: (_done, _total, ppl) => bar.tick(1, `ppl ${ppl.toFixed(3)}`),
   });

@@ -17,7 +17,9 @@ import { type Device, deviceId, requireDevice } from "../device.ts";
 import { abiDType } from "../dtype.ts";
 import type { Fp4Weights } from "../kernels/fp4_linear.ts";
 import { ropeInvFreq } from "../model/config.ts";
-import type { Linear } from "../model/forward.ts";
+import { type Linear, nllOf } from "../model/forward.ts";
+import type { InputScheme } from "../pipeline/act_quant.ts";
+import { packSpec } from "../formats/native.ts";
 import type { LlamaModel, Weight } from "../model/llama.ts";
 import { Tensor } from "../tensor.ts";
 
@@ -35,6 +37,17 @@ export interface EngineOptions {
   /** FP4 weights by linear module name (e.g. `model.layers.0.mlp.up_proj`), host or device. */
   quantized?: ReadonlyMap<string, Fp4Weights>;
   /**
+   * Input schemes of quantized linears (from `loadQuantized`): their inputs are rotated and, for
+   * W4A4, quantized and dequantized on the device before the dense product with the stored
+   * (rotated-space, dequantized) weight — the numerics of an FP4 GEMM.
+   */
+  schemes?: ReadonlyMap<string, InputScheme>;
+  /**
+   * CUDA: record a single-token decode step as a CUDA graph and replay it (default true; off
+   * with input schemes, whose transforms cannot be recorded).
+   */
+  graphs?: boolean;
+  /**
    * CPU only: runs every linear layer through this hook instead (e.g. the online rotation and
    * activation quantization of a `loadQuantized` checkpoint), with f32 activations.
    */
@@ -47,6 +60,17 @@ interface DenseLinear {
   w: Tensor;
   out: number;
   in: number;
+  scheme?: InputScheme;
+}
+
+/** Device buffers of one input transform: the quantized input and its dequantized form. */
+interface SchemeBuffers {
+  spec: Uint8Array<ArrayBuffer> | null;
+  codes: Tensor | null;
+  scales: Tensor | null;
+  zeros: Tensor | null;
+  tensorScale: Tensor | null;
+  x: Tensor;
 }
 
 interface Fp4Linear {
@@ -146,6 +170,13 @@ export class DecodeEngine {
   #owned: Tensor[] = [];
   #disposed = false;
   #hook: Linear | undefined;
+  #schemes: ReadonlyMap<string, InputScheme>;
+  #schemeBuffers = new Map<string, SchemeBuffers>();
+  #graphs: boolean;
+  #graph: Deno.PointerValue = null;
+  #graphScratch: Scratch | undefined;
+  #eagerSteps = 0;
+  #allLogits: Tensor | undefined;
 
   private constructor(
     model: LlamaModel,
@@ -154,9 +185,13 @@ export class DecodeEngine {
     act: ActivationDType,
     cache: ActivationDType,
     hook: Linear | undefined,
+    schemes: ReadonlyMap<string, InputScheme>,
+    graphs: boolean,
   ) {
     this.model = model;
     this.#hook = hook;
+    this.#schemes = schemes;
+    this.#graphs = graphs;
     this.device = device;
     this.contextLength = ctx;
     this.activationDtype = act;
@@ -207,7 +242,22 @@ export class DecodeEngine {
     if (cache !== "f32" && cache !== "bf16") {
       throw new Error(`cache dtype "${cache}" is not f32 or bf16`);
     }
-    const engine = new DecodeEngine(model, device, ctx, act, cache, options.linear);
+    const schemes = options.schemes ?? new Map<string, InputScheme>();
+    if (options.linear && schemes.size > 0) {
+      throw new Error("give either a linear hook or input schemes, not both");
+    }
+    // The input transforms run on a worker thread (nonblocking FFI), outside any recording.
+    const graphs = device === "cuda" && (options.graphs ?? true) && schemes.size === 0;
+    const engine = new DecodeEngine(
+      model,
+      device,
+      ctx,
+      act,
+      cache,
+      options.linear,
+      schemes,
+      graphs,
+    );
     try {
       engine.#load(quantized);
     } catch (e) {
@@ -232,6 +282,13 @@ export class DecodeEngine {
         );
       }
     }
+    for (const name of this.#schemes.keys()) {
+      if (!names.has(name) || name === "lm_head" || quantized.has(name)) {
+        throw new Error(
+          `input scheme given for "${name}", which is not a dense linear layer of the model`,
+        );
+      }
+    }
     const dense = new Map<Weight, Tensor>();
     const upload = (w: Weight): Tensor => {
       let t = dense.get(w);
@@ -247,7 +304,9 @@ export class DecodeEngine {
       const w = this.model.weight(`${name}.weight`);
       const [out, inF] = w.shape;
       const q = quantized.get(name);
-      if (!q) return { kind: "dense", name, w: upload(w), out, in: inF };
+      if (!q) {
+        return { kind: "dense", name, w: upload(w), out, in: inF, scheme: this.#schemes.get(name) };
+      }
       if (q.n !== out || q.k !== inF) {
         throw new Error(
           `FP4 weights of "${name}" are [${q.n}, ${q.k}], the model needs [${out}, ${inF}]`,
@@ -428,6 +487,9 @@ export class DecodeEngine {
       );
       return;
     }
+    if (lw.scheme && (lw.scheme.rotation || lw.scheme.act)) {
+      x = await this.#transformInput(lw, lw.scheme, x, xDtype, rows);
+    }
     const wDtype = abiDType(lw.w.dtype);
     if (this.device === "cpu" && xDtype === "f32" && yDtype === "f32") {
       await checkAsync(
@@ -455,6 +517,121 @@ export class DecodeEngine {
   }
 
   /**
+   * The input of a linear with an input scheme as its GEMM sees it: rotated, then quantized and
+   * dequantized, on the device (the kernels of lib/formats, bit for bit), in a buffer of the
+   * engine's that lives until the next call for an input of the same width and scheme.
+   */
+  async #transformInput(
+    lw: DenseLinear,
+    sc: InputScheme,
+    x: Deno.PointerValue,
+    xDtype: ActivationDType,
+    rows: number,
+  ): Promise<Deno.PointerValue> {
+    const lib = native();
+    const dev = this.#dev;
+    const R = BigInt(rows), K = BigInt(lw.in), X = abiDType(xDtype);
+    const b = this.#schemeBuffersFor(lw.in, sc, rows, xDtype);
+    const rot = sc.rotation;
+    const hasSeed = rot?.seed === undefined ? 0 : 1;
+    const seed = rot?.seed === undefined ? 0n : BigInt(rot.seed);
+    const out = b.x.pointer();
+    if (!sc.act) {
+      await checkAsync(
+        lib.fp4_hadamard(dev, X, x, X, out, R, K, rot!.block, 0, hasSeed, seed),
+        "fp4_hadamard",
+        [b],
+      );
+      return out;
+    }
+    const p = (t: Tensor | null) => t ? t.pointer() : null;
+    const codes = p(b.codes), scales = p(b.scales), zeros = p(b.zeros), ts = p(b.tensorScale);
+    await checkAsync(
+      rot
+        ? lib.fp4_rotate_quantize(
+          dev,
+          b.spec!,
+          X,
+          x,
+          R,
+          K,
+          rot.block,
+          hasSeed,
+          seed,
+          codes,
+          scales,
+          zeros,
+          ts,
+        )
+        : lib.fp4_quantize(dev, b.spec!, X, x, R, K, codes, scales, zeros, ts),
+      rot ? "fp4_rotate_quantize" : "fp4_quantize",
+      [b],
+    );
+    await checkAsync(
+      lib.fp4_dequantize(dev, b.spec!, codes, scales, zeros, ts, R, K, X, out),
+      "fp4_dequantize",
+      [b],
+    );
+    return out;
+  }
+
+  #schemeBuffersFor(
+    cols: number,
+    sc: InputScheme,
+    rows: number,
+    dtype: ActivationDType,
+  ): SchemeBuffers {
+    const key = `${cols}|${
+      JSON.stringify(sc, (_k, v) => typeof v === "bigint" ? v.toString() : v)
+    }`;
+    const have = this.#schemeBuffers.get(key);
+    if (have && have.x.shape[0] >= rows) return have;
+    if (have) this.#freeSchemeBuffers(have);
+    const mk = (bytes: number, dt: "u8" | "f32") =>
+      bytes > 0 ? Tensor.empty([bytes], dt, this.device) : null;
+    let b: SchemeBuffers;
+    if (sc.act) {
+      const spec = packSpec(sc.act);
+      const sizes = new BigUint64Array(3);
+      check(
+        native().fp4_quant_sizes(
+          spec,
+          BigInt(rows),
+          BigInt(cols),
+          sizes.subarray(0, 1),
+          sizes.subarray(1, 2),
+          sizes.subarray(2, 3),
+        ),
+        "fp4_quant_sizes",
+      );
+      const tensorScale = sc.act.tensorScale === "amax" || sc.act.scaleRule === "mr-gptq";
+      b = {
+        spec,
+        codes: mk(Number(sizes[0]), "u8"),
+        scales: mk(Number(sizes[1]), "u8"),
+        zeros: mk(Number(sizes[2]), "u8"),
+        tensorScale: tensorScale ? mk(1, "f32") : null,
+        x: Tensor.empty([rows, cols], dtype, this.device),
+      };
+    } else {
+      b = {
+        spec: null,
+        codes: null,
+        scales: null,
+        zeros: null,
+        tensorScale: null,
+        x: Tensor.empty([rows, cols], dtype, this.device),
+      };
+    }
+    this.#schemeBuffers.set(key, b);
+    return b;
+  }
+
+  #freeSchemeBuffers(b: SchemeBuffers): void {
+    for (const t of [b.codes, b.scales, b.zeros, b.tensorScale, b.x]) t?.dispose();
+  }
+
+  /**
    * Runs `ids` at positions `position .. position + ids.length - 1`, appends their keys and
    * values to the cache, and leaves the last token's logits ready for {@linkcode logits} and
    * {@linkcode argmax}. Throws when the ids are out of the vocabulary or the tokens would not
@@ -474,6 +651,19 @@ export class DecodeEngine {
    * ```
    */
   async forward(ids: Int32Array): Promise<void> {
+    const s = this.#begin(ids);
+    const T = ids.length;
+    if (T === 1 && this.#graphs) {
+      await this.#replayStep(s);
+    } else {
+      await this.#step(s, T);
+      if (T === 1) this.#eagerSteps++;
+    }
+    this.#position += T;
+  }
+
+  /** Checks `ids`, sizes the scratch and copies the ids and the first position to the device. */
+  #begin(ids: Int32Array): Scratch {
     this.#live();
     const c = this.model.config;
     const T = ids.length;
@@ -490,14 +680,137 @@ export class DecodeEngine {
       );
     }
     const s = this.#scratchFor(T);
+    this.#copyIn(s.ids, ids);
+    this.#copyIn(this.#pos, new Int32Array([p0]));
+    return s;
+  }
+
+  /**
+   * One decode step from a recorded CUDA graph: the first single-token step runs eagerly (it
+   * configures the kernels and lets cuBLAS create its handle, which a recording may not), the
+   * second is recorded, and every later one replays it. The graph reads the token and the
+   * position from the device buffers #begin fills, so one recording serves every step while
+   * the scratch stays the same.
+   */
+  async #replayStep(s: Scratch): Promise<void> {
+    const lib = native();
+    if (this.#graph && this.#graphScratch !== s) this.#dropGraph();
+    if (!this.#graph) {
+      if (this.#eagerSteps === 0) {
+        await this.#step(s, 1);
+        this.#eagerSteps++;
+        return;
+      }
+      check(lib.fp4_graph_begin(this.#dev), "fp4_graph_begin");
+      let failure: unknown = null;
+      try {
+        await this.#step(s, 1);
+      } catch (e) {
+        failure = e;
+      }
+      const out = new BigUint64Array(1);
+      const ended = lib.fp4_graph_end(this.#dev, out);
+      if (failure) throw failure;
+      check(ended, "fp4_graph_end");
+      this.#graph = Deno.UnsafePointer.create(out[0]);
+      this.#graphScratch = s;
+    }
+    check(lib.fp4_graph_launch(this.#dev, this.#graph), "fp4_graph_launch");
+  }
+
+  #dropGraph(): void {
+    if (this.#graph) native().fp4_graph_destroy(this.#dev, this.#graph);
+    this.#graph = null;
+    this.#graphScratch = undefined;
+  }
+
+  /** The layers for the T tokens of the scratch, then the last token's logits. */
+  async #step(s: Scratch, T: number): Promise<void> {
+    await this.#layersFor(s, T);
+    await this.#headRows(s, T - 1, 1, s.logits.pointer());
+  }
+
+  /** Final norm and LM head of `rows` rows of the residual stream from `row0`, into `logits`. */
+  async #headRows(s: Scratch, row0: number, rows: number, logits: Deno.PointerValue) {
+    const c = this.model.config;
+    const dim = c.hiddenSize;
+    const act = this.activationDtype;
+    check(
+      native().fp4_dec_rmsnorm(
+        this.#dev,
+        offset(s.hidden, row0 * dim * 4),
+        this.#finalNorm.pointer(),
+        abiDType(this.#finalNorm.dtype),
+        s.x.pointer(),
+        abiDType(act),
+        BigInt(rows),
+        BigInt(dim),
+        c.rmsNormEps,
+      ),
+      "fp4_dec_rmsnorm",
+    );
+    await this.#linear(this.#head, s.x.pointer(), act, logits, "f32", rows);
+  }
+
+  /**
+   * Scores a window from an empty cache: the negative log-likelihood of each next token,
+   * `nll[t] = -log softmax(logits[t])[ids[t + 1]]` for t < ids.length - 1 (softmax sums in f64,
+   * by `nllOf`). Leaves the window in the cache (position = ids.length).
+   *
+   * @example
+   * ```ts
+   * import { DecodeEngine } from "./engine.ts";
+   * import { LlamaModel, parseLlamaConfig } from "../model/mod.ts";
+   * const model = LlamaModel.random(parseLlamaConfig({
+   *   model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 1,
+   *   num_attention_heads: 2, vocab_size: 10, max_position_embeddings: 8,
+   * }));
+   * using engine = DecodeEngine.create(model);
+   * const nll = await engine.nll(new Int32Array([1, 2, 3]));
+   * console.assert(nll.length === 2 && nll[0] > 0);
+   * ```
+   */
+  async nll(ids: Int32Array): Promise<Float32Array> {
+    if (ids.length < 2) throw new Error("nll: needs at least 2 tokens");
+    this.reset();
+    const s = this.#begin(ids);
+    const T = ids.length;
+    const vocab = this.model.config.vocabSize;
+    if (!this.#allLogits || this.#allLogits.shape[0] < T) {
+      this.#allLogits?.dispose();
+      this.#allLogits = undefined;
+      this.#allLogits = Tensor.empty([T, vocab], "f32", this.device);
+    }
+    await this.#layersFor(s, T);
+    await this.#headRows(s, 0, T, this.#allLogits.pointer());
+    this.#position = T;
+    const logits = new Float32Array(T * vocab);
+    if (this.device === "cpu") {
+      logits.set((this.#allLogits.data() as Float32Array).subarray(0, T * vocab));
+    } else {
+      check(
+        native().fp4_memcpy(
+          this.#dev,
+          Deno.UnsafePointer.of(logits),
+          this.#allLogits.pointer(),
+          BigInt(logits.byteLength),
+          D2H,
+        ),
+        "fp4_memcpy",
+      );
+    }
+    return await nllOf(logits, ids.subarray(1), vocab);
+  }
+
+  /** Embedding and every layer for the T tokens of the scratch, leaving the residual stream in s.hidden. */
+  async #layersFor(s: Scratch, T: number): Promise<void> {
+    const c = this.model.config;
     const lib = native();
     const dev = this.#dev;
     const act = this.activationDtype, A = abiDType(act), C = abiDType(this.cacheDtype);
     const TT = BigInt(T), ctx = BigInt(this.contextLength);
     const dim = c.hiddenSize, eps = c.rmsNormEps;
     const kvWidth = c.numKvHeads * c.headDim;
-    this.#copyIn(s.ids, ids);
-    this.#copyIn(this.#pos, new Int32Array([p0]));
     const pos = this.#pos.pointer();
     const hidden = s.hidden.pointer();
     const wd = (t: Tensor) => abiDType(t.dtype);
@@ -604,24 +917,6 @@ export class DecodeEngine {
       await this.#linear(L.down, s.gate.pointer(), act, s.proj.pointer(), act, T);
       check(lib.fp4_dec_add(dev, hidden, s.proj.pointer(), A, BigInt(T * dim)), "fp4_dec_add");
     }
-    // Only the last token's logits are needed.
-    const lastRow = offset(s.hidden, (T - 1) * dim * 4);
-    check(
-      lib.fp4_dec_rmsnorm(
-        dev,
-        lastRow,
-        this.#finalNorm.pointer(),
-        wd(this.#finalNorm),
-        s.x.pointer(),
-        A,
-        1n,
-        BigInt(dim),
-        eps,
-      ),
-      "fp4_dec_rmsnorm",
-    );
-    await this.#linear(this.#head, s.x.pointer(), act, s.logits.pointer(), "f32", 1);
-    this.#position = p0 + T;
   }
 
   /**
@@ -746,6 +1041,10 @@ export class DecodeEngine {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
+    this.#dropGraph();
+    for (const b of this.#schemeBuffers.values()) this.#freeSchemeBuffers(b);
+    this.#schemeBuffers.clear();
+    this.#allLogits?.dispose();
     for (const t of this.#owned) t.dispose();
     if (this.#scratch) {
       for (const t of Object.values(this.#scratch)) if (t instanceof Tensor) t.dispose();

@@ -18,6 +18,11 @@ export interface PerplexityOptions extends ForwardOptions {
   windowTokens?: number;
   /** Evaluate only the first `maxWindows` windows (default: all). */
   maxWindows?: number;
+  /**
+   * Scores one window (the NLL of each of its next-token predictions) instead of the native
+   * CPU forward pass; e.g. `(w) => engine.nll(w)` of a CUDA `DecodeEngine`.
+   */
+  scoreWindow?: (window: Int32Array) => Promise<Float32Array>;
   /** Called after each window with the count done, the total and the running perplexity. */
   onProgress?: (done: number, total: number, ppl: number) => void;
 }
@@ -96,7 +101,12 @@ export async function perplexity(
   let sum = 0;
   let count = 0;
   for (const [i, w] of windows.entries()) {
-    const nll = await forwardNll(model, w, options);
+    const nll = options.scoreWindow
+      ? await options.scoreWindow(w)
+      : await forwardNll(model, w, options);
+    if (nll.length !== w.length - 1) {
+      throw new Error(`window ${i}: ${nll.length} scores for ${w.length - 1} predictions`);
+    }
     for (const v of nll) sum += v;
     count += nll.length;
     if (!Number.isFinite(sum)) throw new Error(`window ${i}: the model produced a non-finite NLL`);
