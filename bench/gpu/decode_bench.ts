@@ -1,0 +1,281 @@
+/**
+ * GPU benchmark of end-to-end decoding (issue 6): a Llama-3-8B-shaped model (hidden 4096, MLP
+ * 14336, 32 layers, 32 heads, 8 KV heads, vocab 128256) with random weights, run by our
+ * DecodeEngine three ways on the same run: BF16 weights (dense products through cuBLAS), MXFP4
+ * and NVFP4 weights (our W4A16 kernels; the LM head stays BF16 in all three). Batch 1, greedy:
+ * a 16-token prompt, then 128 decode steps, each ending with the argmax copied to the host (as
+ * generation does). Each configuration runs once to warm up (the graph is recorded there), then
+ * is timed; with and without CUDA graphs.
+ *
+ * Reported per configuration: prefill and decode tokens/s, decode ms/token, the ratio to our
+ * BF16 path (goal: FP4 >= 2.5x), the device memory the engine holds (weights + KV cache +
+ * scratch, from cudaMemGetInfo before and after), and the checkpoint size the weights imply
+ * (tensor bytes; safetensors adds only its header). `--torch FILE` adds the PyTorch reference
+ * written by bench/gpu/decode_torch_baseline.py.
+ *
+ * Usage: deno run -A bench/gpu/decode_bench.ts --out DIR [--layers N] [--tokens N] [--torch FILE]
+ * Writes DIR/decode.json (device, date, commit, figures) and prints a table last.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { cudaMemory, cudaStatus } from "../../lib/device.ts";
+import { DecodeEngine } from "../../lib/generate/engine.ts";
+import {
+  fp4GroupSize,
+  type Fp4WeightFormat,
+  type Fp4Weights,
+} from "../../lib/kernels/fp4_linear.ts";
+import { LlamaModel, llamaWeightShapes, type Weight } from "../../lib/model/llama.ts";
+import { parseLlamaConfig } from "../../lib/model/config.ts";
+import { Tensor } from "../../lib/tensor.ts";
+import { formatTable } from "../../lib/cli/table.ts";
+import { gitCommit } from "../../lib/pipeline/manifest.ts";
+
+const { values: args } = parseArgs({
+  args: Deno.args,
+  options: {
+    out: { type: "string", default: "bench/results/tmp" },
+    layers: { type: "string", default: "32" },
+    tokens: { type: "string", default: "128" },
+    torch: { type: "string" },
+  },
+});
+
+const status = cudaStatus();
+if (!status.available) {
+  console.error(`decode_bench needs a GPU: ${status.reason}`);
+  Deno.exit(1);
+}
+const LAYERS = Number(args.layers), TOKENS = Number(args.tokens), PROMPT = 16, CONTEXT = 1024;
+
+const config = parseLlamaConfig({
+  model_type: "llama",
+  hidden_size: 4096,
+  intermediate_size: 14336,
+  num_hidden_layers: LAYERS,
+  num_attention_heads: 32,
+  num_key_value_heads: 8,
+  vocab_size: 128256,
+  max_position_embeddings: 8192,
+  rope_theta: 500000,
+  rms_norm_eps: 1e-5,
+});
+
+/** xorshift32 stream. */
+function xorshift(seed: number): () => number {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return s >>> 0;
+  };
+}
+
+/** `n` bf16 weights drawn from 4096 values uniform in (-amp, amp). */
+function randomBf16(n: number, seed: number, amp: number): Uint16Array {
+  const next = xorshift(seed);
+  const table = new Uint16Array(4096);
+  const f = new Float32Array(1), u = new Uint32Array(f.buffer);
+  for (let i = 0; i < table.length; i++) {
+    f[0] = (next() / 2 ** 32 * 2 - 1) * amp;
+    table[i] = u[0] >>> 16;
+  }
+  const out = new Uint16Array(n);
+  for (let i = 0; i < n; i++) out[i] = table[next() & 4095];
+  return out;
+}
+
+function randomBytes(n: number, seed: number, map: (r: number) => number): Uint8Array {
+  const next = xorshift(seed);
+  const out = new Uint8Array(n);
+  for (let i = 0; i < n; i++) out[i] = map(next());
+  return out;
+}
+
+// One random array per shape, shared by the layers' host weights; each layer's Weight is its own
+// object, so the engine uploads a device copy per layer (as a real model has).
+console.log(`building the ${LAYERS}-layer model's host weights ...`);
+const byShape = new Map<string, Uint16Array>();
+const weights = new Map<string, Weight>();
+for (const [name, shape] of llamaWeightShapes(config)) {
+  const key = shape.join("x");
+  let data = byShape.get(key);
+  if (!data) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    data = shape.length === 1
+      ? new Uint16Array(n).fill(0x3f80)
+      : randomBf16(n, byShape.size + 1, 1.5 / Math.sqrt(shape[1]));
+    byShape.set(key, data);
+  }
+  weights.set(name, { dtype: "bf16", shape: [...shape], data });
+}
+const model = LlamaModel.fromWeights(config, weights);
+
+/** Random FP4 weights of every quantizable linear, on the device, one copy per layer. */
+function fp4Weights(format: Fp4WeightFormat): Map<string, Fp4Weights> {
+  const group = fp4GroupSize(format);
+  const host = new Map<string, [Uint8Array, Uint8Array]>();
+  const out = new Map<string, Fp4Weights>();
+  for (const name of model.linearNames()) {
+    if (name === "lm_head") continue;
+    const [n, k] = model.weight(`${name}.weight`).shape;
+    const key = `${n}x${k}`;
+    let h = host.get(key);
+    if (!h) {
+      // Scales near what a quantizer gives these weights: amax/6 ~ 2^-8 (E8M0 119 .. 122; E4M3
+      // 0x30 .. 0x3f with a tensor scale of 2^-10).
+      h = [
+        randomBytes(n * k / 2, host.size + 11, (r) => r & 0xff),
+        randomBytes(
+          n * k / group,
+          host.size + 21,
+          (r) => format === "mxfp4" ? 119 + (r & 3) : 0x30 + (r & 15),
+        ),
+      ];
+      host.set(key, h);
+    }
+    out.set(name, {
+      codes: Tensor.from(h[0], [h[0].length]).to("cuda"),
+      scales: Tensor.from(h[1], [h[1].length]).to("cuda"),
+      tensorScale: format === "nvfp4" ? 2 ** -10 : undefined,
+      format,
+      n,
+      k,
+    });
+  }
+  return out;
+}
+
+function checkpointBytes(format: Fp4WeightFormat | "bf16"): number {
+  let bytes = 0;
+  for (const [name, shape] of llamaWeightShapes(config)) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const linear = shape.length === 2 && name !== "lm_head.weight" &&
+      name !== "model.embed_tokens.weight";
+    if (format === "bf16" || !linear) bytes += 2 * n;
+    else bytes += n / 2 + n / fp4GroupSize(format) + (format === "nvfp4" ? 4 : 0);
+  }
+  return bytes;
+}
+
+interface Run {
+  weights: string;
+  graphs: boolean;
+  prefillTokS: number;
+  decodeTokS: number;
+  msPerToken: number;
+  engineBytes: number;
+  checkpointBytes: number;
+  vsBf16: number | null;
+}
+
+async function timeDecode(engine: DecodeEngine, prompt: Int32Array) {
+  engine.reset();
+  const t0 = performance.now();
+  await engine.forward(prompt);
+  let t = engine.argmax();
+  const t1 = performance.now();
+  for (let i = 0; i < TOKENS; i++) {
+    await engine.forward(new Int32Array([t]));
+    t = engine.argmax();
+  }
+  const t2 = performance.now();
+  return { prefillMs: t1 - t0, decodeMs: t2 - t1 };
+}
+
+const prompt = Int32Array.from({ length: PROMPT }, (_, i) => (i * 7919) % config.vocabSize);
+const runs: Run[] = [];
+for (const format of ["bf16", "mxfp4", "nvfp4"] as const) {
+  console.log(`--- ${format}: loading`);
+  const before = cudaMemory();
+  const quantized = format === "bf16" ? new Map<string, Fp4Weights>() : fp4Weights(format);
+  for (const graphs of [true, false]) {
+    const engine = DecodeEngine.create(model, {
+      device: "cuda",
+      contextLength: CONTEXT,
+      quantized,
+      graphs,
+    });
+    try {
+      await timeDecode(engine, prompt);
+      const { prefillMs, decodeMs } = await timeDecode(engine, prompt);
+      const engineBytes = before.free - cudaMemory().free;
+      const run: Run = {
+        weights: format,
+        graphs,
+        prefillTokS: PROMPT / (prefillMs / 1000),
+        decodeTokS: TOKENS / (decodeMs / 1000),
+        msPerToken: decodeMs / TOKENS,
+        engineBytes,
+        checkpointBytes: checkpointBytes(format),
+        vsBf16: null,
+      };
+      const base = runs.find((r) => r.weights === "bf16" && r.graphs === graphs);
+      if (base) run.vsBf16 = run.decodeTokS / base.decodeTokS;
+      runs.push(run);
+      console.log(
+        `${format} graphs=${graphs}: decode ${run.decodeTokS.toFixed(1)} tok/s (${
+          run.msPerToken.toFixed(2)
+        } ms/token), prefill ${run.prefillTokS.toFixed(0)} tok/s, engine ${
+          (engineBytes / 2 ** 30).toFixed(2)
+        } GiB`,
+      );
+    } finally {
+      engine.dispose();
+    }
+  }
+  for (const w of quantized.values()) {
+    w.codes.dispose();
+    w.scales.dispose();
+  }
+}
+
+let torch: Record<string, unknown> | null = null;
+if (args.torch) {
+  try {
+    torch = JSON.parse(await Deno.readTextFile(args.torch));
+  } catch (e) {
+    console.error(`no PyTorch reference read from ${args.torch}: ${(e as Error).message}`);
+  }
+}
+
+const result = {
+  bench: "decode",
+  device: status.name,
+  date: new Date().toISOString(),
+  commit: (await gitCommit()) ?? Deno.env.get("GIT_COMMIT") ?? "unknown",
+  model: { ...config, rope: undefined, note: "random weights, Llama-3-8B shapes" },
+  promptTokens: PROMPT,
+  decodeTokens: TOKENS,
+  contextLength: CONTEXT,
+  goal: "FP4 decode tokens/s >= 2.5x our BF16 path (batch 1)",
+  runs,
+  torch,
+};
+await Deno.mkdir(args.out!, { recursive: true });
+await Deno.writeTextFile(`${args.out}/decode.json`, JSON.stringify(result, null, 2) + "\n");
+console.log(formatTable(
+  [
+    "weights",
+    "graphs",
+    "decode tok/s",
+    "ms/token",
+    "vs bf16",
+    "prefill tok/s",
+    "engine GiB",
+    "checkpoint GiB",
+  ],
+  runs.map((r) => [
+    r.weights,
+    String(r.graphs),
+    r.decodeTokS.toFixed(1),
+    r.msPerToken.toFixed(2),
+    r.vsBf16 === null ? "-" : r.vsBf16.toFixed(2),
+    r.prefillTokS.toFixed(0),
+    (r.engineBytes / 2 ** 30).toFixed(2),
+    (r.checkpointBytes / 2 ** 30).toFixed(2),
+  ]),
+));
+if (torch) console.log(`PyTorch reference: ${JSON.stringify(torch)}`);
