@@ -97,10 +97,12 @@ constexpr int kStatUnroll = 4;
 
 // Whole-tensor statistics over 8-element chunks (16-byte loads), grid-stride with kStatUnroll
 // loads in flight per thread, one atomic per block and statistic. kLoHi: also min/max (the
-// tensor-wide group's rules); the tensor amax needs only max |x|.
+// tensor-wide group's rules); the tensor amax needs only max |x|. Launched dependent on the
+// initialisation of st, and lets the quantize pass start as its blocks retire.
 template <bool kBf16, bool kLoHi>
 __global__ void __launch_bounds__(kStatThreads)
     vec_stats_kernel(const void *x, uint64_t chunks, Stats *st) {
+  pdl_launch_dependents();
   uint32_t mag = 0;
   float l = 0.0f, h = 0.0f;
   unsigned long long bad = ~0ull;
@@ -152,6 +154,7 @@ __global__ void __launch_bounds__(kStatThreads)
     bad = min(bad, __shfl_xor_sync(0xffffffffu, bad, o));
   }
   const int warp = threadIdx.x >> 5;
+  pdl_wait();
   if ((threadIdx.x & 31) == 0) {
     s_mag[warp] = mag;
     s_lo[warp] = __float_as_uint(0.0f - l);  // +0, not -0, when l = 0
@@ -175,24 +178,25 @@ __global__ void __launch_bounds__(kStatThreads)
 }
 
 constexpr int kVecThreads = 256;
-constexpr int kVecUnroll = 2;  // chunks per thread, all loaded before the first is used
+constexpr int kVecUnroll = 2;  // chunks per thread, all loaded before the first is used (4: more
+                               // registers, fewer warps; slower on the H100)
 
-// The coalesced quantizer (header comment). Chunk c = block * 512 + k * 256 + thread; the
-// `lanes` = len / 8 chunks of a group are consecutive lanes of one warp. The tensor scale, when
-// there is one, comes from the statistics pass (amax) or the rule's constant; block 0 writes
-// it out. kFast: E2M1 with nearest rounding (quantize_fast.cuh), else quantize_element.
-template <bool kBf16, bool kFast>
+// The coalesced quantizer (header comment). Chunk c = block * 256 kUnroll + k * 256 + thread;
+// the `lanes` = len / 8 chunks of a group are consecutive lanes of one warp. The tensor scale,
+// when there is one, comes from the statistics pass (amax) or the rule's constant; block 0
+// writes it out. kFast: E2M1 with nearest rounding (quantize_fast.cuh; kScale picks the scale
+// rule's inlined form), else quantize_element. Launched dependent on the kernel before it:
+// the loads of x start at once, everything after them waits for that kernel.
+template <bool kBf16, bool kFast, int kScale, int kUnroll>
 __global__ void __launch_bounds__(kVecThreads)
     vec_group_kernel(QuantParams q, const void *x, uint64_t chunks, int lanes, uint8_t *codes,
                      uint8_t *scales, uint8_t *zeros, Stats *st, float *tensor_scale,
                      bool reverse) {
-  if (q.tensor_amax) q.s_t = tensor_scale_of(q, __uint_as_float(st->amax));
-  if (q.has_st && blockIdx.x == 0 && threadIdx.x == 0) *tensor_scale = q.s_t;
   const uint64_t blk = reverse ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
-  const uint64_t c0 = blk * (kVecThreads * kVecUnroll) + threadIdx.x;
-  float v[kVecUnroll][8];
+  const uint64_t c0 = blk * (kVecThreads * kUnroll) + threadIdx.x;
+  float v[kUnroll][8];
 #pragma unroll
-  for (int k = 0; k < kVecUnroll; k++) {
+  for (int k = 0; k < kUnroll; k++) {
     const uint64_t c = c0 + k * kVecThreads;
     if (c < chunks) {
       load_chunk8<kBf16>(x, c, v[k]);
@@ -201,9 +205,12 @@ __global__ void __launch_bounds__(kVecThreads)
       for (int i = 0; i < 8; i++) v[k][i] = 0.0f;
     }
   }
+  pdl_wait();
+  if (q.tensor_amax) q.s_t = tensor_scale_of(q, __uint_as_float(st->amax));
+  if (q.has_st && blockIdx.x == 0 && threadIdx.x == 0) *tensor_scale = q.s_t;
   const bool first = (threadIdx.x & (lanes - 1)) == 0;
 #pragma unroll
-  for (int k = 0; k < kVecUnroll; k++) {
+  for (int k = 0; k < kUnroll; k++) {
     const uint64_t c = c0 + k * kVecThreads;
     const uint32_t own = magnitude_bits8(v[k]);
     uint32_t mag = own;
@@ -237,24 +244,14 @@ __global__ void __launch_bounds__(kVecThreads)
       continue;
     }
     const float amax = __uint_as_float(mag);
-    const GroupScale gs = scale_for(q, amax, lo, hi, 1.0f);
+    const GroupScale gs = kFast ? fast_scale<kScale>(q, amax) : scale_for(q, amax, lo, hi, 1.0f);
     if (first) {
       const uint64_t g = c / uint64_t(lanes);
       store_scale(scales, g, gs.bits, q.scale_nbytes);
       if (zeros) zeros[g] = uint8_t(gs.z);
     }
     if (kFast) {
-      uint32_t word = 0;
-      if (gs.S != 0.0f) {
-        const GroupDivider div(gs.S, amax);
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-          const uint32_t b = __float_as_uint(v[k][i]);
-          const uint32_t code = e2m1_magnitude(div(__uint_as_float(b & 0x7fffffffu))) | ((b >> 28) & 8u);
-          word |= code << (4 * i);
-        }
-      }
-      reinterpret_cast<uint32_t *>(codes)[c] = word;
+      reinterpret_cast<uint32_t *>(codes)[c] = encode8(gs.S, amax, v[k]);
     } else if (q.code_bits == 4) {
       uint32_t word = 0;
 #pragma unroll
@@ -447,7 +444,7 @@ fp4_status launch_stats(Load load, const void *x, bool bf16, uint64_t n, bool lo
     const uint64_t wave = uint64_t(sms) * uint64_t(per_sm > 0 ? per_sm : 1);
     const uint64_t want = (chunks + kStatThreads * kStatUnroll - 1) / (kStatThreads * kStatUnroll);
     const unsigned grid = unsigned(want < wave ? (want ? want : 1) : wave);
-    kernel<<<grid, kStatThreads>>>(x, chunks, st);
+    FP4_CU(launch_pdl(kernel, grid, kStatThreads, x, chunks, st));
   } else {
     const unsigned grid = grid_for(n, 256);
     stats_kernel<<<grid > 4096 ? 4096 : grid, 256>>>(load, n, st);
@@ -456,20 +453,31 @@ fp4_status launch_stats(Load load, const void *x, bool bf16, uint64_t n, bool lo
   return FP4_OK;
 }
 
-template <bool kBf16>
-void launch_vec(const QuantParams &q, const void *x, const Layout &l, uint8_t *codes,
-                uint8_t *scales, uint8_t *zeros, Stats *st, float *tensor_scale) {
+// The scale rule's inlined form for the fast E2M1 path (quantize_fast.cuh).
+int fast_scale_kind(const QuantParams &q) {
+  if (q.scale_fmt == SCALE_E8M0 && q.rule == RULE_OCP && !q.has_st) return kScaleMx;
+  if (q.scale_fmt == SCALE_E4M3 && q.rule == RULE_ABSMAX) return kScaleNv;
+  return kScaleGeneric;
+}
+
+template <bool kBf16, int kUnroll = kVecUnroll>
+cudaError_t launch_vec(const QuantParams &q, const void *x, const Layout &l, uint8_t *codes,
+                       uint8_t *scales, uint8_t *zeros, Stats *st, float *tensor_scale) {
   const uint64_t chunks = l.n / 8;
-  const uint64_t per = kVecThreads * kVecUnroll;
+  const uint64_t per = kVecThreads * kUnroll;
   const unsigned grid = unsigned((chunks + per - 1) / per);
   const int lanes = int(l.len / 8);
+  const bool rev = q.tensor_amax != 0;
   const bool fast = q.elem == CODEC_E2M1 && !q.stochastic && q.rule != RULE_MINMAX;
-  if (fast) {
-    vec_group_kernel<kBf16, true><<<grid, kVecThreads>>>(q, x, chunks, lanes, codes, scales,
-                                                         zeros, st, tensor_scale, q.tensor_amax);
-  } else {
-    vec_group_kernel<kBf16, false><<<grid, kVecThreads>>>(q, x, chunks, lanes, codes, scales,
-                                                          zeros, st, tensor_scale, q.tensor_amax);
+  auto go = [&](auto kernel) {
+    return launch_pdl(kernel, grid, kVecThreads, q, x, chunks, lanes, codes, scales, zeros, st,
+                      tensor_scale, rev);
+  };
+  if (!fast) return go(vec_group_kernel<kBf16, false, kScaleGeneric, kUnroll>);
+  switch (fast_scale_kind(q)) {
+    case kScaleMx: return go(vec_group_kernel<kBf16, true, kScaleMx, kUnroll>);
+    case kScaleNv: return go(vec_group_kernel<kBf16, true, kScaleNv, kUnroll>);
+    default: return go(vec_group_kernel<kBf16, true, kScaleGeneric, kUnroll>);
   }
 }
 
@@ -498,9 +506,8 @@ fp4_status quantize_with(const fp4_quant_spec &spec, Load load, int32_t dtype, c
   }
   if (vec) {
     // The kernel derives the tensor scale itself and writes it out.
-    if (dtype == FP4_DTYPE_BF16) launch_vec<true>(q, x, l, codes, scales, zeros, st, tensor_scale);
-    else launch_vec<false>(q, x, l, codes, scales, zeros, st, tensor_scale);
-    FP4_CU_LAUNCH();
+    FP4_CU(dtype == FP4_DTYPE_BF16 ? launch_vec<true>(q, x, l, codes, scales, zeros, st, tensor_scale)
+                                   : launch_vec<false>(q, x, l, codes, scales, zeros, st, tensor_scale));
   } else {
     // Kernels read s_t from device memory, so nothing here waits for the statistics.
     const float *st_dev = q.has_st ? tensor_scale : nullptr;

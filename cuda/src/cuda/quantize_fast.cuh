@@ -4,9 +4,17 @@
 //    instead of the generic minifloat walk;
 //  - GroupDivider: RN(m / S) for every element m >= 0 of a group with scale S, from one
 //    reciprocal per group (IEEE division costs a MUFU and a range check per element);
-//  - 8-element chunk loads of bf16/f32 rows as 16-byte vectors.
+//  - encode8: the packed codes of 8 elements, with the divider's mode chosen once per chunk;
+//  - fast_scale: scale_for of the two presets' rules (E8M0 OCP; E4M3 absmax) without the
+//    generic rule switch and minifloat walk;
+//  - 8-element chunk loads of bf16/f32 rows as 16-byte vectors;
+//  - programmatic dependent launch (Hopper): a kernel's loads of its input start while the
+//    kernel before it (statistics, initialisation) finishes; griddepcontrol.wait precedes every
+//    read or write of what that kernel produces or uses.
 #pragma once
 #include <cuda_runtime.h>
+
+#include <utility>
 
 #include "../formats.hpp"
 
@@ -62,6 +70,98 @@ struct GroupDivider {
     return m / S;
   }
 };
+
+// Packed 4-bit codes (element i in bits 4i..4i+3) of 8 elements of a group with scale S > 0.
+template <int kMode>
+__device__ __forceinline__ uint32_t encode8_mode(const GroupDivider &div, const float (&v)[8]) {
+  uint32_t word = 0;
+#pragma unroll
+  for (int i = 0; i < 8; i++) {
+    const uint32_t b = __float_as_uint(v[i]);
+    const float m = __uint_as_float(b & 0x7fffffffu);
+    float q;
+    if (kMode == 0) {
+      q = m * div.y;
+    } else if (kMode == 1) {
+      q = m * div.y;
+      q = __fmaf_rn(__fmaf_rn(-div.S, q, m), div.y, q);
+      q = __fmaf_rn(__fmaf_rn(-div.S, q, m), div.y, q);
+    } else {
+      q = m / div.S;
+    }
+    word |= (e2m1_magnitude(q) | ((b >> 28) & 8u)) << (4 * i);
+  }
+  return word;
+}
+
+__device__ __forceinline__ uint32_t encode8(float S, float amax, const float (&v)[8]) {
+  if (S == 0.0f) return 0;
+  const GroupDivider div(S, amax);
+  if (div.mode == 0) return encode8_mode<0>(div, v);
+  if (div.mode == 1) return encode8_mode<1>(div, v);
+  return encode8_mode<2>(div, v);
+}
+
+// Which scale_for a fast kernel inlines: the generic one, E8M0 with rule OCP and no tensor
+// scale (MXFP4), or E4M3 with rule absmax (NVFP4, with or without the tensor amax).
+enum FastScale { kScaleGeneric = 0, kScaleMx = 1, kScaleNv = 2 };
+
+// mf_encode(ue4m3, r) for finite 0 <= r < 448, the E2M1 encoder's steps with 3 mantissa bits:
+// normal r rounds at bit 20 (the carry moves into the exponent), subnormal r is rint(512 r).
+__device__ __forceinline__ uint32_t ue4m3_encode(float r) {
+  const uint32_t u = __float_as_uint(r);
+  const uint32_t hi = ((u + 0x7ffffu + ((u >> 20) & 1u)) >> 20) - (120u << 3);
+  const uint32_t lo = __float_as_uint(__fmaf_rn(r, 512.0f, 8388608.0f)) - 0x4b000000u;
+  return u >= 0x3c800000u ? hi : lo;  // 2^-6, the smallest normal
+}
+
+// mf_decode(ue4m3, c) for codes 0..0x7e: normal codes are the f32 bits shifted into place.
+__device__ __forceinline__ float ue4m3_decode(uint32_t c) {
+  return c >= 8u ? __uint_as_float((c << 20) + (120u << 23)) : float(c) * 0x1p-9f;
+}
+
+// scale_for(q, amax, -, -, 1) for E2M1 elements (any rule but minmax) and finite amax >= 0.
+//  - kScaleMx: floor_log2_full(amax) - 2 clamped to E8M0 is max(exponent field, 2) - 2, also
+//    for zero and subnormal amax (both clamp to code 0, the value 2^-127).
+//  - kScaleNv: the same two IEEE divisions as the rule; encode and decode of in-range E4M3
+//    without the generic walk; out of range (saturation, s_t = 0 or Inf) takes the rule.
+template <int kScale>
+__device__ __forceinline__ fmt::GroupScale fast_scale(const fmt::QuantParams &q, float amax) {
+  if constexpr (kScale == kScaleMx) {
+    const uint32_t bits = max(__float_as_uint(amax) >> 23, 2u) - 2u;
+    return fmt::GroupScale{bits, bits ? __uint_as_float(bits << 23) : 0x1p-127f, 0};
+  } else if constexpr (kScale == kScaleNv) {
+    float raw = amax / q.M;
+    if (q.tensor_amax) raw = raw / q.s_t;
+    if (raw < 448.0f) {
+      const uint32_t bits = ue4m3_encode(raw);
+      const float d = ue4m3_decode(bits);
+      return fmt::GroupScale{bits, q.has_st ? d * q.s_t : d, 0};
+    }
+  }
+  return fmt::scale_for(q, amax, 0.0f, 0.0f, 1.0f);
+}
+
+// Programmatic dependent launch: let the next kernel of the stream start, and wait for the
+// previous one (its writes become visible).
+__device__ __forceinline__ void pdl_launch_dependents() {
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
+// kernel<<<grid, block>>>(args...) that may start before the previous kernel of the stream ends.
+template <class... P, class... A>
+cudaError_t launch_pdl(void (*kernel)(P...), unsigned grid, unsigned block, A &&...args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(block);
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
+}
 
 // The 8 consecutive elements of chunk c (elements 8c .. 8c+7) as float32; x 16-byte aligned.
 template <bool kBf16>
