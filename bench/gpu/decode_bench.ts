@@ -19,6 +19,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { check, native } from "../../ffi/library.ts";
 import { cudaMemory, cudaStatus } from "../../lib/device.ts";
 import { DecodeEngine } from "../../lib/generate/engine.ts";
 import {
@@ -232,6 +233,152 @@ for (const format of ["bf16", "mxfp4", "nvfp4"] as const) {
   }
 }
 
+/**
+ * Per-op cost of one decode step's kernels at the model's shapes (position 144, as at the end of
+ * the timed runs): each op launched 200 times eagerly, then one synchronize; microseconds per
+ * launch (includes the launch's host cost, which a replayed graph mostly hides).
+ */
+function opBreakdown(): Record<string, number> {
+  const lib = native();
+  const CUDA = 1, BF16 = 2, F32 = 0;
+  const h = config.hiddenSize, m = config.intermediateSize, hd = config.headDim;
+  const heads = config.numHeads, kvh = config.numKvHeads, V = config.vocabSize;
+  const T = (shape: number[], dtype: "bf16" | "f32" | "i32" | "u8") =>
+    Tensor.zeros(shape, dtype, "cuda");
+  using x = T([m], "bf16");
+  using y = T([V], "f32");
+  using hidden = T([h], "f32");
+  using normW = T([h], "bf16");
+  using q = T([heads * hd], "bf16");
+  using kc = T([CONTEXT, kvh * hd], "bf16");
+  using vc = T([CONTEXT, kvh * hd], "bf16");
+  using att = T([heads * hd], "bf16");
+  using cos = T([CONTEXT * hd / 2], "f32");
+  using sin = T([CONTEXT * hd / 2], "f32");
+  using pos = Tensor.from(new Int32Array([144]), [1]).to("cuda");
+  using head = T([V, h], "bf16");
+  using last = T([1], "i32");
+  using codes = T([m * h / 2], "u8");
+  using scales = T([m * h / 16], "u8");
+  const ops: Record<string, () => number> = {
+    rmsnorm: () =>
+      lib.fp4_dec_rmsnorm(
+        CUDA,
+        hidden.pointer(),
+        normW.pointer(),
+        BF16,
+        x.pointer(),
+        BF16,
+        1n,
+        BigInt(h),
+        1e-5,
+      ),
+    rope_q: () =>
+      lib.fp4_dec_rope(
+        CUDA,
+        q.pointer(),
+        BF16,
+        cos.pointer(),
+        sin.pointer(),
+        pos.pointer(),
+        BigInt(CONTEXT),
+        1n,
+        BigInt(heads),
+        BigInt(hd),
+      ),
+    kv_store: () =>
+      lib.fp4_dec_kv_store(
+        CUDA,
+        q.pointer(),
+        BF16,
+        kc.pointer(),
+        BF16,
+        pos.pointer(),
+        BigInt(CONTEXT),
+        1n,
+        BigInt(kvh * hd),
+      ),
+    attention: () =>
+      lib.fp4_dec_attention(
+        CUDA,
+        q.pointer(),
+        BF16,
+        kc.pointer(),
+        vc.pointer(),
+        BF16,
+        att.pointer(),
+        BF16,
+        pos.pointer(),
+        BigInt(CONTEXT),
+        1n,
+        BigInt(heads),
+        BigInt(kvh),
+        BigInt(hd),
+        1 / Math.sqrt(hd),
+      ),
+    silu_mul: () =>
+      lib.fp4_dec_silu_mul(CUDA, x.pointer(), x.pointer(), x.pointer(), BF16, BigInt(m)),
+    add: () => lib.fp4_dec_add(CUDA, hidden.pointer(), x.pointer(), BF16, BigInt(h)),
+    lm_head_f32: () =>
+      lib.fp4_dec_linear(
+        CUDA,
+        x.pointer(),
+        BF16,
+        head.pointer(),
+        BF16,
+        y.pointer(),
+        F32,
+        1n,
+        BigInt(V),
+        BigInt(h),
+      ),
+    argmax: () => lib.fp4_dec_argmax(CUDA, y.pointer(), 1n, BigInt(V), last.pointer()),
+    gemv_nvfp4_14336x4096: () =>
+      lib.fp4_gemm(
+        CUDA,
+        1,
+        x.pointer(),
+        codes.pointer(),
+        scales.pointer(),
+        1,
+        y.pointer(),
+        1n,
+        BigInt(m),
+        BigInt(h),
+      ),
+    gemv_nvfp4_1024x4096: () =>
+      lib.fp4_gemm(
+        CUDA,
+        1,
+        x.pointer(),
+        codes.pointer(),
+        scales.pointer(),
+        1,
+        y.pointer(),
+        1n,
+        BigInt(kvh * hd),
+        BigInt(h),
+      ),
+  };
+  const out: Record<string, number> = {};
+  for (const [name, op] of Object.entries(ops)) {
+    check(op(), name);
+    check(lib.fp4_synchronize(CUDA), "fp4_synchronize");
+    const t0 = performance.now();
+    for (let i = 0; i < 200; i++) check(op(), name);
+    check(lib.fp4_synchronize(CUDA), "fp4_synchronize");
+    out[name] = (performance.now() - t0) * 1000 / 200;
+  }
+  return out;
+}
+
+const ops = opBreakdown();
+console.log(
+  `per-op µs (eager, 200 launches): ${
+    JSON.stringify(ops, (_k, v) => typeof v === "number" ? Number(v.toFixed(1)) : v)
+  }`,
+);
+
 let torch: Record<string, unknown> | null = null;
 if (args.torch) {
   try {
@@ -252,6 +399,7 @@ const result = {
   contextLength: CONTEXT,
   goal: "FP4 decode tokens/s >= 2.5x our BF16 path (batch 1)",
   runs,
+  opMicroseconds: ops,
   torch,
 };
 await Deno.mkdir(args.out!, { recursive: true });
