@@ -132,8 +132,17 @@ function cases(act: Act, cacheDt: Act): Case[] {
       }
     }
   }
-  { // rope + kv_store + attention at positions p0..p0+T-1 over a cache of ctx rows
-    const ctx = 24, p0 = 9, T = 3, heads = 4, kvh = 2, hd = 16, half = hd / 2;
+  // rope + kv_store + attention at positions p0..p0+T-1 over a cache of ctx rows: a small
+  // case, one past CUDA's 256-row attention tile with head_dim 128 (16-byte row loads), and an
+  // odd head_dim.
+  for (
+    const [ctx, p0, T, heads, kvh, hd] of [
+      [24, 9, 3, 4, 2, 16],
+      [640, 300, 2, 4, 1, 128],
+      [40, 30, 1, 2, 2, 96],
+    ]
+  ) {
+    const half = hd / 2;
     const cos = new Float32Array(ctx * half), sin = new Float32Array(ctx * half);
     for (let p = 0; p < ctx; p++) {
       for (let j = 0; j < half; j++) {
@@ -157,7 +166,7 @@ function cases(act: Act, cacheDt: Act): Case[] {
     }
     const bf = act === "bf16" ? "bf16" as const : undefined;
     out.push({
-      name: "rope",
+      name: `rope (head_dim ${hd})`,
       ref: ropeRef,
       refBound: act === "bf16" ? 2 ** -8 : 1e-6,
       twinBound: act === "bf16" ? 2 ** -7 : 1e-6,
@@ -216,7 +225,7 @@ function cases(act: Act, cacheDt: Act): Case[] {
       }
     }
     out.push({
-      name: `kv_store + attention (${cacheDt} cache)`,
+      name: `kv_store + attention (${cacheDt} cache, ${p0 + T} rows, head_dim ${hd})`,
       ref: attRef,
       refBound: act === "bf16" ? 2 ** -7 : 1e-5,
       twinBound: act === "bf16" ? 2 ** -7 : 1e-5,
