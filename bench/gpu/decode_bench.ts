@@ -392,7 +392,8 @@ const result = {
   bench: "decode",
   device: status.name,
   date: new Date().toISOString(),
-  commit: (await gitCommit()) ?? Deno.env.get("GIT_COMMIT") ?? "unknown",
+  // The GPU machine's copy may sit inside another checkout: the commit the caller names wins.
+  commit: Deno.env.get("GIT_COMMIT") ?? (await gitCommit()) ?? "unknown",
   model: { ...config, rope: undefined, note: "random weights, Llama-3-8B shapes" },
   promptTokens: PROMPT,
   decodeTokens: TOKENS,

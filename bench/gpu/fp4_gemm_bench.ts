@@ -14,6 +14,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { gitCommit } from "../../lib/pipeline/manifest.ts";
 import { check, native } from "../../ffi/library.ts";
 import { cudaStatus } from "../../lib/device.ts";
 import { Tensor } from "../../lib/tensor.ts";
@@ -142,15 +143,10 @@ function copyBandwidth(): { bytes: number; ms: number; gbs: number } {
   return { bytes, ms, gbs: (2 * bytes) / (ms * 1e6) };
 }
 
-function gitCommit(): string {
-  try {
-    const out = new Deno.Command("git", { args: ["rev-parse", "HEAD"], stderr: "null" })
-      .outputSync();
-    if (out.success) return new TextDecoder().decode(out.stdout).trim();
-  } catch {
-    // git is not installed on the GPU machine: fall back to the environment.
-  }
-  return Deno.env.get("GIT_COMMIT") ?? "unknown";
+// The GPU machine runs a copy of a snapshot whose enclosing folder may hold another checkout's
+// .git: the commit the caller names wins.
+async function commitOfRun(): Promise<string> {
+  return Deno.env.get("GIT_COMMIT") ?? (await gitCommit()) ?? "unknown";
 }
 
 interface Row {
@@ -251,7 +247,7 @@ const result = {
   benchmark: "fp4_gemm",
   device: status.name,
   date: new Date().toISOString(),
-  commit: gitCommit(),
+  commit: await commitOfRun(),
   method: "median of CUDA-event samples over graph-captured launches rotating through " +
     `>= ${
       ROTATE_BYTES / 1e6

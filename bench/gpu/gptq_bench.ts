@@ -46,12 +46,14 @@ const shapes = values.shapes.split(",").map((s) => s.split("x").map(Number) as [
 const peak = /pcie/i.test(status.name ?? "") ? 51.2e12 : 66.9e12;
 
 function commit(): string {
+  // The GPU machine's copy may sit inside another checkout: the commit the caller names wins.
   const env = Deno.env.get("GIT_COMMIT");
+  if (env) return env;
   try {
     const r = new Deno.Command("git", { args: ["rev-parse", "HEAD"], stderr: "null" }).outputSync();
     if (r.success) return new TextDecoder().decode(r.stdout).trim();
   } catch { /* no git on the machine */ }
-  return env ?? "unknown";
+  return "unknown";
 }
 
 interface Row {

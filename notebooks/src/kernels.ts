@@ -12,7 +12,8 @@ import { DOMParser } from "linkedom";
 const document = new DOMParser().parseFromString("<!DOCTYPE html><html></html>", "text/html");
 // The kernel runs in this folder (notebooks/).
 const results = "../bench/results/";
-const gemm = JSON.parse(await Deno.readTextFile(results + "fp4_gemm-h100-2026-11-23.json"));
+// v2: the GEMV and GEMM rewrites (the first version's figures are in fp4_gemm-h100-2026-11-23.json).
+const gemm = JSON.parse(await Deno.readTextFile(results + "fp4_gemm-h100-2026-11-23-v2.json"));
 interface GemmRow {
   format: string;
   n: number;
@@ -81,7 +82,7 @@ Plot.plot({
 // ## Quantization kernels
 //
 // Quantizing an 8192 x 8192 BF16 tensor, and the fused block-Hadamard-128 rotate + quantize, as
-// a fraction of the copy bandwidth (goal 80%), before and after the quantize rewrite.
+// a fraction of the copy bandwidth (goal 80%), through the versions of the kernels.
 // %%
 interface FormatsRow {
   device: string;
@@ -92,6 +93,7 @@ interface FormatsRow {
 const versions = [
   ["baseline", "formats-h100-2026-11-23.json"],
   ["v1", "formats-h100-2026-11-23-v1.json"],
+  ["v2", "formats-h100-2026-11-23-v2.json"],
 ] as const;
 const formats = (await Promise.all(versions.map(async ([version, file]) => {
   const d = JSON.parse(await Deno.readTextFile(results + file));
@@ -111,4 +113,43 @@ Plot.plot({
     Plot.ruleX([0.8], { strokeDasharray: "4,3", stroke: "gray" }),
     Plot.barX(formats, { y: "what", x: "fractionOfCopy", fill: "version", fy: "version" }),
   ],
+});
+// %% [markdown]
+// ## End-to-end decoding of a Llama-3-8B-shaped model
+//
+// `bench/gpu/decode_bench.ts`: batch-1 greedy decoding (128 tokens after a 16-token prompt) with
+// random weights, BF16 against MXFP4 and NVFP4 weights on the same engine, with and without CUDA
+// graphs; the dashed line is the goal (FP4 at 2.5x our BF16 path). The PyTorch/transformers
+// `generate` reference is printed below the plot.
+// %%
+const decode = JSON.parse(await Deno.readTextFile(results + "decode-h100-2026-11-23.json"));
+interface DecodeRun {
+  weights: string;
+  graphs: boolean;
+  decodeTokS: number;
+}
+const decodeRuns = (decode.runs as DecodeRun[]).map((r) => ({
+  ...r,
+  mode: r.graphs ? "CUDA graph" : "eager launches",
+}));
+if (decodeRuns.length === 0) throw new Error("no decode runs in the recorded file");
+const bf16 = decodeRuns.find((r) => r.weights === "bf16" && r.graphs)!.decodeTokS;
+Plot.plot({
+  document,
+  width: 760,
+  marginLeft: 60,
+  x: { label: "decode tokens/s (batch 1)", grid: true },
+  y: { label: null },
+  color: { legend: true },
+  marks: [
+    Plot.ruleX([2.5 * bf16], { strokeDasharray: "4,3", stroke: "gray" }),
+    Plot.barX(decodeRuns, { y: "weights", x: "decodeTokS", fill: "mode", fy: "mode" }),
+  ],
+});
+// %%
+({
+  device: decode.device,
+  commit: decode.commit,
+  pytorchGenerateTokS: Number(decode.torch.tokens_per_s.toFixed(1)),
+  fp4OverBf16: Number((Math.max(...decodeRuns.filter((r) => r.weights !== "bf16").map((r) => r.decodeTokS)) / bf16).toFixed(2)),
 });
