@@ -260,6 +260,19 @@ function opBreakdown(): Record<string, number> {
   using last = T([1], "i32");
   using codes = T([m * h / 2], "u8");
   using scales = T([m * h / 16], "u8");
+  const gemv = (n: number) =>
+    lib.fp4_gemm(
+      CUDA,
+      1,
+      x.pointer(),
+      codes.pointer(),
+      scales.pointer(),
+      1,
+      y.pointer(),
+      1n,
+      BigInt(n),
+      BigInt(h),
+    );
   const ops: Record<string, () => number> = {
     rmsnorm: () =>
       lib.fp4_dec_rmsnorm(
@@ -333,32 +346,8 @@ function opBreakdown(): Record<string, number> {
         BigInt(h),
       ),
     argmax: () => lib.fp4_dec_argmax(CUDA, y.pointer(), 1n, BigInt(V), last.pointer()),
-    gemv_nvfp4_14336x4096: () =>
-      lib.fp4_gemm(
-        CUDA,
-        1,
-        x.pointer(),
-        codes.pointer(),
-        scales.pointer(),
-        1,
-        y.pointer(),
-        1n,
-        BigInt(m),
-        BigInt(h),
-      ),
-    gemv_nvfp4_1024x4096: () =>
-      lib.fp4_gemm(
-        CUDA,
-        1,
-        x.pointer(),
-        codes.pointer(),
-        scales.pointer(),
-        1,
-        y.pointer(),
-        1n,
-        BigInt(kvh * hd),
-        BigInt(h),
-      ),
+    gemv_nvfp4_14336x4096: () => gemv(m),
+    gemv_nvfp4_1024x4096: () => gemv(kvh * hd),
   };
   const out: Record<string, number> = {};
   for (const [name, op] of Object.entries(ops)) {

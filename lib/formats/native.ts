@@ -119,7 +119,23 @@ function hasTensorScale(s: QuantSpec): boolean {
   return s.tensorScale === "amax" || s.scaleRule === "mr-gptq";
 }
 
-function sizes(rows: number, cols: number, packed: Uint8Array): [number, number, number] {
+/**
+ * Bytes of the codes, scales and zero points that quantizing `[rows, cols]` with a packed spec
+ * (from {@linkcode packSpec}) produces.
+ *
+ * @example
+ * ```ts
+ * import { packSpec, quantSizes } from "./native.ts";
+ * import { resolveSpec } from "./spec.ts";
+ * const [codes, scales] = quantSizes(packSpec(resolveSpec("mxfp4")), 2, 64);
+ * console.assert(codes === 64 && scales === 4);
+ * ```
+ */
+export function quantSizes(
+  packed: Uint8Array,
+  rows: number,
+  cols: number,
+): [number, number, number] {
   const out = new BigUint64Array(3);
   const lib = native();
   const status = lib.fp4_quant_sizes(
@@ -206,7 +222,7 @@ async function quantizeImpl(
     throw new Error(`${what}: group size ${s.groupSize} does not divide the ${cols} columns`);
   }
   const packed = packSpec(s);
-  const [nc, ns, nz] = sizes(rows, cols, packed);
+  const [nc, ns, nz] = quantSizes(packed, rows, cols);
   const codes = Tensor.empty([nc], "u8", device);
   const scales = Tensor.empty([ns], "u8", device);
   const zeros = nz > 0 ? Tensor.empty([nz], "u8", device) : null;

@@ -19,7 +19,7 @@ import type { Fp4Weights } from "../kernels/fp4_linear.ts";
 import { ropeInvFreq } from "../model/config.ts";
 import { type Linear, nllOf } from "../model/forward.ts";
 import type { InputScheme } from "../pipeline/act_quant.ts";
-import { packSpec } from "../formats/native.ts";
+import { packSpec, quantSizes } from "../formats/native.ts";
 import type { LlamaModel, Weight } from "../model/llama.ts";
 import { Tensor } from "../tensor.ts";
 
@@ -592,24 +592,13 @@ export class DecodeEngine {
     let b: SchemeBuffers;
     if (sc.act) {
       const spec = packSpec(sc.act);
-      const sizes = new BigUint64Array(3);
-      check(
-        native().fp4_quant_sizes(
-          spec,
-          BigInt(rows),
-          BigInt(cols),
-          sizes.subarray(0, 1),
-          sizes.subarray(1, 2),
-          sizes.subarray(2, 3),
-        ),
-        "fp4_quant_sizes",
-      );
+      const [nc, ns, nz] = quantSizes(spec, rows, cols);
       const tensorScale = sc.act.tensorScale === "amax" || sc.act.scaleRule === "mr-gptq";
       b = {
         spec,
-        codes: mk(Number(sizes[0]), "u8"),
-        scales: mk(Number(sizes[1]), "u8"),
-        zeros: mk(Number(sizes[2]), "u8"),
+        codes: mk(nc, "u8"),
+        scales: mk(ns, "u8"),
+        zeros: mk(nz, "u8"),
         tensorScale: tensorScale ? mk(1, "f32") : null,
         x: Tensor.empty([rows, cols], dtype, this.device),
       };

@@ -7,7 +7,6 @@
 // full forward pass to within summation order.
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <cstring>
 #include <vector>
 
@@ -246,19 +245,6 @@ FP4_API fp4_status fp4_dec_linear(int32_t device, const void *x, int32_t x_dtype
     FP4_CUDA_ONLY(return fp4::cuda::dec_linear(x, x_dtype, w, w_dtype, y, y_dtype, rows,
                                                out_features, in_features));
   })
-}
-
-FP4_API int32_t fp4_cublas_status(char *buf, int32_t cap) {
-#ifdef FP4LAB_WITH_CUDA
-  try {
-    return fp4::cuda::cublas_status(buf, cap);
-  } catch (...) {
-    return 0;
-  }
-#else
-  if (buf && cap > 0) std::snprintf(buf, size_t(cap), "built without CUDA");
-  return 0;
-#endif
 }
 
 FP4_API fp4_status fp4_dec_rope(int32_t device, void *x, int32_t x_dtype, const float *cos,

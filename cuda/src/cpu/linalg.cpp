@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../error.hpp"
+#include "../decode_backend.hpp"
 #include "../gptq_backend.hpp"
 
 namespace fp4::cpu {
@@ -210,15 +211,20 @@ FP4_API fp4_status fp4_inverse_cholesky_upper(int32_t device, const double *a, i
   FP4_GUARD({ return inverse_cholesky_upper(device, a, n, u); })
 }
 
-FP4_API int32_t fp4_cusolver_status(char *buf, int32_t cap) {
+// Whether a runtime-loaded NVIDIA library is usable; buf gets its path or why not.
 #ifdef FP4LAB_WITH_CUDA
-  try {
-    return fp4::cuda::cusolver_status(buf, cap);
-  } catch (...) {
-    return 0;
+#define FP4_LOADED_STATUS(fn)          \
+  try {                                \
+    return fp4::cuda::fn(buf, cap);    \
+  } catch (...) {                      \
+    return 0;                          \
   }
 #else
-  if (buf && cap > 0) std::snprintf(buf, size_t(cap), "built without CUDA");
+#define FP4_LOADED_STATUS(fn)                                                     \
+  if (buf && cap > 0) std::snprintf(buf, size_t(cap), "built without CUDA"); \
   return 0;
 #endif
-}
+
+FP4_API int32_t fp4_cusolver_status(char *buf, int32_t cap) { FP4_LOADED_STATUS(cusolver_status) }
+
+FP4_API int32_t fp4_cublas_status(char *buf, int32_t cap) { FP4_LOADED_STATUS(cublas_status) }

@@ -65,12 +65,7 @@ void load(Api &api) {
   api.loaded = true;
 }
 
-Api &api() {
-  static Api a;
-  static std::once_flag once;
-  std::call_once(once, [] { load(a); });
-  return a;
-}
+Api &api() { return loaded_once<Api, load>(); }
 
 // Creates the handle and its workspace on first use (not while recording a graph: the first
 // call of a decode engine is its prefill, which runs unrecorded).

@@ -77,12 +77,7 @@ void load(Api &api) {
   api.loaded = true;
 }
 
-Api &api() {
-  static Api a;
-  static std::once_flag once;
-  std::call_once(once, [] { load(a); });
-  return a;
-}
+Api &api() { return loaded_once<Api, load>(); }
 
 }  // namespace
 

@@ -7,6 +7,7 @@
 #include <glob.h>
 
 #include <cstdlib>
+#include <mutex>
 #include <string>
 
 namespace fp4::cuda {
@@ -71,6 +72,15 @@ inline DynLib open_nvidia_library(const char *name, const char *env_var,
               "not in the loader's path, the PyTorch wheels or /usr/local/cuda (set " + env_var +
               " to its lib" + name + ".so)";
   return lib;
+}
+
+// The process-wide API table of a runtime-loaded library, filled by Load on first use.
+template <class Api, void (*Load)(Api &)>
+Api &loaded_once() {
+  static Api api;
+  static std::once_flag once;
+  std::call_once(once, [] { Load(api); });
+  return api;
 }
 
 }  // namespace fp4::cuda
