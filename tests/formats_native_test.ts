@@ -34,10 +34,11 @@ import {
   UINT8,
 } from "../lib/formats/integer.ts";
 import { decodeE8M0, encodeE8M0 } from "../lib/formats/scales.ts";
-import { dequantize, quantize } from "../lib/formats/quantize.ts";
+import { chooseGroupScales, dequantize, quantize } from "../lib/formats/quantize.ts";
 import { hadamard, inverseHadamard } from "../lib/formats/hadamard.ts";
 import { PRESETS, type SpecInput } from "../lib/formats/spec.ts";
 import {
+  chooseGroupScalesNative,
   type CodecName,
   decodeOn,
   dequantizeOn,
@@ -310,3 +311,22 @@ for (const device of DEVICES) {
     assertSame(q.scales, ref.scales, `${device} g2 scales`);
   });
 }
+
+// GPTQ fixes its group scales with chooseGroupScalesNative (the MSE search natively): it must
+// give chooseGroupScales' bits, tensor scale and effective scales exactly, outliers included.
+Deno.test("chooseGroupScalesNative equals chooseGroupScales bit for bit", async () => {
+  const seed = (Math.random() * 2 ** 31) >>> 0;
+  const r = rng(seed);
+  const rows = 24, cols = 256;
+  const x = new Float32Array(rows * cols).map(() => (r() - 0.5) * 0.2);
+  for (let i = 0; i < 40; i++) x[Math.floor(r() * x.length)] *= 30;
+  for (
+    const spec of ["nvfp4", "nvfp4:mse", "mxfp4", "mxfp4:mse", "mxfp4:rule=mr-gptq", "int4:g32"]
+  ) {
+    const want = chooseGroupScales(x, [rows, cols], spec);
+    const got = await chooseGroupScalesNative(x, rows, cols, spec);
+    assertEquals(Array.from(got.scales), Array.from(want.scales), `seed ${seed} ${spec}: bits`);
+    assertEquals(got.tensorScale, want.tensorScale, `seed ${seed} ${spec}: tensor scale`);
+    assertEquals(Array.from(got.effective), Array.from(want.effective), `seed ${seed} ${spec}`);
+  }
+});

@@ -12,7 +12,7 @@ import { abiDType, type DType } from "../dtype.ts";
 import { Tensor } from "../tensor.ts";
 import type { HadamardOptions } from "./hadamard.ts";
 import { seedKey } from "./philox.ts";
-import type { Quantized } from "./quantize.ts";
+import { type GroupScaleChoice, groupScalesOf, type Quantized } from "./quantize.ts";
 import { type QuantSpec, resolveSpec, type SpecInput } from "./spec.ts";
 
 /** Names of the native codecs: element formats, the unsigned scale minifloats, E8M0 roundings. */
@@ -542,4 +542,27 @@ export async function quantizeTensor(x: Tensor, spec: SpecInput | QuantSpec): Pr
   } finally {
     disposeQuantized(q);
   }
+}
+
+/**
+ * {@linkcode chooseGroupScales} of lib/formats on the native CPU backend (OpenMP): the same
+ * scale bits, tensor scale and effective scales, bit for bit (the native quantizer is the TS
+ * reference's tested twin), for symmetric specs without a tensor-scale override. The MSE scale
+ * search costs a hundred trial quantizations per group, which the TS reference runs slowly.
+ *
+ * @example
+ * ```ts
+ * import { chooseGroupScalesNative } from "./native.ts";
+ * const c = await chooseGroupScalesNative(new Float32Array(32).fill(3), 1, 32, "mxfp4");
+ * console.assert(c.scales[0] === 126 && c.effective[0] === 0.5);
+ * ```
+ */
+export async function chooseGroupScalesNative(
+  x: Float32Array,
+  rows: number,
+  cols: number,
+  spec: SpecInput | QuantSpec,
+): Promise<GroupScaleChoice> {
+  using t = Tensor.from(x, [rows, cols]);
+  return groupScalesOf(await quantizeTensor(t, spec));
 }

@@ -372,6 +372,35 @@ export function chooseGroupScales(
   return { scales, scaleShape, zeros, tensorScale: sT, effective };
 }
 
+/**
+ * The {@linkcode GroupScaleChoice} that a quantization's own scale bits and tensor scale stand
+ * for (symmetric elements): what {@linkcode chooseGroupScales} returns for the same input, when
+ * `q` came from {@linkcode quantize} or its native twins.
+ *
+ * @example
+ * ```ts
+ * import { groupScalesOf, quantize } from "./quantize.ts";
+ * const q = quantize(new Float32Array(32).fill(3), [1, 32], "mxfp4");
+ * console.assert(groupScalesOf(q).effective[0] === 0.5);
+ * ```
+ */
+export function groupScalesOf(q: Quantized): GroupScaleChoice {
+  const p = plan(q.spec);
+  if (p.asym) throw new Error("groupScalesOf: asymmetric elements also need their zero points");
+  const n = q.scaleShape[0] * q.scaleShape[1];
+  const effective = new Float32Array(n);
+  for (let g = 0; g < n; g++) {
+    effective[g] = effectiveScale(p, readScaleBits(q.scales, g, q.spec.scaleFormat), q.tensorScale);
+  }
+  return {
+    scales: q.scales,
+    scaleShape: q.scaleShape,
+    zeros: null,
+    tensorScale: q.tensorScale,
+    effective,
+  };
+}
+
 /** Round-to-nearest-even element encoding of a spec, for callers that fix scales themselves. */
 export interface ElementCodec {
   /** Storage width of one code in bits (4-bit codes pack two per byte). */

@@ -20,6 +20,7 @@ import type { Device } from "../device.ts";
 import { Tensor } from "../tensor.ts";
 import { hadamard, hadamardF64, type HadamardOptions } from "../formats/hadamard.ts";
 import { packCodes } from "../formats/quantize.ts";
+import { chooseGroupScalesNative } from "../formats/native.ts";
 import { type QuantSpec, resolveSpec, type SpecInput } from "../formats/spec.ts";
 import { Hessian } from "./hessian.ts";
 import { gptqSolveNative } from "./native.ts";
@@ -215,7 +216,7 @@ export async function quantizeLayer(
   const pack = (codes: Uint8Array) => ({ codes, packedCodes: packCodes(codes, codec.codeBits) });
 
   if (method === "rtn") {
-    const c = quantizer.chooseScales(wr, rows, cols);
+    const c = await chooseGroupScalesNative(wr, rows, cols, spec);
     const codes = new Uint8Array(rows * cols);
     const dq = new Float32Array(rows * cols);
     for (let r = 0; r < rows; r++) {
@@ -278,7 +279,7 @@ export async function quantizeLayer(
     dead++;
     for (let r = 0; r < rows; r++) wr[r * cols + j] = 0;
   }
-  const c = quantizer.chooseScales(wr, rows, cols);
+  const c = await chooseGroupScalesNative(wr, rows, cols, spec);
   const order = actOrder === "static"
     ? descendingOrder(Float64Array.from({ length: cols }, (_, j) => hr[j * cols + j]))
     : undefined;
