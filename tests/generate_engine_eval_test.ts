@@ -86,6 +86,36 @@ Deno.test("engine input schemes on the CPU equal the quantizedLinear hook", asyn
   assert(Math.abs(want - plain) > 1e-4, "the scheme changed nothing: the test cannot tell");
 });
 
+// Generation and evaluation share the engine: with W4A4 schemes whose activation scales are per
+// group of a row (MXFP4), the logits a decode step leaves score the next token as nll() scores it
+// on the same window, to f32 rounding. (NVFP4's activation tensor scale is the amax of each
+// call's whole input, so a one-token step and a 512-token window quantize differently.)
+Deno.test("W4A4 (MXFP4) generation logits equal the W4A4 evaluation's", async () => {
+  const model = tinyModel(seed + 5);
+  const schemes = schemesFor(model, {
+    rotation: { block: 32, seed: 3 },
+    act: resolveSpec("mxfp4"),
+  });
+  const ids = randomIds(12, model.config.vocabSize);
+  using gen = DecodeEngine.create(model, { contextLength: 12, schemes });
+  using ev = DecodeEngine.create(model, { contextLength: 12, schemes });
+  const nll = await ev.nll(ids);
+  await gen.forward(ids.subarray(0, 8));
+  for (let t = 8; t < 12; t++) {
+    const logits = gen.logits();
+    let m = -Infinity;
+    for (const v of logits) m = Math.max(m, v);
+    let z = 0;
+    for (const v of logits) z += Math.exp(v - m);
+    const want = Math.log(z) + m - logits[ids[t]];
+    assert(
+      Math.abs(want - nll[t - 1]) < 1e-4,
+      `seed ${seed} position ${t}: ${want} vs ${nll[t - 1]}`,
+    );
+    await gen.forward(ids.subarray(t, t + 1));
+  }
+});
+
 Deno.test("engine nll and schemes reject bad input", async () => {
   const model = tinyModel(seed + 2);
   using engine = DecodeEngine.create(model, { contextLength: 8 });

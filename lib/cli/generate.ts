@@ -105,16 +105,6 @@ export async function main(args: string[]): Promise<number> {
     const seed = number(opts.seed, "seed", 0);
     if (!Number.isSafeInteger(seed) || seed < 0) throw new Error(`--seed must be an integer >= 0`);
     const loaded = await loadQuantized(dir);
-    const qc = loaded.quantizationConfig;
-    const usesHook = loaded.schemes.size > 0;
-    if (usesHook && device !== "cpu") {
-      throw new Error(
-        `${dir}: the quantized checkpoint (${
-          JSON.stringify(qc?.format ?? qc?.weights)
-        }) runs on the CPU engine only so far (its online rotation / activation quantization ` +
-          `has no CUDA path in the generation engine); use --device cpu`,
-      );
-    }
     const tokenizer = await HfTokenizer.load(dir);
     const run = generate(loaded.model, opts.prompt, {
       maxTokens,
@@ -124,7 +114,7 @@ export async function main(args: string[]): Promise<number> {
       device,
       tokenizer,
       stopTokens: await eosIds(dir),
-      linear: usesHook ? loaded.linear : undefined,
+      schemes: loaded.schemes,
     });
     const out = new TextEncoder();
     const tokens: number[] = [];

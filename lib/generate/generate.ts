@@ -7,6 +7,7 @@
  */
 import type { Device } from "../device.ts";
 import type { Fp4Weights } from "../kernels/fp4_linear.ts";
+import type { InputScheme } from "../pipeline/act_quant.ts";
 import type { Linear } from "../model/forward.ts";
 import type { LlamaModel } from "../model/llama.ts";
 import type { HfTokenizer } from "../model/tokenizer.ts";
@@ -33,8 +34,10 @@ export interface GenerateOptions {
   cacheDtype?: ActivationDType;
   /** FP4 weights by linear module name, run by the FP4 kernels instead of the dense weights. */
   quantized?: ReadonlyMap<string, Fp4Weights>;
-  /** CPU only: a linear-layer hook (e.g. `loadQuantized(dir).linear` for rotated or W4A4
-   * checkpoints). */
+  /** Input schemes of a quantized checkpoint (`loadQuantized(dir).schemes`): rotations and
+   * W4A4 activation quantization run on the engine's device, as `eval` runs them. */
+  schemes?: ReadonlyMap<string, InputScheme>;
+  /** CPU only: a linear-layer hook instead of the engine's own linear layers. */
   linear?: Linear;
 }
 
@@ -172,6 +175,7 @@ export function generate(
       contextLength: ids.length + maxTokens - 1,
       cacheDtype: options.cacheDtype,
       quantized: options.quantized,
+      schemes: options.schemes,
       linear: options.linear,
     });
     const next = (step: number) =>
