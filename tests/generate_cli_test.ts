@@ -40,6 +40,7 @@ Deno.test("generate CLI: bad input gives clear errors", async () => {
     [["--prompt", "hi", "--max-tokens", "x"], "not a number"],
     [["--max-tokens", "3"], "--prompt is required"],
     [["--prompt", "hi", "--model", "/nonexistent"], "/nonexistent"],
+    [["--prompt", "hi", "--weights", "int3"], "--weights must be fp4 or dense"],
   ];
   if (!cudaStatus().available) cases.push([["--prompt", "hi", "--device", "cuda"], "cuda"]);
   for (const [args, msg] of cases) {
@@ -49,5 +50,5 @@ Deno.test("generate CLI: bad input gives clear errors", async () => {
   }
   const help = await run("--help");
   assertEquals(help.code, 0);
-  assert(help.stdout.includes("--max-tokens"));
+  assert(help.stdout.includes("--max-tokens") && help.stdout.includes("--weights"));
 });

@@ -8,6 +8,7 @@ import { forwardLogits } from "../lib/model/forward.ts";
 import { perplexity } from "../lib/model/perplexity.ts";
 import { SafetensorsFile } from "../lib/safetensors.ts";
 import { testSeed, tinyModel, tokenWindows } from "./pipeline_fixture.ts";
+import { DecodeEngine } from "../lib/generate/engine.ts";
 
 const CASES = [
   { format: "nvfp4", method: "rtn", actFormat: null },
@@ -27,6 +28,11 @@ for (const c of CASES) {
     assertEquals(files, ["model.safetensors", "config.json"]);
     const loaded = await loadQuantized(`${dir}/out`);
     assertEquals(loaded.schemes.size, 14);
+    assertEquals(
+      loaded.fp4.size,
+      c.format === "uint4:g32" ? 0 : 14,
+      "packed weights for the kernels",
+    );
     const ids = tokenWindows(seed + 1, 1, 48)[0];
     const a = await forwardLogits(model, ids, { linear: q.linear });
     const b = await forwardLogits(loaded.model, ids, { linear: loaded.linear });
@@ -125,4 +131,36 @@ Deno.test("a missing output parent folder is a clear Error", async () => {
     Error,
     "cannot create a folder beside /nonexistent-fp4lab/x/out",
   );
+});
+
+// The packed weights a checkpoint hands the W4A16 kernels compute what its dequantized weights
+// compute: teacher-forced logits of the engine with FP4 weights (bf16 activations) within 5e-2 of
+// the scale of the dense engine's (f32), rotation and W4A4 included.
+Deno.test("an FP4 checkpoint's packed weights through the FP4 kernels match its dequantized weights", async () => {
+  const seed = testSeed();
+  const model = tinyModel(seed);
+  for (const c of [CASES[0], CASES[1]]) {
+    const q = await quantizeModel(model, tokenWindows(seed, 2, 64), { ...c });
+    const dir = await Deno.makeTempDir();
+    await exportQuantized(q, `${dir}/out`, { format: c.format });
+    const loaded = await loadQuantized(`${dir}/out`);
+    const ids = tokenWindows(seed + 2, 1, 24)[0];
+    const opts = { contextLength: 24, schemes: loaded.schemes };
+    using dense = DecodeEngine.create(loaded.model, opts);
+    using fp4 = DecodeEngine.create(loaded.model, { ...opts, quantized: loaded.fp4 });
+    await dense.forward(ids.subarray(0, 16));
+    await fp4.forward(ids.subarray(0, 16));
+    for (let t = 16; t < 24; t++) {
+      const a = fp4.logits(), b = dense.logits();
+      let err = 0, scale = 0;
+      for (let i = 0; i < a.length; i++) {
+        err = Math.max(err, Math.abs(a[i] - b[i]));
+        scale = Math.max(scale, Math.abs(b[i]));
+      }
+      assert(err <= 5e-2 * scale, `seed ${seed} ${c.format} step ${t}: ${err} > 5e-2 * ${scale}`);
+      await dense.forward(ids.subarray(t, t + 1));
+      await fp4.forward(ids.subarray(t, t + 1));
+    }
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -26,6 +26,9 @@ Options:
   --top-p P           nucleus mass in (0, 1] [default: 1]
   --seed S            seed of the sampling generator [default: 0]
   --device NAME       cpu | cuda [default: cpu]
+  --weights KIND      fp4 | dense: an MXFP4/NVFP4 checkpoint's linears run packed through the
+                      FP4 kernels (fp4, the default on cuda) or dequantized (dense, the
+                      default on cpu, where the f32 engine is the faster and exact one)
   --json              after the text, print one JSON line with the tokens and the stats
   -h, --help          show this help
 `;
@@ -81,6 +84,7 @@ export async function main(args: string[]): Promise<number> {
         "top-p": { type: "string" },
         seed: { type: "string" },
         device: { type: "string" },
+        weights: { type: "string" },
         json: { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
@@ -104,6 +108,10 @@ export async function main(args: string[]): Promise<number> {
     const topP = number(opts["top-p"], "top-p", 1);
     const seed = number(opts.seed, "seed", 0);
     if (!Number.isSafeInteger(seed) || seed < 0) throw new Error(`--seed must be an integer >= 0`);
+    const weights = opts.weights ?? (device === "cuda" ? "fp4" : "dense");
+    if (weights !== "fp4" && weights !== "dense") {
+      throw new Error(`--weights must be fp4 or dense, got "${weights}"`);
+    }
     const loaded = await loadQuantized(dir);
     const tokenizer = await HfTokenizer.load(dir);
     const run = generate(loaded.model, opts.prompt, {
@@ -115,6 +123,7 @@ export async function main(args: string[]): Promise<number> {
       tokenizer,
       stopTokens: await eosIds(dir),
       schemes: loaded.schemes,
+      quantized: weights === "fp4" ? loaded.fp4 : undefined,
     });
     const out = new TextEncoder();
     const tokens: number[] = [];
@@ -126,7 +135,8 @@ export async function main(args: string[]): Promise<number> {
     const stats = run.stats!;
     console.error(statsLine(stats));
     if (opts.json) {
-      console.log(JSON.stringify({ model: dir, device, tokens, ...stats }));
+      const kernels = weights === "fp4" && loaded.fp4.size > 0 ? "fp4" : "dense";
+      console.log(JSON.stringify({ model: dir, device, weights: kernels, tokens, ...stats }));
     }
     return 0;
   } catch (e) {

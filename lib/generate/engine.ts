@@ -82,6 +82,7 @@ interface Fp4Linear {
   tensorScale: number;
   out: number;
   in: number;
+  scheme?: InputScheme;
 }
 
 type LinearWeights = DenseLinear | Fp4Linear;
@@ -283,9 +284,9 @@ export class DecodeEngine {
       }
     }
     for (const name of this.#schemes.keys()) {
-      if (!names.has(name) || name === "lm_head" || quantized.has(name)) {
+      if (!names.has(name) || name === "lm_head") {
         throw new Error(
-          `input scheme given for "${name}", which is not a dense linear layer of the model`,
+          `input scheme given for "${name}", which is not a quantizable linear layer of the model`,
         );
       }
     }
@@ -322,6 +323,7 @@ export class DecodeEngine {
         tensorScale: q.tensorScale ?? 1,
         out,
         in: inF,
+        scheme: this.#schemes.get(name),
       };
     };
     const cacheShape = [this.contextLength, c.numKvHeads * c.headDim];
@@ -466,6 +468,9 @@ export class DecodeEngine {
       new Float32Array(Deno.UnsafePointerView.getArrayBuffer(y!, rows * lw.out * 4)).set(ys);
       return;
     }
+    if (lw.scheme && (lw.scheme.rotation || lw.scheme.act)) {
+      x = await this.#transformInput(lw, lw.scheme, x, xDtype, rows);
+    }
     const lib = native();
     const R = BigInt(rows), N = BigInt(lw.out), K = BigInt(lw.in);
     if (lw.kind === "fp4") {
@@ -486,9 +491,6 @@ export class DecodeEngine {
         "fp4_gemm",
       );
       return;
-    }
-    if (lw.scheme && (lw.scheme.rotation || lw.scheme.act)) {
-      x = await this.#transformInput(lw, lw.scheme, x, xDtype, rows);
     }
     const wDtype = abiDType(lw.w.dtype);
     if (this.device === "cpu" && xDtype === "f32" && yDtype === "f32") {
@@ -522,7 +524,7 @@ export class DecodeEngine {
    * engine's that lives until the next call for an input of the same width and scheme.
    */
   async #transformInput(
-    lw: DenseLinear,
+    lw: LinearWeights,
     sc: InputScheme,
     x: Deno.PointerValue,
     xDtype: ActivationDType,

@@ -25,6 +25,8 @@ import {
 } from "../safetensors.ts";
 import { type InputScheme, quantizedLinear } from "./act_quant.ts";
 import { TOOL } from "./manifest.ts";
+import type { Fp4WeightFormat, Fp4Weights } from "../kernels/fp4_linear.ts";
+import { Tensor } from "../tensor.ts";
 import type { QuantizedModel } from "./quantize_model.ts";
 
 /** Name of the tensor layout written by {@linkcode exportQuantized}. */
@@ -319,6 +321,27 @@ export interface LoadedModel {
   schemes: Map<string, InputScheme>;
   /** The checkpoint's `quantization_config`, or null. */
   quantizationConfig: Record<string, unknown> | null;
+  /**
+   * The packed weights of every quantized linear, as the W4A16 kernels take them (host
+   * tensors), when the checkpoint's format is one they run exactly: E2M1 with E8M0 scales per
+   * 32 (MXFP4, no tensor scale) or E4M3 scales per 16 with the amax tensor scale (NVFP4). Empty
+   * otherwise. The generation engine runs these instead of the dequantized weights.
+   */
+  fp4: Map<string, Fp4Weights>;
+}
+
+/** The W4A16 kernel format that runs `spec` exactly, or null. */
+function kernelFormat(spec: QuantSpec): Fp4WeightFormat | null {
+  if (spec.element !== "e2m1" || spec.rounding !== "rne") return null;
+  if (
+    spec.scaleFormat === "e8m0" && spec.groupSize === 32 && spec.tensorScale !== "amax" &&
+    spec.scaleRule !== "mr-gptq"
+  ) return "mxfp4";
+  if (
+    spec.scaleFormat === "e4m3" && spec.groupSize === 16 && spec.tensorScale === "amax" &&
+    spec.scaleRule !== "mr-gptq"
+  ) return "nvfp4";
+  return null;
 }
 
 function weightOf(raw: { dtype: SafetensorsDType; shape: readonly number[]; data: Uint8Array }) {
@@ -370,7 +393,13 @@ export async function loadQuantized(dir: string): Promise<LoadedModel> {
   if (qc === undefined || qc === null) {
     const model = await LlamaModel.load(dir);
     const schemes = new Map<string, InputScheme>();
-    return { model, linear: quantizedLinear(model, schemes), schemes, quantizationConfig: null };
+    return {
+      model,
+      linear: quantizedLinear(model, schemes),
+      schemes,
+      quantizationConfig: null,
+      fp4: new Map(),
+    };
   }
   const where = `${dir}/config.json`;
   if (qc.quant_method !== "fp4lab" || qc.layout !== CHECKPOINT_LAYOUT) {
@@ -396,6 +425,8 @@ export async function loadQuantized(dir: string): Promise<LoadedModel> {
   await using ckpt = await SafetensorsCheckpoint.open(dir);
   const weights = new Map<string, Weight>();
   const schemes = new Map<string, InputScheme>();
+  const fp4 = new Map<string, Fp4Weights>();
+  const kernel = kernelFormat(spec);
   for (const [name, shape] of llamaWeightShapes(config)) {
     const module = name.slice(0, -".weight".length);
     if (ckpt.has(name)) {
@@ -466,7 +497,17 @@ export async function loadQuantized(dir: string): Promise<LoadedModel> {
     }
     weights.set(name, { dtype: "f32", shape: [rows, cols], data });
     schemes.set(module, scheme);
+    if (kernel) {
+      fp4.set(module, {
+        codes: Tensor.from(codes.data, [codes.data.length]),
+        scales: Tensor.from(scales.data, [scales.data.length]),
+        tensorScale: quantized.tensorScale ?? undefined,
+        format: kernel,
+        n: rows,
+        k: cols,
+      });
+    }
   }
   const model = LlamaModel.fromWeights(config, weights);
-  return { model, linear: quantizedLinear(model, schemes), schemes, quantizationConfig: qc };
+  return { model, linear: quantizedLinear(model, schemes), schemes, quantizationConfig: qc, fp4 };
 }
