@@ -9,6 +9,7 @@ import { perplexity } from "../lib/model/perplexity.ts";
 import { SafetensorsFile } from "../lib/safetensors.ts";
 import { testSeed, tinyModel, tokenWindows } from "./pipeline_fixture.ts";
 import { DecodeEngine } from "../lib/generate/engine.ts";
+import { cudaStatus } from "../lib/device.ts";
 
 const CASES = [
   { format: "nvfp4", method: "rtn", actFormat: null },
@@ -134,9 +135,18 @@ Deno.test("a missing output parent folder is a clear Error", async () => {
 });
 
 // The packed weights a checkpoint hands the W4A16 kernels compute what its dequantized weights
-// compute: teacher-forced logits of the engine with FP4 weights (bf16 activations) within 5e-2 of
-// the scale of the dense engine's (f32), rotation and W4A4 included.
-Deno.test("an FP4 checkpoint's packed weights through the FP4 kernels match its dequantized weights", async () => {
+// compute: teacher-forced logits of the engine with FP4 weights (bf16 activations, on the CPU or
+// CUDA) within 5e-2 of the scale of the CPU dense engine's (f32), rotation and W4A4 included.
+for (const device of ["cpu", "cuda"] as const) {
+  Deno.test({
+    name:
+      `an FP4 checkpoint's packed weights through the FP4 kernels (${device}) match its dequantized weights`,
+    ignore: device === "cuda" && !cudaStatus().available,
+    fn: () => packedMatchesDense(device),
+  });
+}
+
+async function packedMatchesDense(device: "cpu" | "cuda"): Promise<void> {
   const seed = testSeed();
   const model = tinyModel(seed);
   for (const c of [CASES[0], CASES[1]]) {
@@ -147,7 +157,7 @@ Deno.test("an FP4 checkpoint's packed weights through the FP4 kernels match its 
     const ids = tokenWindows(seed + 2, 1, 24)[0];
     const opts = { contextLength: 24, schemes: loaded.schemes };
     using dense = DecodeEngine.create(loaded.model, opts);
-    using fp4 = DecodeEngine.create(loaded.model, { ...opts, quantized: loaded.fp4 });
+    using fp4 = DecodeEngine.create(loaded.model, { ...opts, device, quantized: loaded.fp4 });
     await dense.forward(ids.subarray(0, 16));
     await fp4.forward(ids.subarray(0, 16));
     for (let t = 16; t < 24; t++) {
@@ -163,4 +173,4 @@ Deno.test("an FP4 checkpoint's packed weights through the FP4 kernels match its 
     }
     await Deno.remove(dir, { recursive: true });
   }
-});
+}
