@@ -116,6 +116,12 @@ Deno.test("quantize --json exports a model with a manifest that reproduce matche
   assertEquals(lastJson(ev.stdout).ppl, res.ppl);
   const evAgain = await run("reproduce", `${model}/eval.json`, "--json");
   assertEquals(evAgain.code, 0, evAgain.stderr + evAgain.stdout);
+  // Without --data, the exported folder (which holds no text) is evaluated on the text its
+  // quantize manifest names.
+  const evDefault = await run("eval", "--model", out, "--windows", "2", "--json");
+  assertEquals(evDefault.code, 0, evDefault.stderr);
+  assertEquals(lastJson(evDefault.stdout).data, `${model}/valid.txt`);
+  assertEquals(lastJson(evDefault.stdout).ppl, res.ppl);
 
   // The exported folder is refused as --out unless --force.
   const refused = await run(

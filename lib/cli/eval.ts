@@ -36,7 +36,8 @@ Options:
   --model DIR     model folder (config.json, tokenizer.json, *.safetensors), also a
                   quantized one written by deno task quantize
                   [default: the shared test model brown-llama-29m]
-  --data FILE     evaluation text [default: valid.txt in the model folder]
+  --data FILE     evaluation text [default: valid.txt in the model folder; for a folder
+                  written by deno task quantize, the text its manifest names]
   --device NAME   cpu | cuda [default: cpu]. cuda runs the decode engine's kernels with
                   bf16 activations between ops (f32 on the CPU), cuBLAS for the dense
                   products when it can be loaded, and a quantized checkpoint's input
@@ -131,6 +132,31 @@ export async function main(args: string[]): Promise<number> {
   }
 }
 
+/**
+ * valid.txt beside the model; for a checkpoint written by `deno task quantize` (which copies no
+ * text), the evaluation text its manifest names.
+ */
+async function defaultData(modelDir: string): Promise<string> {
+  const beside = `${modelDir}/valid.txt`;
+  try {
+    await Deno.stat(beside);
+    return beside;
+  } catch {
+    // not there: look for the quantize run's own text
+  }
+  try {
+    const manifest = JSON.parse(await Deno.readTextFile(`${modelDir}/manifest.json`));
+    const data = manifest?.options?.data;
+    if (typeof data === "string") {
+      await Deno.stat(data);
+      return data;
+    }
+  } catch {
+    // no manifest, or its text is gone: report the plain default below
+  }
+  return beside;
+}
+
 async function evaluate(values: {
   model?: string;
   data?: string;
@@ -147,7 +173,7 @@ async function evaluate(values: {
     }
   }
   const modelDir = values.model ?? testModelDir();
-  const dataPath = values.data ?? `${modelDir}/valid.txt`;
+  const dataPath = values.data ?? await defaultData(modelDir);
   let text: string;
   try {
     text = await Deno.readTextFile(dataPath);
