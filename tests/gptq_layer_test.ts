@@ -1,7 +1,8 @@
 import { assert, assertRejects } from "./assert.ts";
 import { Hessian } from "../lib/gptq/hessian.ts";
 import { type GptqFormat, type GptqMethod, quantizeLayer } from "../lib/gptq/layer.ts";
-import { gptqSolveInPlace, gptqSolveNative } from "../lib/gptq/native.ts";
+import { gptqSolveInPlace, gptqSolveNative, proxyLossNative } from "../lib/gptq/native.ts";
+import { proxyLoss } from "../lib/gptq/reference.ts";
 import { resolveSpec } from "../lib/formats/spec.ts";
 import { groupQuantizer } from "../lib/gptq/quantizer.ts";
 import { hessianOf, outputError, syntheticLayer } from "../lib/gptq/synthetic.ts";
@@ -496,3 +497,25 @@ for (const device of ["cpu", "cuda"] as const) {
     },
   });
 }
+
+// RTN reports its proxy loss natively: the TS reference's sum up to summation order (f64 sums of
+// the same f32 inputs: 1e-12 relative is ample).
+Deno.test("native proxy loss equals the reference's", async () => {
+  const g = gaussian(seededRandom((Math.random() * 2 ** 31) >>> 0));
+  const rows = 37, cols = 48, n = 200;
+  const w = Float32Array.from({ length: rows * cols }, g);
+  const q = w.map((v) => Math.round(v * 4) / 4);
+  const x = Float32Array.from({ length: n * cols }, g);
+  const h = new Float32Array(cols * cols);
+  for (let i = 0; i < cols; i++) {
+    for (let j = 0; j < cols; j++) {
+      let s = 0;
+      for (let t = 0; t < n; t++) s += x[t * cols + i] * x[t * cols + j];
+      h[i * cols + j] = (2 / n) * s;
+    }
+  }
+  const got = await proxyLossNative(w, q, h, rows, cols);
+  const want = proxyLoss(w, q, h, rows, cols);
+  assert(want > 0 && Math.abs(got - want) <= 1e-12 * want, `${got} vs ${want}`);
+  await assertRejects(() => proxyLossNative(w, q, h, rows + 1, cols), Error, "do not fit");
+});

@@ -9,6 +9,11 @@
 
 /** Symbols of the GPTQ ABI. */
 export const gptqSymbols = {
+  fp4_gptq_proxy_loss: {
+    parameters: ["buffer", "buffer", "buffer", "i64", "i64", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
   fp4_gptq_hessian_add: {
     parameters: ["i32", "pointer", "pointer", "i64", "i64", "i64"],
     result: "i32",

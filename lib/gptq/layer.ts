@@ -23,13 +23,12 @@ import { packCodes } from "../formats/quantize.ts";
 import { chooseGroupScalesNative } from "../formats/native.ts";
 import { type QuantSpec, resolveSpec, type SpecInput } from "../formats/spec.ts";
 import { Hessian } from "./hessian.ts";
-import { gptqSolveNative } from "./native.ts";
+import { gptqSolveNative, proxyLossNative } from "./native.ts";
 import { groupQuantizer } from "./quantizer.ts";
 import {
   type ActOrder,
   descendingOrder,
   gptqReference,
-  proxyLoss,
   type ScaleMode,
   validateProblem,
 } from "./reference.ts";
@@ -235,7 +234,7 @@ export async function quantizeLayer(
       scales: c.effective,
       tensorScale: c.tensorScale,
       dequantized: dq,
-      proxyLoss: proxyLoss(wr, dq, hr, rows, cols),
+      proxyLoss: await proxyLossNative(wr, dq, Float32Array.from(hr), rows, cols),
       damp: 0,
     };
   }

@@ -283,3 +283,36 @@ export async function gptqSolveInPlace(
     for (const t of temps) t.dispose();
   }
 }
+
+/**
+ * The proxy loss trace((W - Q) H (W - Q)^T) on the native CPU backend (f64 sums, OpenMP over
+ * rows): what {@linkcode gptqSolveNative} reports, for any W and Q, e.g. round to nearest. Equal
+ * to lib/gptq/reference.ts `proxyLoss` up to summation order.
+ *
+ * @example
+ * ```ts
+ * import { proxyLossNative } from "./native.ts";
+ * const l = await proxyLossNative(new Float32Array([1, 0]), new Float32Array(2), new Float32Array([2, 0, 0, 1]), 1, 2);
+ * console.assert(l === 2);
+ * ```
+ */
+export async function proxyLossNative(
+  w: Float32Array,
+  q: Float32Array,
+  h: Float32Array,
+  rows: number,
+  cols: number,
+): Promise<number> {
+  if (w.length !== rows * cols || q.length !== rows * cols || h.length !== cols * cols) {
+    throw new Error(
+      `proxy loss: W ${w.length}, Q ${q.length} and H ${h.length} values do not fit [${rows}, ${cols}]`,
+    );
+  }
+  const out = new Float64Array(1);
+  await checkAsync(
+    native().fp4_gptq_proxy_loss(w, q, h, BigInt(rows), BigInt(cols), out),
+    "fp4_gptq_proxy_loss",
+    [w, q, h, out],
+  );
+  return out[0];
+}

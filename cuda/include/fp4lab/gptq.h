@@ -45,4 +45,9 @@ FP4_API fp4_status fp4_gptq_solve(int32_t device, float *w, const float *h, int6
                                   int32_t block_size, int32_t max_retries, uint8_t *codes,
                                   double *info);
 
+/* The proxy loss trace((W - Q) H (W - Q)^T) that fp4_gptq_solve reports, for any W and Q (e.g.
+ * round to nearest): w, q [rows, cols] f32, h [cols, cols] f32, host memory; sums in f64. */
+FP4_API fp4_status fp4_gptq_proxy_loss(const float *w, const float *q, const float *h,
+                                       int64_t rows, int64_t cols, double *out);
+
 #endif

@@ -122,6 +122,20 @@ static fp4_status hessian_add(int32_t device, float *h, const float *x, int64_t 
   return FP4_OK;
 }
 
+// d^T H d for one row's difference d (f64) and H [n, n] (f32), in f64; zero entries of d skip
+// their row of H (dead inputs and exactly quantized weights are common).
+double row_proxy_loss(const double *d, const float *h, int64_t n) {
+  double loss = 0;
+  for (int64_t i = 0; i < n; i++) {
+    if (d[i] == 0) continue;
+    const float *hi = h + i * n;
+    double s = 0;
+    for (int64_t j = 0; j < n; j++) s += double(hi[j]) * d[j];
+    loss += d[i] * s;
+  }
+  return loss;
+}
+
 static fp4_status solve(int32_t device, float *w, const float *h, int64_t rows, int64_t cols,
                         const float *scales, int32_t group_size, int32_t element,
                         const int32_t *order, double damp, int32_t block_size,
@@ -203,15 +217,9 @@ static fp4_status solve(int32_t device, float *w, const float *h, int64_t rows, 
           for (int64_t j = c2; j < n; j++) row[j] -= e * uk[j];
         }
       }
-      // Proxy loss with the caller's H (f64), then write back in stored order.
+      // Proxy loss with the caller's H, then write back in stored order.
       for (int64_t p = 0; p < n; p++) diff[perm[p]] = double(wr[perm[p]]) - double(row[p]);
-      for (int64_t i = 0; i < n; i++) {
-        if (diff[i] == 0) continue;
-        const float *hi = h + i * n;
-        double s = 0;
-        for (int64_t j = 0; j < n; j++) s += double(hi[j]) * diff[j];
-        loss += diff[i] * s;
-      }
+      loss += row_proxy_loss(diff.data(), h, n);
       for (int64_t p = 0; p < n; p++) wr[perm[p]] = row[p];
     }
   }
@@ -235,5 +243,34 @@ FP4_API fp4_status fp4_gptq_solve(int32_t device, float *w, const float *h, int6
   FP4_GUARD({
     return solve(device, w, h, rows, cols, scales, group_size, element, order, damp, block_size,
                  max_retries, codes, info);
+  })
+}
+
+namespace {
+
+double proxy_loss(const float *w, const float *q, const float *h, int64_t rows, int64_t cols) {
+  double loss = 0;
+#pragma omp parallel reduction(+ : loss)
+  {
+    std::vector<double> diff(cols);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+      for (int64_t c = 0; c < cols; c++) diff[c] = double(w[r * cols + c]) - double(q[r * cols + c]);
+      loss += row_proxy_loss(diff.data(), h, cols);
+    }
+  }
+  return loss;
+}
+
+}  // namespace
+
+FP4_API fp4_status fp4_gptq_proxy_loss(const float *w, const float *q, const float *h,
+                                       int64_t rows, int64_t cols, double *out) {
+  FP4_GUARD({
+    FP4_REQUIRE(w && q && h && out, "fp4_gptq_proxy_loss: null pointer");
+    FP4_REQUIRE(rows >= 0 && cols > 0, "fp4_gptq_proxy_loss: bad shape [%lld, %lld]",
+                (long long)rows, (long long)cols);
+    *out = proxy_loss(w, q, h, rows, cols);
+    return FP4_OK;
   })
 }
