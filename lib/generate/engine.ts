@@ -9,6 +9,9 @@
  * between ops are BF16 while the residual stream, norms, softmax and logits stay f32, and the
  * cache is BF16. Linear layers read the model's dense weights (f32 or bf16), or FP4 weights
  * (MXFP4/NVFP4 through `fp4_gemm`) for the modules given in `quantized`; the LM head is dense.
+ * A quantized checkpoint's input schemes (rotation, W4A4 activation quantization) run on the
+ * engine's device before each product. On CUDA a single-token step is recorded once as a CUDA
+ * graph and replayed (`graphs`), and `nll` scores whole windows for evaluation.
  *
  * @module
  */
@@ -38,8 +41,8 @@ export interface EngineOptions {
   quantized?: ReadonlyMap<string, Fp4Weights>;
   /**
    * Input schemes of quantized linears (from `loadQuantized`): their inputs are rotated and, for
-   * W4A4, quantized and dequantized on the device before the dense product with the stored
-   * (rotated-space, dequantized) weight — the numerics of an FP4 GEMM.
+   * W4A4, quantized and dequantized on the device before the product with the stored
+   * (rotated-space) weight, dense or FP4 — the numerics of an FP4 GEMM.
    */
   schemes?: ReadonlyMap<string, InputScheme>;
   /**
