@@ -450,6 +450,24 @@ export class DecodeEngine {
     );
   }
 
+  /** Linears that read the same input: with one input scheme, it is transformed once. */
+  async #sameInput(
+    lws: LinearWeights[],
+    x: Deno.PointerValue,
+    xDtype: ActivationDType,
+    ys: Deno.PointerValue[],
+    yDtype: ActivationDType,
+    rows: number,
+  ): Promise<void> {
+    const sc = lws[0].scheme;
+    const shared = !this.#hook && sc !== undefined && (sc.rotation !== null || sc.act !== null) &&
+      lws.every((lw) => lw.scheme === sc && lw.in === lws[0].in);
+    const xin = shared ? await this.#transformInput(lws[0], sc, x, xDtype, rows) : x;
+    for (let i = 0; i < lws.length; i++) {
+      await this.#linear(lws[i], xin, xDtype, ys[i], yDtype, rows, shared);
+    }
+  }
+
   async #linear(
     lw: LinearWeights,
     x: Deno.PointerValue,
@@ -457,6 +475,7 @@ export class DecodeEngine {
     y: Deno.PointerValue,
     yDtype: ActivationDType,
     rows: number,
+    transformed = false,
   ): Promise<void> {
     if (this.#hook) {
       // The CPU engine's activations are host f32 arrays (checked in create).
@@ -471,7 +490,7 @@ export class DecodeEngine {
       new Float32Array(Deno.UnsafePointerView.getArrayBuffer(y!, rows * lw.out * 4)).set(ys);
       return;
     }
-    if (lw.scheme && (lw.scheme.rotation || lw.scheme.act)) {
+    if (!transformed && lw.scheme && (lw.scheme.rotation || lw.scheme.act)) {
       x = await this.#transformInput(lw, lw.scheme, x, xDtype, rows);
     }
     const lib = native();
@@ -837,9 +856,7 @@ export class DecodeEngine {
         ),
         "fp4_dec_rmsnorm",
       );
-      await this.#linear(L.q, x, act, q, act, T);
-      await this.#linear(L.k, x, act, k, act, T);
-      await this.#linear(L.v, x, act, v, act, T);
+      await this.#sameInput([L.q, L.k, L.v], x, act, [q, k, v], act, T);
       const hd = BigInt(c.headDim);
       const cos = this.#cos.pointer(), sin = this.#sin.pointer();
       check(
@@ -895,8 +912,7 @@ export class DecodeEngine {
         ),
         "fp4_dec_rmsnorm",
       );
-      await this.#linear(L.gate, x, act, s.gate.pointer(), act, T);
-      await this.#linear(L.up, x, act, s.up.pointer(), act, T);
+      await this.#sameInput([L.gate, L.up], x, act, [s.gate.pointer(), s.up.pointer()], act, T);
       check(
         lib.fp4_dec_silu_mul(
           dev,

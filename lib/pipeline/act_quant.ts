@@ -72,6 +72,8 @@ export async function transformInput(
  * The {@linkcode Linear} hook of a quantized model: layers named in `schemes` get their input
  * transformed by {@linkcode transformInput} and multiplied by the model's (dequantized,
  * rotated-space) weight; every other layer (e.g. `lm_head`) is the plain native matmul.
+ * Consecutive calls with the same input array and scheme (q/k/v, gate/up) reuse one transform,
+ * so callers must not modify an input array in place and pass it again.
  *
  * @example
  * ```ts
@@ -90,11 +92,16 @@ export function quantizedLinear(
   schemes: ReadonlyMap<string, InputScheme>,
 ): Linear {
   const plain = nativeLinear(model);
+  // q/k/v (and gate/up) are called with the same input array, which the forward pass does not
+  // modify in between: its transform is computed once.
+  let last: { x: Float32Array; scheme: InputScheme; out: Float32Array } | null = null;
   return async (name, x, rows) => {
     const scheme = schemes.get(name);
     if (!scheme) return await plain(name, x, rows);
     const w = model.weight(`${name}.weight`);
-    const xin = await transformInput(x, rows, w.shape[1], scheme);
-    return await matmulWeight(xin, rows, w);
+    if (!last || last.x !== x || last.scheme !== scheme || last.out.length !== x.length) {
+      last = { x, scheme, out: await transformInput(x, rows, w.shape[1], scheme) };
+    }
+    return await matmulWeight(last.out, rows, w);
   };
 }
