@@ -115,23 +115,8 @@ function matrixShape(x: Tensor, what: string): [number, number] {
   return [rows, cols];
 }
 
-function hasTensorScale(s: QuantSpec): boolean {
-  return s.tensorScale === "amax" || s.scaleRule === "mr-gptq";
-}
-
-/**
- * Bytes of the codes, scales and zero points that quantizing `[rows, cols]` with a packed spec
- * (from {@linkcode packSpec}) produces.
- *
- * @example
- * ```ts
- * import { packSpec, quantSizes } from "./native.ts";
- * import { resolveSpec } from "./spec.ts";
- * const [codes, scales] = quantSizes(packSpec(resolveSpec("mxfp4")), 2, 64);
- * console.assert(codes === 64 && scales === 4);
- * ```
- */
-export function quantSizes(
+// Bytes of the codes, scales and zero points of quantizing [rows, cols] with a packed spec.
+function quantSizes(
   packed: Uint8Array,
   rows: number,
   cols: number,
@@ -209,6 +194,50 @@ export function rotateQuantizeOn(
   return quantizeImpl(device, x, resolveSpec(spec), opts);
 }
 
+/**
+ * Uninitialised (poisoned) outputs of quantizing `[rows, cols]` with `spec` on `device`: codes,
+ * scales, zero points (asymmetric elements) and the tensor scale (specs that have one), as
+ * `fp4_quantize` and `fp4_rotate_quantize` write them. Free with {@linkcode disposeQuantized}.
+ *
+ * @example
+ * ```ts
+ * import { disposeQuantized, emptyQuantized } from "./native.ts";
+ * const q = emptyQuantized("cpu", "nvfp4", 2, 32);
+ * console.assert(q.codes.size === 32 && q.scales.size === 4 && q.tensorScale !== null);
+ * disposeQuantized(q);
+ * ```
+ */
+export function emptyQuantized(
+  device: Device,
+  spec: SpecInput | QuantSpec,
+  rows: number,
+  cols: number,
+): DeviceQuantized {
+  const s = resolveSpec(spec);
+  const [nc, ns, nz] = quantSizes(packSpec(s), rows, cols);
+  const codes = Tensor.empty([nc], "u8", device);
+  const scales = Tensor.empty([ns], "u8", device);
+  const zeros = nz > 0 ? Tensor.empty([nz], "u8", device) : null;
+  const tensorScale = s.tensorScale === "amax" || s.scaleRule === "mr-gptq"
+    ? Tensor.empty([1], "f32", device)
+    : null;
+  const g = s.groupSize;
+  const scaleShape: [number, number] = g === "tensor"
+    ? [1, 1]
+    : g === "channel"
+    ? [rows, 1]
+    : [rows, cols / g];
+  return Object.freeze({
+    spec: s,
+    shape: Object.freeze([rows, cols] as [number, number]),
+    codes,
+    scales,
+    scaleShape: Object.freeze(scaleShape),
+    zeros,
+    tensorScale,
+  });
+}
+
 async function quantizeImpl(
   device: Device,
   x: Tensor,
@@ -222,11 +251,8 @@ async function quantizeImpl(
     throw new Error(`${what}: group size ${s.groupSize} does not divide the ${cols} columns`);
   }
   const packed = packSpec(s);
-  const [nc, ns, nz] = quantSizes(packed, rows, cols);
-  const codes = Tensor.empty([nc], "u8", device);
-  const scales = Tensor.empty([ns], "u8", device);
-  const zeros = nz > 0 ? Tensor.empty([nz], "u8", device) : null;
-  const tensorScale = hasTensorScale(s) ? Tensor.empty([1], "f32", device) : null;
+  const q = emptyQuantized(device, s, rows, cols);
+  const { codes, scales, zeros, tensorScale } = q;
   try {
     await onDevice(device, x, async (xd) => {
       const lib = native();
@@ -272,24 +298,10 @@ async function quantizeImpl(
       }
     });
   } catch (e) {
-    for (const t of [codes, scales, zeros, tensorScale]) t?.dispose();
+    disposeQuantized(q);
     throw e;
   }
-  const g = s.groupSize;
-  const scaleShape: [number, number] = g === "tensor"
-    ? [1, 1]
-    : g === "channel"
-    ? [rows, 1]
-    : [rows, cols / g];
-  return Object.freeze({
-    spec: s,
-    shape: Object.freeze([rows, cols] as [number, number]),
-    codes,
-    scales,
-    scaleShape: Object.freeze(scaleShape),
-    zeros,
-    tensorScale,
-  });
+  return q;
 }
 
 /**

@@ -22,7 +22,12 @@ import type { Fp4Weights } from "../kernels/fp4_linear.ts";
 import { ropeInvFreq } from "../model/config.ts";
 import { type Linear, nllOf } from "../model/forward.ts";
 import type { InputScheme } from "../pipeline/act_quant.ts";
-import { packSpec, quantSizes } from "../formats/native.ts";
+import {
+  type DeviceQuantized,
+  disposeQuantized,
+  emptyQuantized,
+  packSpec,
+} from "../formats/native.ts";
 import type { LlamaModel, Weight } from "../model/llama.ts";
 import { Tensor } from "../tensor.ts";
 
@@ -68,14 +73,11 @@ interface DenseLinear {
 
 /** Device buffers of one input transform: the quantized input and its dequantized form. */
 interface SchemeBuffers {
+  /** The activation spec packed for the ABI, and the quantized input (W4A4 only). */
   spec: Uint8Array<ArrayBuffer> | null;
-  codes: Tensor | null;
-  scales: Tensor | null;
-  zeros: Tensor | null;
-  tensorScale: Tensor | null;
+  q: DeviceQuantized | null;
   x: Tensor;
 }
-
 interface Fp4Linear {
   kind: "fp4";
   name: string;
@@ -569,7 +571,9 @@ export class DecodeEngine {
       return out;
     }
     const p = (t: Tensor | null) => t ? t.pointer() : null;
-    const codes = p(b.codes), scales = p(b.scales), zeros = p(b.zeros), ts = p(b.tensorScale);
+    const q = b.q!;
+    const codes = q.codes.pointer(), scales = q.scales.pointer();
+    const zeros = p(q.zeros), ts = p(q.tensorScale);
     await checkAsync(
       rot
         ? lib.fp4_rotate_quantize(
@@ -611,37 +615,18 @@ export class DecodeEngine {
     const have = this.#schemeBuffers.get(key);
     if (have && have.x.shape[0] >= rows) return have;
     if (have) this.#freeSchemeBuffers(have);
-    const mk = (bytes: number, dt: "u8" | "f32") =>
-      bytes > 0 ? Tensor.empty([bytes], dt, this.device) : null;
-    let b: SchemeBuffers;
-    if (sc.act) {
-      const spec = packSpec(sc.act);
-      const [nc, ns, nz] = quantSizes(spec, rows, cols);
-      const tensorScale = sc.act.tensorScale === "amax" || sc.act.scaleRule === "mr-gptq";
-      b = {
-        spec,
-        codes: mk(nc, "u8"),
-        scales: mk(ns, "u8"),
-        zeros: mk(nz, "u8"),
-        tensorScale: tensorScale ? mk(1, "f32") : null,
-        x: Tensor.empty([rows, cols], dtype, this.device),
-      };
-    } else {
-      b = {
-        spec: null,
-        codes: null,
-        scales: null,
-        zeros: null,
-        tensorScale: null,
-        x: Tensor.empty([rows, cols], dtype, this.device),
-      };
-    }
+    const b: SchemeBuffers = {
+      spec: sc.act ? packSpec(sc.act) : null,
+      q: sc.act ? emptyQuantized(this.device, sc.act, rows, cols) : null,
+      x: Tensor.empty([rows, cols], dtype, this.device),
+    };
     this.#schemeBuffers.set(key, b);
     return b;
   }
 
   #freeSchemeBuffers(b: SchemeBuffers): void {
-    for (const t of [b.codes, b.scales, b.zeros, b.tensorScale, b.x]) t?.dispose();
+    if (b.q) disposeQuantized(b.q);
+    b.x.dispose();
   }
 
   /**
