@@ -62,6 +62,21 @@ function repsFor(ms: number): number {
   return Math.max(10, Math.min(500, Math.round(20 / Math.max(ms, 1e-3))));
 }
 
+/**
+ * Median milliseconds per launch from a timing entry point `bench(reps, nsamples, samples)`: one
+ * sample of `copies` launches sizes the repetitions (~20 ms per sample), then SAMPLES samples.
+ */
+function medianMs(
+  copies: number,
+  bench: (reps: number, nsamples: number, samples: Float32Array) => number,
+  name: string,
+): number {
+  const samples = new Float32Array(SAMPLES);
+  check(bench(copies, 1, samples), name);
+  check(bench(Math.max(copies, repsFor(samples[0])), SAMPLES, samples), name);
+  return median(samples);
+}
+
 function timeOurs(
   format: Fp4WeightFormat,
   x: Tensor,
@@ -73,29 +88,14 @@ function timeOurs(
   k: number,
   copies: number,
 ): number {
-  const samples = new Float32Array(SAMPLES);
-  const runWith = (reps: number, ns: number) =>
-    check(
-      lib.fp4_gemm_bench(
-        format === "mxfp4" ? 0 : 1,
-        x.pointer(),
-        codes.pointer(),
-        scales.pointer(),
-        0.5,
-        y.pointer(),
-        BigInt(batch),
-        BigInt(n),
-        BigInt(k),
-        copies,
-        reps,
-        ns,
-        samples,
-      ),
-      "fp4_gemm_bench",
-    );
-  runWith(copies, 1);
-  runWith(Math.max(copies, repsFor(samples[0])), SAMPLES);
-  return median(samples);
+  const f = format === "mxfp4" ? 0 : 1;
+  const [px, pc, ps, py] = [x.pointer(), codes.pointer(), scales.pointer(), y.pointer()];
+  const [B, N, K] = [BigInt(batch), BigInt(n), BigInt(k)];
+  return medianMs(
+    copies,
+    (reps, ns, out) => lib.fp4_gemm_bench(f, px, pc, ps, 0.5, py, B, N, K, copies, reps, ns, out),
+    "fp4_gemm_bench",
+  );
 }
 
 function timeCublas(
@@ -107,26 +107,13 @@ function timeCublas(
   k: number,
   copies: number,
 ): number {
-  const samples = new Float32Array(SAMPLES);
-  const runWith = (reps: number, ns: number) =>
-    check(
-      lib.fp4_cublas_bench(
-        x.pointer(),
-        w.pointer(),
-        y.pointer(),
-        BigInt(batch),
-        BigInt(n),
-        BigInt(k),
-        copies,
-        reps,
-        ns,
-        samples,
-      ),
-      "fp4_cublas_bench",
-    );
-  runWith(copies, 1);
-  runWith(Math.max(copies, repsFor(samples[0])), SAMPLES);
-  return median(samples);
+  const [px, pw, py] = [x.pointer(), w.pointer(), y.pointer()];
+  const [B, N, K] = [BigInt(batch), BigInt(n), BigInt(k)];
+  return medianMs(
+    copies,
+    (reps, ns, out) => lib.fp4_cublas_bench(px, pw, py, B, N, K, copies, reps, ns, out),
+    "fp4_cublas_bench",
+  );
 }
 
 function copyBandwidth(): { bytes: number; ms: number; gbs: number } {
