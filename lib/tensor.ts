@@ -210,6 +210,39 @@ export class Tensor {
   }
 
   /**
+   * A copy converted to `dtype` on the same device (f32 and bf16 only: f32 -> bf16 rounds to
+   * nearest even, bf16 -> f32 is exact), or `this` when it already has that dtype.
+   *
+   * @example
+   * ```ts
+   * import { Tensor } from "./tensor.ts";
+   * const t = Tensor.from(new Float32Array([1.00390625]), [1]).cast("bf16");
+   * console.assert(t.dtype === "bf16" && t.cast("f32").toArray()[0] === 1);
+   * ```
+   */
+  cast(dtype: "f32" | "bf16"): Tensor {
+    this.#live();
+    if (dtype === this.dtype) return this;
+    if (this.dtype !== "f32" && this.dtype !== "bf16") {
+      throw new Error(`cast: ${this.dtype} tensors cannot be cast (f32 and bf16 only)`);
+    }
+    const out = Tensor.empty(this.shape, dtype, this.device);
+    const code = (d: DType) => d === "f32" ? 0 : 2;
+    check(
+      native().fp4_cast(
+        deviceId(this.device),
+        this.pointer(),
+        code(this.dtype),
+        out.pointer(),
+        code(dtype),
+        BigInt(this.size),
+      ),
+      "fp4_cast",
+    );
+    return out;
+  }
+
+  /**
    * A CPU copy (or `this` when already on the CPU).
    *
    * @example

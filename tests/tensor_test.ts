@@ -24,6 +24,28 @@ for (const device of devices) {
     }
   });
 
+  Deno.test(`${device}: cast f32 -> bf16 rounds to nearest even like the TS codec, bf16 -> f32 is exact`, () => {
+    const n = 4096 + Math.floor(Math.random() * 4096);
+    // Wide magnitudes, and exact ties between two bf16 values (low 16 bits 0x8000).
+    const x = new Float32Array(n).map((_, i) => {
+      const v = (Math.random() - 0.5) * 2 ** (Math.random() * 40 - 20);
+      if (i % 7) return v;
+      const u = new Uint32Array(new Float32Array([v]).buffer);
+      u[0] = (u[0] & 0xffff0000) | 0x8000;
+      return new Float32Array(u.buffer)[0];
+    });
+    using t = Tensor.from(x, [n]).to(device);
+    using b = t.cast("bf16");
+    assertEquals(b.dtype, "bf16");
+    const bits = Uint16Array.from(x, f32ToBf16);
+    assertEquals(b.toArray(), bits, "f32 -> bf16");
+    using back = b.cast("f32");
+    assertEquals(back.toArray(), Float32Array.from(bits, bf16ToF32), "bf16 -> f32");
+    assert(t.cast("f32") === t, "same dtype: no copy");
+    using ints = Tensor.from(new Int32Array(2), [2]).to(device);
+    assertThrows(() => ints.cast("f32"), Error, "i32");
+  });
+
   Deno.test(`${device}: native sum of random data matches float64 within 1e-12 relative`, () => {
     const n = 1 << 16;
     const x = new Float32Array(n).map(() => Math.random() * 2 - 1);

@@ -14,6 +14,7 @@ fp4_status alloc(uint64_t bytes, void **out);
 fp4_status free(void *ptr);
 fp4_status memcpy(void *dst, const void *src, uint64_t bytes, int32_t kind);
 fp4_status synchronize();
+fp4_status cast(const void *x, int32_t x_dtype, void *y, int32_t y_dtype, uint64_t n);
 fp4_status memory(uint64_t *free_bytes, uint64_t *total_bytes);
 fp4_status sum_f32(const float *x, uint64_t n, double *out);
 // fp4lab/graph.h (cuda/src/cuda/graph.cu).

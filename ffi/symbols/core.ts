@@ -17,6 +17,7 @@ export const coreSymbols = {
   fp4_free: { parameters: ["i32", "pointer"], result: "i32" },
   fp4_memcpy: { parameters: ["i32", "pointer", "pointer", "u64", "i32"], result: "i32" },
   fp4_synchronize: { parameters: ["i32"], result: "i32" },
+  fp4_cast: { parameters: ["i32", "pointer", "i32", "pointer", "i32", "u64"], result: "i32" },
   fp4_noop: { parameters: [], result: "i32" },
   fp4_sum_f32: { parameters: ["i32", "pointer", "u64", "buffer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;

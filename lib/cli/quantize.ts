@@ -7,6 +7,7 @@
  */
 import { parseArgs } from "node:util";
 import { requireDevice } from "../device.ts";
+import { DecodeEngine } from "../generate/engine.ts";
 import { resolveSpec } from "../formats/spec.ts";
 import type { GptqMethod } from "../gptq/layer.ts";
 import { LlamaModel } from "../model/llama.ts";
@@ -47,7 +48,8 @@ Options:
   --calib FILE       calibration text [default: calib.txt in the model folder]
   --nsamples N       calibration windows of ${WINDOW_TOKENS} tokens [default: ${DEFAULT_CALIBRATION_WINDOWS}]
                      (0: none, rtn only; RTN then reports no proxy loss)
-  --device NAME      cpu | cuda: where GPTQ solves (forward passes run on the CPU) [default: cpu]
+  --device NAME      cpu | cuda: where the block forward passes, Hessians, GPTQ solves and
+                     --eval run [default: cpu]
   --seed N           seed recorded in the manifest (stochastic-rounding presets take seed=N
                      inside the preset) [default: 0]
   --damp X           relative GPTQ damping [default: 0.01]
@@ -77,7 +79,7 @@ export interface QuantizeRunOptions {
   calib: string;
   /** Calibration windows. */
   nsamples: number;
-  /** GPTQ device. */
+  /** Device of the whole pipeline (forward passes, Hessians, solves, evaluation). */
   device: string;
   /** Recorded seed. */
   seed: number;
@@ -327,9 +329,19 @@ export async function runQuantize(
     inputs.push(o.data);
     const total = Math.min(Math.floor(ids.length / WINDOW_TOKENS), o.evalWindows ?? Infinity);
     const ebar = new Progress("eval", total, quiet);
+    // On CUDA the decode engine scores the windows: the quantized layers' dequantized weights
+    // with their input schemes applied on the device, as `eval --device cuda` does.
+    using engine = device === "cuda"
+      ? DecodeEngine.create(model, {
+        device,
+        contextLength: WINDOW_TOKENS,
+        schemes: new Map([...q.layers].map(([name, l]) => [name, l.scheme])),
+      })
+      : undefined;
     const r = await perplexity(model, ids, {
       linear: q.linear,
       maxWindows: o.evalWindows ?? undefined,
+      scoreWindow: engine ? (w) => engine.nll(w) : undefined,
       onProgress: (_d, _t, p) => ebar.tick(1, `ppl ${p.toFixed(3)}`),
     });
     ebar.done();

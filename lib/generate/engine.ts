@@ -34,6 +34,14 @@ import { Tensor } from "../tensor.ts";
 /** Storage of activations between ops and of the KV cache. */
 export type ActivationDType = "f32" | "bf16";
 
+/**
+ * Called by {@linkcode DecodeEngine.runBlock} with the input of a group of linear layers:
+ * `linear` names the first layer reading it (`q_proj` for q/k/v, `o_proj`, `gate_proj` for
+ * gate/up, `down_proj`); `x` is `[tokens, in]` f32 on the engine's device, before any input
+ * scheme, and is freed once the returned promise settles.
+ */
+export type BlockInputHook = (linear: string, x: Tensor) => Promise<void> | void;
+
 /** Options of {@linkcode DecodeEngine.create}. */
 export interface EngineOptions {
   /** Where the engine runs (default `"cpu"`); `"cuda"` needs a usable GPU. */
@@ -800,8 +808,193 @@ export class DecodeEngine {
     return await nllOf(logits, ids.subarray(1), vocab);
   }
 
+  /**
+   * The embeddings of `ids` as a new `[ids.length, hidden]` f32 tensor on the engine's device
+   * (the caller disposes it): the residual stream that enters block 0, for
+   * {@linkcode runBlock}.
+   *
+   * @example
+   * ```ts
+   * import { DecodeEngine } from "./engine.ts";
+   * import { LlamaModel, parseLlamaConfig } from "../model/mod.ts";
+   * const model = LlamaModel.random(parseLlamaConfig({
+   *   model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 1,
+   *   num_attention_heads: 2, vocab_size: 10,
+   * }));
+   * using engine = DecodeEngine.create(model, { contextLength: 8 });
+   * using h = engine.embed(new Int32Array([1, 2, 3]));
+   * console.assert(h.shape[0] === 3 && h.shape[1] === 16);
+   * ```
+   */
+  embed(ids: Int32Array): Tensor {
+    this.#live();
+    const c = this.model.config;
+    if (ids.length === 0) throw new Error("embed: no tokens");
+    for (let i = 0; i < ids.length; i++) {
+      if (!(ids[i] >= 0 && ids[i] < c.vocabSize)) {
+        throw new Error(`embed: token id ${ids[i]} at index ${i} is outside [0, ${c.vocabSize})`);
+      }
+    }
+    const host = Tensor.from(ids, [ids.length]);
+    const dev = host.to(this.device);
+    const out = Tensor.empty([ids.length, c.hiddenSize], "f32", this.device);
+    try {
+      this.#embedRows(dev.pointer(), out.pointer(), ids.length);
+      this.synchronize();
+    } catch (e) {
+      out.dispose();
+      throw e;
+    } finally {
+      if (dev !== host) dev.dispose();
+    }
+    return out;
+  }
+
+  /**
+   * Runs decoder block `layer` on the residual stream `hidden` (`[tokens, hidden]` f32 on the
+   * engine's device, tokens at positions 0, 1, ...) in place, with the block's current weights
+   * and input schemes: the block-by-block forward pass of sequential quantization. `onInput`
+   * receives the inputs of its linear layers (see {@linkcode BlockInputHook}). The block's KV
+   * cache then holds these tokens: the engine is reset (position 0).
+   *
+   * @example
+   * ```ts
+   * import { DecodeEngine } from "./engine.ts";
+   * import { LlamaModel, parseLlamaConfig } from "../model/mod.ts";
+   * const model = LlamaModel.random(parseLlamaConfig({
+   *   model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 1,
+   *   num_attention_heads: 2, vocab_size: 10,
+   * }));
+   * using engine = DecodeEngine.create(model, { contextLength: 8 });
+   * using h = engine.embed(new Int32Array([1, 2, 3]));
+   * const seen: string[] = [];
+   * await engine.runBlock(0, h, (name) => { seen.push(name); });
+   * console.assert(seen.length === 4 && seen[3] === "model.layers.0.mlp.down_proj");
+   * ```
+   */
+  async runBlock(layer: number, hidden: Tensor, onInput?: BlockInputHook): Promise<void> {
+    this.#live();
+    const c = this.model.config;
+    if (!Number.isInteger(layer) || layer < 0 || layer >= c.numLayers) {
+      throw new Error(`runBlock: block ${layer} is outside [0, ${c.numLayers})`);
+    }
+    const [T, dim] = hidden.shape;
+    if (
+      hidden.device !== this.device || hidden.dtype !== "f32" || hidden.shape.length !== 2 ||
+      dim !== c.hiddenSize || !(T >= 1 && T <= this.contextLength)
+    ) {
+      throw new Error(
+        `runBlock: the residual stream must be [1..${this.contextLength}, ${c.hiddenSize}] f32 ` +
+          `on ${this.device}, got [${hidden.shape.join(", ")}] ${hidden.dtype} on ${hidden.device}`,
+      );
+    }
+    const s = this.#scratchFor(T);
+    this.#position = 0;
+    this.#copyIn(this.#pos, new Int32Array([0]));
+    await this.#layer(this.#layers[layer], hidden.pointer(), s, T, onInput);
+  }
+
+  /**
+   * Replaces the weights of decoder linear layer `name` (e.g. `model.layers.0.mlp.up_proj`) by
+   * the dense `weight` (same shape; f32 keeps dequantized values exact) with input `scheme`
+   * (rotation, activation quantization; none when omitted), freeing the weights it held. An
+   * input scheme turns CUDA graphs off for the engine's life.
+   *
+   * @example
+   * ```ts
+   * import { DecodeEngine } from "./engine.ts";
+   * import { LlamaModel, parseLlamaConfig } from "../model/mod.ts";
+   * const model = LlamaModel.random(parseLlamaConfig({
+   *   model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 1,
+   *   num_attention_heads: 2, vocab_size: 10,
+   * }));
+   * using engine = DecodeEngine.create(model, { contextLength: 8 });
+   * engine.setLinear("model.layers.0.mlp.up_proj", {
+   *   dtype: "f32", shape: [24, 16], data: new Float32Array(24 * 16),
+   * });
+   * ```
+   */
+  setLinear(name: string, weight: Weight, scheme?: InputScheme): void {
+    this.#live();
+    const m = /^model\.layers\.(\d+)\.(?:self_attn|mlp)\.(q|k|v|o|gate|up|down)_proj$/.exec(name);
+    const L = m ? this.#layers[Number(m[1])] : undefined;
+    if (!m || !L) {
+      throw new Error(`setLinear: "${name}" is not a decoder linear layer of the model`);
+    }
+    const key = m[2] as "q" | "k" | "v" | "o" | "gate" | "up" | "down";
+    const old = L[key];
+    const [out, inF] = weight.shape;
+    if (weight.shape.length !== 2 || out !== old.out || inF !== old.in) {
+      throw new Error(
+        `setLinear: "${name}" needs a [${old.out}, ${old.in}] weight, got [${
+          weight.shape.join(", ")
+        }]`,
+      );
+    }
+    const w = weightTensor(weight, this.device);
+    if (this.device !== "cpu") this.#own(w);
+    for (const t of old.kind === "dense" ? [old.w] : [old.codes, old.scales]) {
+      const i = this.#owned.indexOf(t);
+      if (i >= 0) this.#owned.splice(i, 1)[0].dispose();
+    }
+    L[key] = { kind: "dense", name, w, out, in: inF, scheme };
+    this.#dropGraph();
+    if (scheme && (scheme.rotation || scheme.act)) this.#graphs = false;
+  }
+
+  /** Rows x cols of the activation buffer `x` as a new f32 tensor (the caller disposes it). */
+  #capture(x: Deno.PointerValue, rows: number, cols: number): Tensor {
+    const t = Tensor.empty([rows, cols], "f32", this.device);
+    check(
+      native().fp4_cast(
+        this.#dev,
+        x,
+        abiDType(this.activationDtype),
+        t.pointer(),
+        abiDType("f32"),
+        BigInt(rows * cols),
+      ),
+      "fp4_cast",
+    );
+    return t;
+  }
+
   /** Embedding and every layer for the T tokens of the scratch, leaving the residual stream in s.hidden. */
   async #layersFor(s: Scratch, T: number): Promise<void> {
+    this.#embedRows(s.ids.pointer(), s.hidden.pointer(), T);
+    for (const L of this.#layers) await this.#layer(L, s.hidden.pointer(), s, T);
+  }
+
+  /** Embedding rows of `T` device ids into the f32 residual stream `hidden`. */
+  #embedRows(ids: Deno.PointerValue, hidden: Deno.PointerValue, T: number): void {
+    const c = this.model.config;
+    check(
+      native().fp4_dec_embedding(
+        this.#dev,
+        ids,
+        this.#embed.pointer(),
+        abiDType(this.#embed.dtype),
+        hidden,
+        BigInt(T),
+        BigInt(c.vocabSize),
+        BigInt(c.hiddenSize),
+      ),
+      "fp4_dec_embedding",
+    );
+  }
+
+  /**
+   * One decoder layer for the T tokens of the scratch at the positions #pos starts, on the
+   * residual stream `hidden` ([T, dim] f32) in place. `onInput` sees the inputs of the layer's
+   * q (shared by k and v), o, gate (shared by up) and down projections before any input scheme.
+   */
+  async #layer(
+    L: LayerWeights,
+    hidden: Deno.PointerValue,
+    s: Scratch,
+    T: number,
+    onInput?: BlockInputHook,
+  ): Promise<void> {
     const c = this.model.config;
     const lib = native();
     const dev = this.#dev;
@@ -810,108 +1003,105 @@ export class DecodeEngine {
     const dim = c.hiddenSize, eps = c.rmsNormEps;
     const kvWidth = c.numKvHeads * c.headDim;
     const pos = this.#pos.pointer();
-    const hidden = s.hidden.pointer();
     const wd = (t: Tensor) => abiDType(t.dtype);
+    const seen = async (lw: LinearWeights, x: Deno.PointerValue) => {
+      if (!onInput) return;
+      const xs = this.#capture(x, T, lw.in);
+      try {
+        await onInput(lw.name, xs);
+      } finally {
+        xs.dispose();
+      }
+    };
+    const x = s.x.pointer(), q = s.q.pointer(), k = s.k.pointer(), v = s.v.pointer();
     check(
-      lib.fp4_dec_embedding(
+      lib.fp4_dec_rmsnorm(
         dev,
-        s.ids.pointer(),
-        this.#embed.pointer(),
-        wd(this.#embed),
         hidden,
+        L.inputNorm.pointer(),
+        wd(L.inputNorm),
+        x,
+        A,
         TT,
-        BigInt(c.vocabSize),
         BigInt(dim),
+        eps,
       ),
-      "fp4_dec_embedding",
+      "fp4_dec_rmsnorm",
     );
-    for (const L of this.#layers) {
-      const x = s.x.pointer(), q = s.q.pointer(), k = s.k.pointer(), v = s.v.pointer();
-      check(
-        lib.fp4_dec_rmsnorm(
-          dev,
-          hidden,
-          L.inputNorm.pointer(),
-          wd(L.inputNorm),
-          x,
-          A,
-          TT,
-          BigInt(dim),
-          eps,
-        ),
-        "fp4_dec_rmsnorm",
-      );
-      await this.#sameInput([L.q, L.k, L.v], x, act, [q, k, v], act, T);
-      const hd = BigInt(c.headDim);
-      const cos = this.#cos.pointer(), sin = this.#sin.pointer();
-      check(
-        lib.fp4_dec_rope(dev, q, A, cos, sin, pos, ctx, TT, BigInt(c.numHeads), hd),
-        "fp4_dec_rope",
-      );
-      check(
-        lib.fp4_dec_rope(dev, k, A, cos, sin, pos, ctx, TT, BigInt(c.numKvHeads), hd),
-        "fp4_dec_rope",
-      );
-      const kc = L.kCache.pointer(), vc = L.vCache.pointer();
-      check(
-        lib.fp4_dec_kv_store(dev, k, A, kc, C, pos, ctx, TT, BigInt(kvWidth)),
-        "fp4_dec_kv_store",
-      );
-      check(
-        lib.fp4_dec_kv_store(dev, v, A, vc, C, pos, ctx, TT, BigInt(kvWidth)),
-        "fp4_dec_kv_store",
-      );
-      check(
-        lib.fp4_dec_attention(
-          dev,
-          q,
-          A,
-          kc,
-          vc,
-          C,
-          s.att.pointer(),
-          A,
-          pos,
-          ctx,
-          TT,
-          BigInt(c.numHeads),
-          BigInt(c.numKvHeads),
-          hd,
-          1 / Math.sqrt(c.headDim),
-        ),
-        "fp4_dec_attention",
-      );
-      await this.#linear(L.o, s.att.pointer(), act, s.proj.pointer(), act, T);
-      check(lib.fp4_dec_add(dev, hidden, s.proj.pointer(), A, BigInt(T * dim)), "fp4_dec_add");
-      check(
-        lib.fp4_dec_rmsnorm(
-          dev,
-          hidden,
-          L.postNorm.pointer(),
-          wd(L.postNorm),
-          x,
-          A,
-          TT,
-          BigInt(dim),
-          eps,
-        ),
-        "fp4_dec_rmsnorm",
-      );
-      await this.#sameInput([L.gate, L.up], x, act, [s.gate.pointer(), s.up.pointer()], act, T);
-      check(
-        lib.fp4_dec_silu_mul(
-          dev,
-          s.gate.pointer(),
-          s.up.pointer(),
-          s.gate.pointer(),
-          A,
-          BigInt(T * c.intermediateSize),
-        ),
-        "fp4_dec_silu_mul",
-      );
-      await this.#linear(L.down, s.gate.pointer(), act, s.proj.pointer(), act, T);
-      check(lib.fp4_dec_add(dev, hidden, s.proj.pointer(), A, BigInt(T * dim)), "fp4_dec_add");
-    }
+    await seen(L.q, x);
+    await this.#sameInput([L.q, L.k, L.v], x, act, [q, k, v], act, T);
+    const hd = BigInt(c.headDim);
+    const cos = this.#cos.pointer(), sin = this.#sin.pointer();
+    check(
+      lib.fp4_dec_rope(dev, q, A, cos, sin, pos, ctx, TT, BigInt(c.numHeads), hd),
+      "fp4_dec_rope",
+    );
+    check(
+      lib.fp4_dec_rope(dev, k, A, cos, sin, pos, ctx, TT, BigInt(c.numKvHeads), hd),
+      "fp4_dec_rope",
+    );
+    const kc = L.kCache.pointer(), vc = L.vCache.pointer();
+    check(
+      lib.fp4_dec_kv_store(dev, k, A, kc, C, pos, ctx, TT, BigInt(kvWidth)),
+      "fp4_dec_kv_store",
+    );
+    check(
+      lib.fp4_dec_kv_store(dev, v, A, vc, C, pos, ctx, TT, BigInt(kvWidth)),
+      "fp4_dec_kv_store",
+    );
+    check(
+      lib.fp4_dec_attention(
+        dev,
+        q,
+        A,
+        kc,
+        vc,
+        C,
+        s.att.pointer(),
+        A,
+        pos,
+        ctx,
+        TT,
+        BigInt(c.numHeads),
+        BigInt(c.numKvHeads),
+        hd,
+        1 / Math.sqrt(c.headDim),
+      ),
+      "fp4_dec_attention",
+    );
+    await seen(L.o, s.att.pointer());
+    await this.#linear(L.o, s.att.pointer(), act, s.proj.pointer(), act, T);
+    check(lib.fp4_dec_add(dev, hidden, s.proj.pointer(), A, BigInt(T * dim)), "fp4_dec_add");
+    check(
+      lib.fp4_dec_rmsnorm(
+        dev,
+        hidden,
+        L.postNorm.pointer(),
+        wd(L.postNorm),
+        x,
+        A,
+        TT,
+        BigInt(dim),
+        eps,
+      ),
+      "fp4_dec_rmsnorm",
+    );
+    await seen(L.gate, x);
+    await this.#sameInput([L.gate, L.up], x, act, [s.gate.pointer(), s.up.pointer()], act, T);
+    check(
+      lib.fp4_dec_silu_mul(
+        dev,
+        s.gate.pointer(),
+        s.up.pointer(),
+        s.gate.pointer(),
+        A,
+        BigInt(T * c.intermediateSize),
+      ),
+      "fp4_dec_silu_mul",
+    );
+    await seen(L.down, s.gate.pointer());
+    await this.#linear(L.down, s.gate.pointer(), act, s.proj.pointer(), act, T);
+    check(lib.fp4_dec_add(dev, hidden, s.proj.pointer(), A, BigInt(T * dim)), "fp4_dec_add");
   }
 
   /**

@@ -25,10 +25,11 @@ import { dequantize, quantize, type Quantized } from "../formats/quantize.ts";
 import { type QuantSpec, resolveSpec } from "../formats/spec.ts";
 import type { Hessian } from "../gptq/hessian.ts";
 import { type GptqMethod, quantizeLayer } from "../gptq/layer.ts";
-import { embed, type Linear, matmulWeight, runLayer } from "../model/forward.ts";
+import { type Linear, matmulWeight } from "../model/forward.ts";
 import type { LlamaModel, Weight } from "../model/llama.ts";
 import { type InputScheme, quantizedLinear } from "./act_quant.ts";
-import { blockLinears, HessianCapture, hessianGroup } from "./calibrate.ts";
+import { cpuBlockRunner, cudaBlockRunner } from "./block_runner.ts";
+import { blockLinears, hessianGroup } from "./calibrate.ts";
 
 /** Quantization methods of {@linkcode quantizeModel}. */
 export const METHODS: readonly GptqMethod[] = ["rtn", "gptq", "mr-gptq"];
@@ -55,13 +56,16 @@ export interface QuantizeModelOptions {
   hadamard?: number;
   /** Activation format (W4A4 etc.): inputs of every quantized linear are quantized online. */
   actFormat?: string | null;
-  /** Device of the GPTQ solver (the forward pass and Hessians run on the CPU). */
+  /**
+   * Where the block forward passes, Hessians and GPTQ solves run (default `"cpu"`); on
+   * `"cuda"` the windows' residual streams stay on the GPU (lib/pipeline/block_runner.ts).
+   */
   device?: Device;
   /** Relative GPTQ damping (default lib/gptq's 0.01). */
   damp?: number;
   /** Called after every window or layer. */
   onProgress?: (p: QuantizeProgress) => void;
-  /** Called with each block's Hessians (by group) before its layers are quantized. */
+  /** Called with each block's Hessians (by group) before its layers are quantized (freed after). */
   onHessians?: (block: number, hessians: ReadonlyMap<string, Hessian>) => void;
 }
 
@@ -276,66 +280,73 @@ export async function quantizeModel(
   const layers = new Map<string, QuantizedLinear>();
   const timings = { calibrate: 0, quantize: 0, propagate: 0 };
   const progress = options.onProgress ?? (() => {});
-  const states = calibration.map((ids) => embed(model, ids));
-
-  for (let b = 0; b < c.numLayers; b++) {
-    let t = performance.now();
-    let capture: HessianCapture | null = null;
-    if (states.length > 0) {
-      capture = new HessianCapture(model, b);
-      progress({ stage: "calibrate", block: b, done: 0, total: states.length });
-      for (const [i, s] of states.entries()) {
-        // The block's output is thrown away: only its linears' inputs are wanted here.
-        await runLayer(model, b, s.slice(), { linear: capture.linear });
-        await capture.flush();
-        progress({ stage: "calibrate", block: b, done: i + 1, total: states.length });
+  const runner = device === "cuda"
+    ? cudaBlockRunner(model, calibration)
+    : cpuBlockRunner(model, calibration, linear);
+  try {
+    for (let b = 0; b < c.numLayers; b++) {
+      let t = performance.now();
+      let hessians: Map<string, Hessian> | null = null;
+      if (runner.windows > 0) {
+        let done = 0;
+        progress({ stage: "calibrate", block: b, done, total: runner.windows });
+        hessians = await runner.calibrate(
+          b,
+          () => progress({ stage: "calibrate", block: b, done: ++done, total: runner.windows }),
+        );
+        options.onHessians?.(b, hessians);
       }
-      options.onHessians?.(b, capture.hessians);
-    }
-    timings.calibrate += (performance.now() - t) / 1000;
+      timings.calibrate += (performance.now() - t) / 1000;
 
-    t = performance.now();
-    const names = blockLinears(b);
-    progress({ stage: "quantize", block: b, done: 0, total: names.length });
-    for (const [i, name] of names.entries()) {
-      const t0 = performance.now();
-      const w = model.weight(`${name}.weight`);
-      const [rows, cols] = w.shape;
-      const hessian = capture?.hessians.get(hessianGroup(name)) ?? null;
-      const r = await quantizeOne(
-        f32Of(w),
-        rows,
-        cols,
-        hessian,
-        options.format,
-        method,
-        rotation,
-        device,
-        options.damp,
-      );
-      model.setWeight(`${name}.weight`, { dtype: "f32", shape: [rows, cols], data: r.dequantized });
-      spec = r.quantized.spec;
-      schemes.set(name, scheme);
-      layers.set(name, {
-        name,
-        quantized: r.quantized,
-        scheme,
-        proxyLoss: r.proxyLoss,
-        seconds: (performance.now() - t0) / 1000,
-      });
-      progress({ stage: "quantize", block: b, done: i + 1, total: names.length });
-    }
-    timings.quantize += (performance.now() - t) / 1000;
-
-    t = performance.now();
-    if (b + 1 < c.numLayers && states.length > 0) {
-      progress({ stage: "propagate", block: b, done: 0, total: states.length });
-      for (const [i, s] of states.entries()) {
-        await runLayer(model, b, s, { linear });
-        progress({ stage: "propagate", block: b, done: i + 1, total: states.length });
+      t = performance.now();
+      const names = blockLinears(b);
+      progress({ stage: "quantize", block: b, done: 0, total: names.length });
+      for (const [i, name] of names.entries()) {
+        const t0 = performance.now();
+        const w = model.weight(`${name}.weight`);
+        const [rows, cols] = w.shape;
+        const hessian = hessians?.get(hessianGroup(name)) ?? null;
+        const r = await quantizeOne(
+          f32Of(w),
+          rows,
+          cols,
+          hessian,
+          options.format,
+          method,
+          rotation,
+          device,
+          options.damp,
+        );
+        const dense: Weight = { dtype: "f32", shape: [rows, cols], data: r.dequantized };
+        model.setWeight(`${name}.weight`, dense);
+        runner.update(name, dense, scheme);
+        spec = r.quantized.spec;
+        schemes.set(name, scheme);
+        layers.set(name, {
+          name,
+          quantized: r.quantized,
+          scheme,
+          proxyLoss: r.proxyLoss,
+          seconds: (performance.now() - t0) / 1000,
+        });
+        progress({ stage: "quantize", block: b, done: i + 1, total: names.length });
       }
+      for (const h of hessians?.values() ?? []) h.dispose();
+      timings.quantize += (performance.now() - t) / 1000;
+
+      t = performance.now();
+      if (b + 1 < c.numLayers && runner.windows > 0) {
+        let done = 0;
+        progress({ stage: "propagate", block: b, done, total: runner.windows });
+        await runner.propagate(
+          b,
+          () => progress({ stage: "propagate", block: b, done: ++done, total: runner.windows }),
+        );
+      }
+      timings.propagate += (performance.now() - t) / 1000;
     }
-    timings.propagate += (performance.now() - t) / 1000;
+  } finally {
+    runner.dispose();
   }
   return {
     model,

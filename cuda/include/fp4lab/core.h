@@ -14,7 +14,7 @@
 
 /* Bumped whenever a signature in any header under fp4lab/ changes; ffi/ refuses a mismatched
  * library. */
-#define FP4_ABI_VERSION 2
+#define FP4_ABI_VERSION 3
 
 typedef int32_t fp4_status;
 enum {
@@ -68,6 +68,11 @@ FP4_API fp4_status fp4_free(int32_t device, void *ptr);
  * 2 = device->device. On the CPU device every kind is a memcpy. */
 FP4_API fp4_status fp4_memcpy(int32_t device, void *dst, const void *src, uint64_t bytes, int32_t kind);
 FP4_API fp4_status fp4_synchronize(int32_t device);
+/* y[i] = x[i] converted from x_dtype to y_dtype (f32 or bf16; f32 -> bf16 rounds to nearest
+ * even, bf16 -> f32 is exact), n elements; x and y must not overlap. On CUDA it is ordered with
+ * the decode ops (same stream). */
+FP4_API fp4_status fp4_cast(int32_t device, const void *x, int32_t x_dtype, void *y,
+                            int32_t y_dtype, uint64_t n);
 
 /* Does nothing; used to measure the FFI call overhead. */
 FP4_API fp4_status fp4_noop(void);

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "../cuda_backend.hpp"
+#include "../decode_backend.hpp"
 #include "../error.hpp"
 
 namespace {
@@ -115,6 +116,27 @@ FP4_API fp4_status fp4_cuda_memory(uint64_t *free_bytes, uint64_t *total_bytes) 
   FP4_GUARD({
     FP4_REQUIRE(free_bytes && total_bytes, "fp4_cuda_memory: null pointer");
     FP4_CUDA_ONLY(return fp4::cuda::memory(free_bytes, total_bytes));
+  })
+}
+
+static fp4_status cast_cpu(const void *x, int32_t x_dtype, void *y, int32_t y_dtype,
+                           uint64_t n) {
+#pragma omp parallel for schedule(static) if (n > (uint64_t(1) << 16))
+  for (int64_t i = 0; i < int64_t(n); i++) fp4::dec::store(y, y_dtype, i, fp4::dec::load(x, x_dtype, i));
+  return FP4_OK;
+}
+
+FP4_API fp4_status fp4_cast(int32_t device, const void *x, int32_t x_dtype, void *y,
+                            int32_t y_dtype, uint64_t n) {
+  FP4_GUARD({
+    for (int32_t d : {x_dtype, y_dtype})
+      FP4_REQUIRE(d == FP4_DTYPE_F32 || d == FP4_DTYPE_BF16,
+                  "fp4_cast: dtype %d is not f32 (0) or bf16 (2)", d);
+    if (n == 0) return FP4_OK;
+    FP4_REQUIRE(x && y, "fp4_cast: null pointer");
+    if (fp4_status s = check_device(device)) return s;
+    if (device == FP4_DEVICE_CPU) return cast_cpu(x, x_dtype, y, y_dtype, n);
+    FP4_CUDA_ONLY(return fp4::cuda::cast(x, x_dtype, y, y_dtype, n));
   })
 }
 

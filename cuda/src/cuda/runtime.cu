@@ -6,7 +6,9 @@
 
 #include "../cuda_backend.hpp"
 #include "../error.hpp"
+#include "../decode_backend.hpp"
 #include "check.cuh"
+#include "stream.cuh"
 
 namespace fp4::cuda {
 
@@ -81,6 +83,23 @@ fp4_status memory(uint64_t *free_bytes, uint64_t *total_bytes) {
 
 fp4_status synchronize() {
   FP4_CU(cudaDeviceSynchronize());
+  return FP4_OK;
+}
+
+// Elementwise dtype conversion on the decode ops' stream, grid-stride: 2 + 4 bytes per element for
+// bf16 -> f32 (the Hessian capture of calibration reads bf16 activations as f32).
+__global__ void cast_kernel(const void *x, int32_t x_dtype, void *y, int32_t y_dtype, uint64_t n) {
+  for (uint64_t i = blockIdx.x * uint64_t(blockDim.x) + threadIdx.x; i < n;
+       i += uint64_t(gridDim.x) * blockDim.x)
+    fp4::dec::store(y, y_dtype, int64_t(i), fp4::dec::load(x, x_dtype, int64_t(i)));
+}
+
+fp4_status cast(const void *x, int32_t x_dtype, void *y, int32_t y_dtype, uint64_t n) {
+  if (fp4_status s = ensure_device()) return s;
+  const uint64_t blocks = (n + 255) / 256;
+  cast_kernel<<<unsigned(blocks < 8192 ? blocks : 8192), 256, 0, launch_stream()>>>(x, x_dtype, y,
+                                                                                  y_dtype, n);
+  FP4_CU(cudaGetLastError());
   return FP4_OK;
 }
 

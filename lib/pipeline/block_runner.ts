@@ -1,0 +1,162 @@
+/**
+ * Where sequential quantization runs its per-block work: the calibration windows' residual
+ * streams, the block forward passes that capture Hessians (calibrate) and feed the next block
+ * (propagate), and the weights those passes use. {@linkcode cpuBlockRunner} keeps f32 streams on
+ * the host and runs lib/model's forward pass; {@linkcode cudaBlockRunner} keeps them on the GPU
+ * and runs the decode engine's kernels (BF16 activations between ops, f32 residual stream and
+ * Hessians, the quantized layers' input schemes on the device), so that nothing but the GPTQ
+ * bookkeeping of one layer at a time touches the host.
+ *
+ * @module
+ */
+import { DecodeEngine } from "../generate/engine.ts";
+import { Hessian } from "../gptq/hessian.ts";
+import { embed, type Linear, runLayer } from "../model/forward.ts";
+import type { LlamaModel, Weight } from "../model/llama.ts";
+import type { Tensor } from "../tensor.ts";
+import type { InputScheme } from "./act_quant.ts";
+import { HessianCapture, hessianGroup } from "./calibrate.ts";
+
+/** The block-level operations of sequential quantization over a fixed set of windows. */
+export interface BlockRunner {
+  /** Calibration windows held. */
+  readonly windows: number;
+  /**
+   * Hessians (keyed by {@linkcode hessianGroup}) of the inputs of block `block`'s linear layers
+   * over every window, the block running with its current weights; `onWindow` after each window.
+   */
+  calibrate(block: number, onWindow: () => void): Promise<Map<string, Hessian>>;
+  /** Runs every window through block `block` as it now is, giving the next block's inputs. */
+  propagate(block: number, onWindow: () => void): Promise<void>;
+  /** Layer `name` computes from now on with the dense `weight` and input `scheme`. */
+  update(name: string, weight: Weight, scheme: InputScheme): void;
+  /** Frees what the runner holds. */
+  dispose(): void;
+}
+
+/**
+ * The host runner: f32 residual streams, lib/model's forward pass with `linear` (the quantized
+ * model's hook, which reads the weights and schemes the caller keeps in `model`) for propagation.
+ *
+ * @example
+ * ```ts
+ * import { cpuBlockRunner } from "./block_runner.ts";
+ * import { quantizedLinear } from "./act_quant.ts";
+ * import { LlamaModel, parseLlamaConfig } from "../model/mod.ts";
+ * const model = LlamaModel.random(parseLlamaConfig({
+ *   model_type: "llama", hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1,
+ *   num_attention_heads: 2, vocab_size: 8,
+ * }));
+ * const runner = cpuBlockRunner(model, [new Int32Array([1, 2, 3])], quantizedLinear(model, new Map()));
+ * const hs = await runner.calibrate(0, () => {});
+ * console.assert(hs.size === 4 && hs.get("model.layers.0.mlp.gate_proj")!.samples === 3);
+ * ```
+ */
+export function cpuBlockRunner(
+  model: LlamaModel,
+  calibration: readonly Int32Array[],
+  linear: Linear,
+): BlockRunner {
+  const states = calibration.map((ids) => embed(model, ids));
+  return {
+    windows: states.length,
+    async calibrate(block, onWindow) {
+      const capture = new HessianCapture(model, block);
+      for (const s of states) {
+        // The block's output is thrown away: only its linears' inputs are wanted here.
+        await runLayer(model, block, s.slice(), { linear: capture.linear });
+        await capture.flush();
+        onWindow();
+      }
+      return capture.hessians;
+    },
+    async propagate(block, onWindow) {
+      for (const s of states) {
+        await runLayer(model, block, s, { linear });
+        onWindow();
+      }
+    },
+    update() {},
+    dispose() {},
+  };
+}
+
+/**
+ * The GPU runner: one {@linkcode DecodeEngine} on CUDA holding the model, every window's
+ * residual stream on the device, Hessians accumulated on the device from the engine's
+ * activations (BF16 widened to f32), and each quantized layer's dequantized f32 weights and
+ * input scheme swapped into the engine as soon as it is quantized.
+ *
+ * @example
+ * ```ts
+ * import { cudaBlockRunner } from "./block_runner.ts";
+ * import { cudaStatus } from "../device.ts";
+ * import { LlamaModel, parseLlamaConfig } from "../model/mod.ts";
+ * if (cudaStatus().available) {
+ *   const model = LlamaModel.random(parseLlamaConfig({
+ *     model_type: "llama", hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1,
+ *     num_attention_heads: 2, vocab_size: 8,
+ *   }));
+ *   using runner = cudaBlockRunner(model, [new Int32Array([1, 2, 3])]);
+ *   const hs = await runner.calibrate(0, () => {});
+ *   console.assert(hs.get("model.layers.0.self_attn.q_proj")!.device === "cuda");
+ * }
+ * ```
+ */
+export function cudaBlockRunner(
+  model: LlamaModel,
+  calibration: readonly Int32Array[],
+): BlockRunner & Disposable {
+  const longest = Math.max(1, ...calibration.map((ids) => ids.length));
+  const engine = DecodeEngine.create(model, {
+    device: "cuda",
+    contextLength: Math.min(longest, model.config.maxPositionEmbeddings),
+    graphs: false,
+  });
+  const states: Tensor[] = [];
+  const dispose = () => {
+    for (const s of states) s.dispose();
+    engine.dispose();
+  };
+  try {
+    for (const ids of calibration) states.push(engine.embed(ids));
+  } catch (e) {
+    dispose();
+    throw e;
+  }
+  return {
+    windows: states.length,
+    async calibrate(block, onWindow) {
+      const hessians = new Map<string, Hessian>();
+      try {
+        for (const s of states) {
+          await engine.runBlock(block, s, async (name, x) => {
+            const group = hessianGroup(name);
+            let h = hessians.get(group);
+            if (!h) {
+              h = new Hessian(x.shape[1], { device: "cuda" });
+              hessians.set(group, h);
+            }
+            await h.add(x, x.shape[0]);
+          });
+          onWindow();
+        }
+      } catch (e) {
+        for (const h of hessians.values()) h.dispose();
+        throw e;
+      }
+      return hessians;
+    },
+    async propagate(block, onWindow) {
+      for (const s of states) {
+        await engine.runBlock(block, s);
+        onWindow();
+      }
+    },
+    update(name, weight, scheme) {
+      engine.setLinear(name, weight, scheme);
+    },
+    dispose,
+    [Symbol.dispose]: dispose,
+  };
+}
