@@ -128,10 +128,22 @@ Deno.test({
     }
     assertEquals([...hessians[1].keys()], [...hessians[0].keys()]);
     for (const [g, h] of hessians[0]) {
-      // Inputs rounded to bf16 (relative 2^-9) and, from block 1 on, a stream computed with
-      // bf16 activations between ops: H agrees to a few percent of its largest entry.
-      const err = maxRelErr(hessians[1].get(g)!, h);
-      assert(err < 0.05, `${g}: Hessian relative error ${err} (seed ${seed})`);
+      const d = hessians[1].get(g)!;
+      if (g.startsWith("model.layers.0.")) {
+        // Same inputs rounded to bf16 (relative 2^-9): within 1% of the largest entry.
+        const err = maxRelErr(d, h);
+        assert(err < 0.01, `${g}: Hessian max relative error ${err} (seed ${seed})`);
+      } else {
+        // From block 1 on the GPU stream went through bf16 activations and W4A4 codes that can
+        // round the other way: the Hessians agree in the Frobenius norm.
+        let num = 0, den = 0;
+        for (let i = 0; i < h.length; i++) {
+          num += (d[i] - h[i]) ** 2;
+          den += h[i] ** 2;
+        }
+        const err = Math.sqrt(num / den);
+        assert(err < 0.1, `${g}: Hessian Frobenius relative error ${err} (seed ${seed})`);
+      }
     }
     // Both quantized models scored by the same CPU forward pass.
     const nll = async (k: number) => {

@@ -15,6 +15,9 @@ fp4_status free(void *ptr);
 fp4_status memcpy(void *dst, const void *src, uint64_t bytes, int32_t kind);
 fp4_status synchronize();
 fp4_status cast(const void *x, int32_t x_dtype, void *y, int32_t y_dtype, uint64_t n);
+// fp4_nll on device memory (cuda/src/cuda/nll.cu).
+fp4_status nll(const float *logits, const int32_t *targets, float *nll, int64_t rows,
+               int64_t vocab);
 fp4_status memory(uint64_t *free_bytes, uint64_t *total_bytes);
 fp4_status sum_f32(const float *x, uint64_t n, double *out);
 // fp4lab/graph.h (cuda/src/cuda/graph.cu).
@@ -38,6 +41,15 @@ fp4_status quantize(const fp4_quant_spec &spec, int32_t dtype, const void *x, ui
 fp4_status dequantize(const fp4_quant_spec &spec, const uint8_t *codes, const uint8_t *scales,
                       const uint8_t *zeros, const float *tensor_scale, uint64_t rows,
                       uint64_t cols, int32_t out_dtype, void *out);
+// fp4_dequantize without waiting for the device (dequantize waits, to report launch errors).
+fp4_status dequantize_async(const fp4_quant_spec &spec, const uint8_t *codes,
+                            const uint8_t *scales, const uint8_t *zeros,
+                            const float *tensor_scale, uint64_t rows, uint64_t cols,
+                            int32_t out_dtype, void *out);
+fp4_status fake_quantize(const fp4_quant_spec &spec, int32_t dtype, const void *x, uint64_t rows,
+                         uint64_t cols, int32_t block, int32_t has_seed, uint64_t seed,
+                         uint8_t *codes, uint8_t *scales, uint8_t *zeros, float *tensor_scale,
+                         int32_t out_dtype, void *out);
 fp4_status hadamard(int32_t dtype, const void *x, int32_t out_dtype, void *out, uint64_t rows,
                     uint64_t cols, int32_t block, int32_t inverse, int32_t has_seed,
                     uint64_t seed);

@@ -90,6 +90,26 @@ export const formatsSymbols = {
     result: "i32",
     nonblocking: true,
   },
+  fp4_fake_quantize: {
+    parameters: [
+      "i32",
+      "buffer",
+      "i32",
+      "pointer",
+      "u64",
+      "u64",
+      "i32",
+      "i32",
+      "u64",
+      "pointer",
+      "pointer",
+      "pointer",
+      "pointer",
+      "i32",
+      "pointer",
+    ],
+    result: "i32",
+  },
   fp4_bench_formats: {
     parameters: [
       "i32",

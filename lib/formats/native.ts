@@ -195,6 +195,74 @@ export function rotateQuantizeOn(
 }
 
 /**
+ * Fake quantization on `device`: `x` (f32 or bf16, [rows, cols]) rotated by the block Hadamard
+ * transform of `rotation` (none when null), quantized to `spec` and dequantized to `outDtype`, in
+ * one native call that on CUDA only enqueues work (the W4A4 input transform of the decode engine,
+ * `fp4_fake_quantize`). Equal bit for bit to {@linkcode rotateQuantizeOn} (or
+ * {@linkcode quantizeOn}) followed by {@linkcode dequantizeOn}; returns the output and the
+ * quantized parts. On CUDA, non-finite inputs give unspecified values instead of an Error.
+ *
+ * @example
+ * ```ts
+ * import { disposeQuantized, fakeQuantizeOn } from "./native.ts";
+ * import { Tensor } from "../tensor.ts";
+ * using x = Tensor.from(new Float32Array([1, 2, 3, 6.5]), [1, 4]);
+ * const { y, q } = fakeQuantizeOn("cpu", x, "mxfp4:g4", null);
+ * console.assert(y.toArray().join() === "1,2,3,6");
+ * y.dispose();
+ * disposeQuantized(q);
+ * ```
+ */
+export function fakeQuantizeOn(
+  device: Device,
+  x: Tensor,
+  spec: SpecInput | QuantSpec,
+  rotation: HadamardOptions | null,
+  outDtype: "f32" | "bf16" = "f32",
+): { y: Tensor; q: DeviceQuantized } {
+  requireDevice(device);
+  if (x.device !== device) throw new Error(`fakeQuantizeOn: x is on ${x.device}, not ${device}`);
+  if (x.dtype !== "f32" && x.dtype !== "bf16") {
+    throw new Error(`fakeQuantizeOn: x must be f32 or bf16, got ${x.dtype}`);
+  }
+  const cols = x.shape[x.shape.length - 1] ?? 0;
+  const rows = cols ? x.size / cols : 0;
+  const resolved = resolveSpec(spec);
+  const seed = rotation?.seed === undefined ? null : BigInt(rotation.seed);
+  if (seed !== null) seedKey(seed);
+  const q = emptyQuantized(device, resolved, rows, cols);
+  const y = Tensor.empty([rows, cols], outDtype, device);
+  const p = (t: Tensor | null) => t ? t.pointer() : null;
+  try {
+    check(
+      native().fp4_fake_quantize(
+        deviceId(device),
+        packSpec(resolved),
+        abiDType(x.dtype),
+        x.pointer(),
+        BigInt(rows),
+        BigInt(cols),
+        rotation?.block ?? 0,
+        seed === null ? 0 : 1,
+        seed ?? 0n,
+        q.codes.pointer(),
+        q.scales.pointer(),
+        p(q.zeros),
+        p(q.tensorScale),
+        abiDType(outDtype),
+        y.pointer(),
+      ),
+      "fp4_fake_quantize",
+    );
+  } catch (e) {
+    y.dispose();
+    disposeQuantized(q);
+    throw e;
+  }
+  return { y, q };
+}
+
+/**
  * Uninitialised (poisoned) outputs of quantizing `[rows, cols]` with `spec` on `device`: codes,
  * scales, zero points (asymmetric elements) and the tensor scale (specs that have one), as
  * `fp4_quantize` and `fp4_rotate_quantize` write them. Free with {@linkcode disposeQuantized}.

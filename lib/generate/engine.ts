@@ -38,7 +38,7 @@ export type ActivationDType = "f32" | "bf16";
  * Called by {@linkcode DecodeEngine.runBlock} with the input of a group of linear layers:
  * `linear` names the first layer reading it (`q_proj` for q/k/v, `o_proj`, `gate_proj` for
  * gate/up, `down_proj`); `x` is `[tokens, in]` f32 on the engine's device, before any input
- * scheme, and is freed once the returned promise settles.
+ * scheme, in a buffer the engine reuses once the returned promise settles.
  */
 export type BlockInputHook = (linear: string, x: Tensor) => Promise<void> | void;
 
@@ -191,6 +191,7 @@ export class DecodeEngine {
   #graphScratch: Scratch | undefined;
   #eagerSteps = 0;
   #allLogits: Tensor | undefined;
+  #captures = new Map<string, Tensor>();
 
   private constructor(
     model: LlamaModel,
@@ -580,33 +581,26 @@ export class DecodeEngine {
     }
     const p = (t: Tensor | null) => t ? t.pointer() : null;
     const q = b.q!;
-    const codes = q.codes.pointer(), scales = q.scales.pointer();
-    const zeros = p(q.zeros), ts = p(q.tensorScale);
-    await checkAsync(
-      rot
-        ? lib.fp4_rotate_quantize(
-          dev,
-          b.spec!,
-          X,
-          x,
-          R,
-          K,
-          rot.block,
-          hasSeed,
-          seed,
-          codes,
-          scales,
-          zeros,
-          ts,
-        )
-        : lib.fp4_quantize(dev, b.spec!, X, x, R, K, codes, scales, zeros, ts),
-      rot ? "fp4_rotate_quantize" : "fp4_quantize",
-      [b],
-    );
-    await checkAsync(
-      lib.fp4_dequantize(dev, b.spec!, codes, scales, zeros, ts, R, K, X, out),
-      "fp4_dequantize",
-      [b],
+    // One call that only enqueues work: the engine's forward passes call it per linear group.
+    check(
+      lib.fp4_fake_quantize(
+        dev,
+        b.spec!,
+        X,
+        x,
+        R,
+        K,
+        rot?.block ?? 0,
+        hasSeed,
+        seed,
+        q.codes.pointer(),
+        q.scales.pointer(),
+        p(q.zeros),
+        p(q.tensorScale),
+        X,
+        out,
+      ),
+      "fp4_fake_quantize",
     );
     return out;
   }
@@ -790,22 +784,25 @@ export class DecodeEngine {
     await this.#layersFor(s, T);
     await this.#headRows(s, 0, T, this.#allLogits.pointer());
     this.#position = T;
-    const logits = new Float32Array(T * vocab);
     if (this.device === "cpu") {
-      logits.set((this.#allLogits.data() as Float32Array).subarray(0, T * vocab));
-    } else {
-      check(
-        native().fp4_memcpy(
-          this.#dev,
-          Deno.UnsafePointer.of(logits),
-          this.#allLogits.pointer(),
-          BigInt(logits.byteLength),
-          D2H,
-        ),
-        "fp4_memcpy",
-      );
+      return await nllOf(this.#allLogits.data() as Float32Array, ids.subarray(1), vocab);
     }
-    return await nllOf(logits, ids.subarray(1), vocab);
+    // On the GPU only one float per token comes back, not T x vocab logits.
+    using targets = Tensor.from(ids.slice(1), [T - 1]).to(this.device);
+    using nll = Tensor.empty([T - 1], "f32", this.device);
+    await checkAsync(
+      native().fp4_nll(
+        this.#dev,
+        this.#allLogits.pointer(),
+        targets.pointer(),
+        nll.pointer(),
+        BigInt(T - 1),
+        BigInt(vocab),
+      ),
+      "fp4_nll",
+      [this.#allLogits, targets, nll],
+    );
+    return nll.toArray() as Float32Array;
   }
 
   /**
@@ -942,9 +939,14 @@ export class DecodeEngine {
     if (scheme && (scheme.rotation || scheme.act)) this.#graphs = false;
   }
 
-  /** Rows x cols of the activation buffer `x` as a new f32 tensor (the caller disposes it). */
+  /** Rows x cols of the activation buffer `x` widened to f32, in a buffer kept per shape. */
   #capture(x: Deno.PointerValue, rows: number, cols: number): Tensor {
-    const t = Tensor.empty([rows, cols], "f32", this.device);
+    const key = `${rows}x${cols}`;
+    let t = this.#captures.get(key);
+    if (!t) {
+      t = Tensor.empty([rows, cols], "f32", this.device);
+      this.#captures.set(key, t);
+    }
     check(
       native().fp4_cast(
         this.#dev,
@@ -1005,13 +1007,7 @@ export class DecodeEngine {
     const pos = this.#pos.pointer();
     const wd = (t: Tensor) => abiDType(t.dtype);
     const seen = async (lw: LinearWeights, x: Deno.PointerValue) => {
-      if (!onInput) return;
-      const xs = this.#capture(x, T, lw.in);
-      try {
-        await onInput(lw.name, xs);
-      } finally {
-        xs.dispose();
-      }
+      if (onInput) await onInput(lw.name, this.#capture(x, T, lw.in));
     };
     const x = s.x.pointer(), q = s.q.pointer(), k = s.k.pointer(), v = s.v.pointer();
     check(
@@ -1230,6 +1226,8 @@ export class DecodeEngine {
     for (const b of this.#schemeBuffers.values()) this.#freeSchemeBuffers(b);
     this.#schemeBuffers.clear();
     this.#allLogits?.dispose();
+    for (const t of this.#captures.values()) t.dispose();
+    this.#captures.clear();
     for (const t of this.#owned) t.dispose();
     if (this.#scratch) {
       for (const t of Object.values(this.#scratch)) if (t instanceof Tensor) t.dispose();

@@ -111,6 +111,19 @@ FP4_API fp4_status fp4_rotate_quantize(int32_t device, const fp4_quant_spec *spe
                                        uint8_t *codes, uint8_t *scales, uint8_t *zeros,
                                        float *tensor_scale);
 
+/* Fake quantization of activations, the input a W4A4 GEMM sees: x [rows, cols] (f32 or bf16)
+ * through fp4_rotate_quantize (block > 0) or fp4_quantize (block 0) into codes, scales, zeros and
+ * tensor_scale (the caller's buffers, filled as those calls fill them), then fp4_dequantize into
+ * out [rows, cols] (out_dtype f32 or bf16): bit for bit those three calls. On CUDA it only
+ * enqueues the work, in order with the decode ops, and does not look for non-finite inputs
+ * (their codes are unspecified), so a forward pass can call it per layer without waiting; the
+ * CPU backend reports them as fp4_quantize does. */
+FP4_API fp4_status fp4_fake_quantize(int32_t device, const fp4_quant_spec *spec, int32_t dtype,
+                                     const void *x, uint64_t rows, uint64_t cols, int32_t block,
+                                     int32_t has_seed, uint64_t seed, uint8_t *codes,
+                                     uint8_t *scales, uint8_t *zeros, float *tensor_scale,
+                                     int32_t out_dtype, void *out);
+
 /* Benchmark timing (CUDA only): runs an operation `iters` times between CUDA events, after one
  * warm-up, and writes the mean seconds per run. op 0 = device-to-device copy of `rows * cols`
  * elements of dtype (x -> out), 1 = quantize, 2 = rotate+quantize; the input is not checked for

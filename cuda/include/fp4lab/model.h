@@ -43,7 +43,9 @@ FP4_API fp4_status fp4_silu_mul(int32_t device, const float *gate, const float *
 FP4_API fp4_status fp4_add_inplace(int32_t device, float *y, const float *x, uint64_t n);
 
 /* nll[r] = logsumexp(logits[r, :]) - logits[r, targets[r]]: the negative log-likelihood of the
- * next token, with the softmax sums in f64. Targets out of range fail. */
+ * next token, with the softmax sums in f64. Targets out of range fail. The one model op with a
+ * CUDA path (device pointers there; sums in another order, so equal to the CPU's within f64
+ * rounding): evaluation then downloads one float per token instead of the logits. */
 FP4_API fp4_status fp4_nll(int32_t device, const float *logits, const int32_t *targets,
                            float *nll, int64_t rows, int64_t vocab);
 

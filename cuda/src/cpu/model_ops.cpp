@@ -13,6 +13,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../cuda_backend.hpp"
 #include "../error.hpp"
 
 // Vector types in signatures of inline helpers trigger an ABI note on the baseline target;
@@ -377,11 +378,15 @@ FP4_API fp4_status fp4_add_inplace(int32_t device, float *y, const float *x, uin
 FP4_API fp4_status fp4_nll(int32_t device, const float *logits, const int32_t *targets,
                            float *nll, int64_t rows, int64_t vocab) {
   FP4_GUARD({
-    if (fp4_status s = require_cpu(device, "fp4_nll")) return s;
+    FP4_REQUIRE(device == FP4_DEVICE_CPU || device == FP4_DEVICE_CUDA,
+                "fp4_nll: unknown device id %d (0 = cpu, 1 = cuda)", device);
     FP4_REQUIRE(rows >= 0 && vocab > 0, "fp4_nll: bad sizes (rows %lld, vocab %lld)",
                 (long long)rows, (long long)vocab);
     if (rows == 0) return FP4_OK;
     FP4_REQUIRE(logits && targets && nll, "fp4_nll: null pointer");
+    if (device == FP4_DEVICE_CUDA) {
+      FP4_CUDA_ONLY(return fp4::cuda::nll(logits, targets, nll, rows, vocab));
+    }
     for (int64_t r = 0; r < rows; r++)
       FP4_REQUIRE(targets[r] >= 0 && targets[r] < vocab,
                   "fp4_nll: target %d of row %lld is outside the vocabulary [0, %lld)", targets[r],

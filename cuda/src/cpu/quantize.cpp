@@ -448,6 +448,40 @@ FP4_API fp4_status fp4_rotate_quantize(int32_t device, const fp4_quant_spec *spe
   })
 }
 
+FP4_API fp4_status fp4_fake_quantize(int32_t device, const fp4_quant_spec *spec, int32_t dtype,
+                                     const void *x, uint64_t rows, uint64_t cols, int32_t block,
+                                     int32_t has_seed, uint64_t seed, uint8_t *codes,
+                                     uint8_t *scales, uint8_t *zeros, float *tensor_scale,
+                                     int32_t out_dtype, void *out) {
+  FP4_GUARD({
+    const char *fn = "fp4_fake_quantize";
+    if (fp4_status s = fp4::cpu::validate(fn, spec, rows, cols)) return s;
+    FP4_REQUIRE(dtype == FP4_DTYPE_F32 || dtype == FP4_DTYPE_BF16,
+                "%s: dtype %d is not f32 (0) or bf16 (2)", fn, dtype);
+    if (block != 0) {
+      if (fp4_status s = fp4::cpu::check_hadamard(fn, dtype, rows, cols, block)) return s;
+    }
+    FP4_REQUIRE(has_seed == 0 || has_seed == 1, "%s: has_seed must be 0 or 1, got %d", fn, has_seed);
+    FP4_REQUIRE(out_dtype == FP4_DTYPE_F32 || out_dtype == FP4_DTYPE_BF16,
+                "%s: out_dtype %d is not f32 (0) or bf16 (2)", fn, out_dtype);
+    FP4_REQUIRE(x && out, "%s: null pointer", fn);
+    if (fp4_status s = fp4::cpu::check_outputs(fn, *spec, codes, scales, zeros, tensor_scale)) return s;
+    if (fp4_status s = formats_check_device(device)) return s;
+    if (device == FP4_DEVICE_CPU) {
+      fp4_status s = block ? fp4_rotate_quantize(device, spec, dtype, x, rows, cols, block, has_seed,
+                                                 seed, codes, scales, zeros, tensor_scale)
+                           : fp4_quantize(device, spec, dtype, x, rows, cols, codes, scales, zeros,
+                                          tensor_scale);
+      if (s) return s;
+      return fp4_dequantize(device, spec, codes, scales, zeros, tensor_scale, rows, cols, out_dtype,
+                            out);
+    }
+    FP4_CUDA_ONLY(return fp4::cuda::fake_quantize(*spec, dtype, x, rows, cols, block, has_seed, seed,
+                                                  codes, scales, zeros, tensor_scale, out_dtype,
+                                                  out));
+  })
+}
+
 FP4_API fp4_status fp4_bench_formats(int32_t device, int32_t op, const fp4_quant_spec *spec,
                                      int32_t dtype, const void *x, uint64_t rows, uint64_t cols,
                                      int32_t block, void *out, uint8_t *codes, uint8_t *scales,

@@ -607,9 +607,10 @@ fp4_status quantize(const fp4_quant_spec &spec, int32_t dtype, const void *x, ui
   return quantize_unchecked(spec, dtype, x, rows, cols, codes, scales, zeros, tensor_scale, true);
 }
 
-fp4_status dequantize(const fp4_quant_spec &spec, const uint8_t *codes, const uint8_t *scales,
-                      const uint8_t *zeros, const float *tensor_scale, uint64_t rows,
-                      uint64_t cols, int32_t out_dtype, void *out) {
+fp4_status dequantize_async(const fp4_quant_spec &spec, const uint8_t *codes,
+                            const uint8_t *scales, const uint8_t *zeros,
+                            const float *tensor_scale, uint64_t rows, uint64_t cols,
+                            int32_t out_dtype, void *out) {
   const Layout l = make_layout(spec.group_size, rows, cols);
   const QuantParams q = params_of(spec);
   if (out_dtype == FP4_DTYPE_BF16) {
@@ -620,6 +621,15 @@ fp4_status dequantize(const fp4_quant_spec &spec, const uint8_t *codes, const ui
                                                    StoreF32{static_cast<float *>(out)});
   }
   FP4_CU_LAUNCH();
+  return FP4_OK;
+}
+
+fp4_status dequantize(const fp4_quant_spec &spec, const uint8_t *codes, const uint8_t *scales,
+                      const uint8_t *zeros, const float *tensor_scale, uint64_t rows,
+                      uint64_t cols, int32_t out_dtype, void *out) {
+  if (fp4_status s = dequantize_async(spec, codes, scales, zeros, tensor_scale, rows, cols,
+                                      out_dtype, out))
+    return s;
   FP4_CU(cudaDeviceSynchronize());
   return FP4_OK;
 }
