@@ -46,6 +46,10 @@ fp4_status dequantize_async(const fp4_quant_spec &spec, const uint8_t *codes,
                             const uint8_t *scales, const uint8_t *zeros,
                             const float *tensor_scale, uint64_t rows, uint64_t cols,
                             int32_t out_dtype, void *out);
+// fp4_hadamard without waiting for the device (hadamard waits, to report launch errors).
+fp4_status hadamard_async(int32_t dtype, const void *x, int32_t out_dtype, void *out,
+                          uint64_t rows, uint64_t cols, int32_t block, int32_t inverse,
+                          int32_t has_seed, uint64_t seed);
 fp4_status fake_quantize(const fp4_quant_spec &spec, int32_t dtype, const void *x, uint64_t rows,
                          uint64_t cols, int32_t block, int32_t has_seed, uint64_t seed,
                          uint8_t *codes, uint8_t *scales, uint8_t *zeros, float *tensor_scale,

@@ -18,7 +18,13 @@
  */
 import type { Device } from "../device.ts";
 import { Tensor } from "../tensor.ts";
-import { hadamard, hadamardF64, type HadamardOptions } from "../formats/hadamard.ts";
+import {
+  hadamard,
+  hadamardF64,
+  type HadamardOptions,
+  hadamardScale,
+  hadamardSign,
+} from "../formats/hadamard.ts";
 import { packCodes } from "../formats/quantize.ts";
 import { chooseGroupScalesNative } from "../formats/native.ts";
 import { type QuantSpec, resolveSpec, type SpecInput } from "../formats/spec.ts";
@@ -134,14 +140,45 @@ function hostF32(name: string, t: Tensor): Float32Array {
 
 /**
  * H' = R^T H R for the rotation R of lib/formats `hadamard` (x -> x R), in float64: the
- * transform applied to the rows of H, then to the rows of the transpose (H is symmetric).
+ * transform applied to the rows of H (A = H R), then R^T A as the same signs, butterflies and
+ * scaling down every column, done as operations between whole rows (contiguous, no transpose):
+ * bit for bit the transpose of rotating the rows of A^T (H' is symmetric up to that rounding).
  */
 function rotateHessian(h: Float64Array, cols: number, rot: HadamardOptions): Float64Array {
-  const hr = hadamardF64(h, [cols, cols], rot);
-  const t = new Float64Array(cols * cols);
-  for (let i = 0; i < cols; i++) for (let j = 0; j < cols; j++) t[j * cols + i] = hr[i * cols + j];
-  return hadamardF64(t, [cols, cols], rot);
+  const a = hadamardF64(h, [cols, cols], rot);
+  if (rot.seed !== undefined) {
+    for (let i = 0; i < cols; i++) {
+      const s = hadamardSign(i, rot.seed);
+      for (let k = i * cols; k < (i + 1) * cols; k++) a[k] *= s;
+    }
+  }
+  const b = rot.block, c = hadamardScale(b);
+  for (let base = 0; base < cols; base += b) {
+    for (let step = 1; step < b; step <<= 1) {
+      for (let j = base; j < base + b; j += 2 * step) {
+        for (let i = j; i < j + step; i++) {
+          const u0 = i * cols, w0 = (i + step) * cols;
+          for (let k = 0; k < cols; k++) {
+            const u = a[u0 + k], w = a[w0 + k];
+            a[u0 + k] = u + w;
+            a[w0 + k] = u - w;
+          }
+        }
+      }
+    }
+    for (let k = base * cols; k < (base + b) * cols; k++) a[k] *= c;
+  }
+  return a;
 }
+
+/** A Hessian read back, checked and rotated once for every layer that shares it (q/k/v, gate/up). */
+interface PreparedHessian {
+  rotation: string;
+  h: Float32Array | ArrayLike<number>;
+  hr: Float64Array;
+  hr32: Float32Array;
+}
+const prepared = new WeakMap<Hessian, PreparedHessian>();
 
 /**
  * Quantizes one linear layer `w` (rows x cols = out x in, row-major) given the Hessian of its
@@ -175,13 +212,15 @@ export async function quantizeLayer(
   const quantizer = groupQuantizer(spec);
   const gs = quantizer.groupSize;
   const w = weights instanceof Tensor ? hostF32("W", weights) : weights;
-  const h = hessian instanceof Hessian
-    ? hessian.matrix()
-    : hessian instanceof Tensor
-    ? hostF32("H", hessian)
-    : hessian;
+  const memo = hessian instanceof Hessian ? prepared.get(hessian) : undefined;
+  const h = memo?.h ??
+    (hessian instanceof Hessian
+      ? hessian.matrix()
+      : hessian instanceof Tensor
+      ? hostF32("H", hessian)
+      : hessian);
   const groups = validateProblem(w, h, rows, cols, gs);
-  for (const [name, a] of [["W", w], ["H", h]] as const) {
+  for (const [name, a] of (memo ? [["W", w]] : [["W", w], ["H", h]]) as [string, typeof w][]) {
     for (let i = 0; i < a.length; i++) {
       if (!Number.isFinite(a[i])) throw new Error(`${name} has a non-finite value at ${i}`);
     }
@@ -200,7 +239,14 @@ export async function quantizeLayer(
     : null;
   const w32 = Float32Array.from(w);
   const wr = rot ? hadamard(w32, [rows, cols], rot) : w32;
-  const hr = rot ? rotateHessian(Float64Array.from(h), cols, rot) : Float64Array.from(h);
+  const rotation = rot ? `${rot.block}|${rot.seed ?? ""}` : "";
+  let ph = memo;
+  if (!ph || ph.rotation !== rotation) {
+    const hr = rot ? rotateHessian(Float64Array.from(h), cols, rot) : Float64Array.from(h);
+    ph = { rotation, h, hr, hr32: Float32Array.from(hr) };
+    if (hessian instanceof Hessian) prepared.set(hessian, ph);
+  }
+  const hr = ph.hr;
   const codec = quantizer.codec;
   const actOrder = options.actOrder ?? "static";
   const base = {
@@ -234,7 +280,7 @@ export async function quantizeLayer(
       scales: c.effective,
       tensorScale: c.tensorScale,
       dequantized: dq,
-      proxyLoss: await proxyLossNative(wr, dq, Float32Array.from(hr), rows, cols),
+      proxyLoss: await proxyLossNative(wr, dq, ph.hr32, rows, cols),
       damp: 0,
     };
   }
@@ -245,7 +291,7 @@ export async function quantizeLayer(
     maxDampRetries: options.maxDampRetries,
   };
   if ((options.solver ?? "native") === "reference") {
-    const r = gptqReference(wr, hr, rows, cols, {
+    const r = gptqReference(wr, hr.slice(), rows, cols, {
       ...common,
       quantizer,
       scales: options.scales,
@@ -283,7 +329,7 @@ export async function quantizeLayer(
     ? descendingOrder(Float64Array.from({ length: cols }, (_, j) => hr[j * cols + j]))
     : undefined;
   const wIn = !rot && !dead && weights instanceof Tensor ? weights : wr;
-  const hIn = !rot && hessian instanceof Tensor ? hessian : Float32Array.from(hr);
+  const hIn = !rot && hessian instanceof Tensor ? hessian : ph.hr32;
   const r = await gptqSolveNative(wIn, hIn, rows, cols, {
     ...common,
     scales: c.effective,

@@ -81,9 +81,9 @@ fp4_status hadamard_signs(uint64_t cols, uint64_t seed, float **out) {
   return FP4_OK;
 }
 
-fp4_status hadamard(int32_t dtype, const void *x, int32_t out_dtype, void *out, uint64_t rows,
-                    uint64_t cols, int32_t block, int32_t inverse, int32_t has_seed,
-                    uint64_t seed) {
+fp4_status hadamard_async(int32_t dtype, const void *x, int32_t out_dtype, void *out,
+                          uint64_t rows, uint64_t cols, int32_t block, int32_t inverse,
+                          int32_t has_seed, uint64_t seed) {
   const uint64_t n = rows * cols;
   int k = 0;
   while ((1 << k) < block) k++;
@@ -97,9 +97,19 @@ fp4_status hadamard(int32_t dtype, const void *x, int32_t out_dtype, void *out, 
                     size_t(tile) * sizeof(float)>>>(dtype, x, out_dtype, out, n, cols, block, k,
                                                     tile, inverse != 0, sign);
   cudaError_t e = cudaGetLastError();
-  if (e == cudaSuccess) e = cudaDeviceSynchronize();
-  if (sign) cudaFree(sign);
+  // Stream-ordered: the signs are released after the kernel has read them.
+  if (sign) cudaFreeAsync(sign, 0);
   FP4_CU(e);
+  return FP4_OK;
+}
+
+fp4_status hadamard(int32_t dtype, const void *x, int32_t out_dtype, void *out, uint64_t rows,
+                    uint64_t cols, int32_t block, int32_t inverse, int32_t has_seed,
+                    uint64_t seed) {
+  if (fp4_status s = hadamard_async(dtype, x, out_dtype, out, rows, cols, block, inverse,
+                                    has_seed, seed))
+    return s;
+  FP4_CU(cudaDeviceSynchronize());
   return FP4_OK;
 }
 

@@ -388,10 +388,12 @@ fp4_status rotate_quantize_impl(const fp4_quant_spec &spec, int32_t dtype, const
   const bool fused = block >= 64 && block <= 1024 && spec.group_size > 0 && q.mse_k == 0 &&
                      uint64_t(block) % l.len == 0 && l.len % uint64_t(E) == 0;
   if (!fused) {
-    // Rotate into a float32 scratch, then the generic quantizer (which reports bad values).
+    // Rotate into a float32 scratch from the stream-ordered pool, then the generic quantizer
+    // (which reports bad values when `check`); nothing here waits for the device.
     DeviceBuffer y;
-    FP4_CU(cudaMalloc(&y.p, n * sizeof(float)));
-    if (fp4_status s = hadamard(dtype, x, FP4_DTYPE_F32, y.p, rows, cols, block, 0, has_seed, seed)) {
+    FP4_CU(cudaMallocAsync(&y.p, n * sizeof(float), 0));
+    if (fp4_status s = hadamard_async(dtype, x, FP4_DTYPE_F32, y.p, rows, cols, block, 0, has_seed,
+                                      seed)) {
       return s;
     }
     return quantize_unchecked(spec, FP4_DTYPE_F32, y.p, rows, cols, codes, scales, zeros,
