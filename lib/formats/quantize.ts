@@ -387,11 +387,7 @@ export function chooseGroupScales(
 export function groupScalesOf(q: Quantized): GroupScaleChoice {
   const p = plan(q.spec);
   if (p.asym) throw new Error("groupScalesOf: asymmetric elements also need their zero points");
-  const n = q.scaleShape[0] * q.scaleShape[1];
-  const effective = new Float32Array(n);
-  for (let g = 0; g < n; g++) {
-    effective[g] = effectiveScale(p, readScaleBits(q.scales, g, q.spec.scaleFormat), q.tensorScale);
-  }
+  const effective = groupScales(q);
   return {
     scales: q.scales,
     scaleShape: q.scaleShape,
@@ -508,7 +504,13 @@ export function quantize(
  */
 export function groupScales(q: Quantized): Float32Array {
   const p = plan(q.spec);
-  const n = q.scales.length / scaleBytes(q.spec.scaleFormat);
+  const bytes = scaleBytes(q.spec.scaleFormat);
+  const n = q.scales.length / bytes;
+  if (bytes === 1) {
+    // Each of the 256 bit patterns is decoded once.
+    const table = Float32Array.from({ length: 256 }, (_, b) => effectiveScale(p, b, q.tensorScale));
+    return Float32Array.from(q.scales, (b) => table[b]);
+  }
   const out = new Float32Array(n);
   for (let g = 0; g < n; g++) {
     out[g] = effectiveScale(p, readScaleBits(q.scales, g, q.spec.scaleFormat), q.tensorScale);

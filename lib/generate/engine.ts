@@ -327,18 +327,7 @@ export class DecodeEngine {
           `FP4 weights of "${name}" are [${q.n}, ${q.k}], the model needs [${out}, ${inF}]`,
         );
       }
-      const place = (t: Tensor) => t.device === this.device ? t : this.#own(t.to(this.device));
-      return {
-        kind: "fp4",
-        name,
-        codes: place(q.codes),
-        scales: place(q.scales),
-        format: q.format === "mxfp4" ? 0 : 1,
-        tensorScale: q.tensorScale ?? 1,
-        out,
-        in: inF,
-        scheme: this.#schemes.get(name),
-      };
+      return this.#fp4Linear(name, q, this.#schemes.get(name));
     };
     const cacheShape = [this.contextLength, c.numKvHeads * c.headDim];
     for (let l = 0; l < c.numLayers; l++) {
@@ -893,7 +882,8 @@ export class DecodeEngine {
 
   /**
    * Replaces the weights of decoder linear layer `name` (e.g. `model.layers.0.mlp.up_proj`) by
-   * the dense `weight` (same shape; f32 keeps dequantized values exact) with input `scheme`
+   * the dense `weight` (same shape; f32 keeps dequantized values exact) or FP4 weights (run by
+   * the W4A16 kernels; engines with bf16 activations, i.e. CUDA or FP4 ones) with input `scheme`
    * (rotation, activation quantization; none when omitted), freeing the weights it held. An
    * input scheme turns CUDA graphs off for the engine's life.
    *
@@ -911,7 +901,7 @@ export class DecodeEngine {
    * });
    * ```
    */
-  setLinear(name: string, weight: Weight, scheme?: InputScheme): void {
+  setLinear(name: string, weight: Weight | Fp4Weights, scheme?: InputScheme): void {
     this.#live();
     const m = /^model\.layers\.(\d+)\.(?:self_attn|mlp)\.(q|k|v|o|gate|up|down)_proj$/.exec(name);
     const L = m ? this.#layers[Number(m[1])] : undefined;
@@ -920,23 +910,51 @@ export class DecodeEngine {
     }
     const key = m[2] as "q" | "k" | "v" | "o" | "gate" | "up" | "down";
     const old = L[key];
-    const [out, inF] = weight.shape;
-    if (weight.shape.length !== 2 || out !== old.out || inF !== old.in) {
+    const fp4 = "format" in weight;
+    const [out, inF] = fp4 ? [weight.n, weight.k] : weight.shape;
+    if ((!fp4 && weight.shape.length !== 2) || out !== old.out || inF !== old.in) {
       throw new Error(
         `setLinear: "${name}" needs a [${old.out}, ${old.in}] weight, got [${
-          weight.shape.join(", ")
+          fp4 ? [weight.n, weight.k] : weight.shape.join(", ")
         }]`,
       );
     }
-    const w = weightTensor(weight, this.device);
-    if (this.device !== "cpu") this.#own(w);
+    if (fp4 && this.activationDtype !== "bf16") {
+      throw new Error("setLinear: FP4 weights need an engine with bf16 activations");
+    }
+    const next = fp4 ? this.#fp4Linear(name, weight, scheme) : {
+      kind: "dense" as const,
+      name,
+      w: this.device === "cpu"
+        ? weightTensor(weight, "cpu")
+        : this.#own(weightTensor(weight, this.device)),
+      out,
+      in: inF,
+      scheme,
+    };
     for (const t of old.kind === "dense" ? [old.w] : [old.codes, old.scales]) {
       const i = this.#owned.indexOf(t);
       if (i >= 0) this.#owned.splice(i, 1)[0].dispose();
     }
-    L[key] = { kind: "dense", name, w, out, in: inF, scheme };
+    L[key] = next;
     this.#dropGraph();
     if (scheme && (scheme.rotation || scheme.act)) this.#graphs = false;
+  }
+
+  /** FP4 weights of linear `name` as the engine keeps them: on its device, format as the ABI code. */
+  #fp4Linear(name: string, q: Fp4Weights, scheme: InputScheme | undefined): Fp4Linear {
+    const place = (t: Tensor) => t.device === this.device ? t : this.#own(t.to(this.device));
+    return {
+      kind: "fp4",
+      name,
+      codes: place(q.codes),
+      scales: place(q.scales),
+      format: q.format === "mxfp4" ? 0 : 1,
+      tensorScale: q.tensorScale ?? 1,
+      out: q.n,
+      in: q.k,
+      scheme,
+    };
   }
 
   /** Rows x cols of the activation buffer `x` widened to f32, in a buffer kept per shape. */

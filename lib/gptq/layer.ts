@@ -19,14 +19,13 @@
 import type { Device } from "../device.ts";
 import { Tensor } from "../tensor.ts";
 import {
-  hadamard,
   hadamardF64,
   type HadamardOptions,
   hadamardScale,
   hadamardSign,
 } from "../formats/hadamard.ts";
 import { packCodes } from "../formats/quantize.ts";
-import { chooseGroupScalesNative } from "../formats/native.ts";
+import { chooseGroupScalesNative, hadamardOn } from "../formats/native.ts";
 import { type QuantSpec, resolveSpec, type SpecInput } from "../formats/spec.ts";
 import { Hessian } from "./hessian.ts";
 import { gptqSolveNative, proxyLossNative } from "./native.ts";
@@ -171,6 +170,18 @@ function rotateHessian(h: Float64Array, cols: number, rot: HadamardOptions): Flo
   return a;
 }
 
+/** `hadamard` of lib/formats on the rows of W, by the native CPU backend (its bit-exact twin). */
+async function rotateRows(
+  w: Float32Array,
+  rows: number,
+  cols: number,
+  rot: HadamardOptions,
+): Promise<Float32Array> {
+  using t = Tensor.from(w, [rows, cols]);
+  using r = await hadamardOn("cpu", t, rot);
+  return r.data() as Float32Array;
+}
+
 /** A Hessian read back, checked and rotated once for every layer that shares it (q/k/v, gate/up). */
 interface PreparedHessian {
   rotation: string;
@@ -238,7 +249,7 @@ export async function quantizeLayer(
     ? (options.hadamardSeed === undefined ? { block } : { block, seed: options.hadamardSeed })
     : null;
   const w32 = Float32Array.from(w);
-  const wr = rot ? hadamard(w32, [rows, cols], rot) : w32;
+  const wr = rot ? await rotateRows(w32, rows, cols, rot) : w32;
   const rotation = rot ? `${rot.block}|${rot.seed ?? ""}` : "";
   let ph = memo;
   if (!ph || ph.rotation !== rotation) {
@@ -261,7 +272,7 @@ export async function quantizeLayer(
   const pack = (codes: Uint8Array) => ({ codes, packedCodes: packCodes(codes, codec.codeBits) });
 
   if (method === "rtn") {
-    const c = await chooseGroupScalesNative(wr, rows, cols, spec);
+    const c = await chooseGroupScalesNative(wr, rows, cols, spec, options.device);
     const codes = new Uint8Array(rows * cols);
     const dq = new Float32Array(rows * cols);
     for (let r = 0; r < rows; r++) {
@@ -315,6 +326,7 @@ export async function quantizeLayer(
       'dynamic group scales are implemented by the reference solver only (solver: "reference")',
     );
   }
+  const solverDevice = options.device ?? (weights instanceof Tensor ? weights.device : "cpu");
   // Static scales from the rotated weights with dead inputs zeroed, as the reference does
   // (wr is this call's own copy). An unrotated W Tensor without dead inputs is the same W, so
   // it goes to the solver where it lies.
@@ -324,7 +336,7 @@ export async function quantizeLayer(
     dead++;
     for (let r = 0; r < rows; r++) wr[r * cols + j] = 0;
   }
-  const c = await chooseGroupScalesNative(wr, rows, cols, spec);
+  const c = await chooseGroupScalesNative(wr, rows, cols, spec, solverDevice);
   const order = actOrder === "static"
     ? descendingOrder(Float64Array.from({ length: cols }, (_, j) => hr[j * cols + j]))
     : undefined;
@@ -336,7 +348,7 @@ export async function quantizeLayer(
     groupSize: gs,
     element: spec.element,
     order,
-    device: options.device ?? (weights instanceof Tensor ? weights.device : "cpu"),
+    device: solverDevice,
   });
   return {
     ...base,

@@ -8,6 +8,8 @@
  */
 import { check, native } from "../../ffi/library.ts";
 import { type Device, deviceId, requireDevice } from "../device.ts";
+import type { Quantized } from "../formats/quantize.ts";
+import type { QuantSpec } from "../formats/spec.ts";
 import { Tensor } from "../tensor.ts";
 
 /** The FP4 weight formats the kernels read. */
@@ -42,6 +44,58 @@ export function fp4GroupSize(format: Fp4WeightFormat): number {
   if (format === "mxfp4") return 32;
   if (format === "nvfp4") return 16;
   throw new Error(`unknown FP4 weight format "${format}"; expected "mxfp4" or "nvfp4"`);
+}
+
+/**
+ * The kernel format that runs tensors quantized with `spec` exactly, or null: E2M1 with E8M0
+ * scales per 32 (MXFP4, no tensor scale) or E4M3 scales per 16 with the amax tensor scale
+ * (NVFP4), rounded to nearest even (how the scales were chosen does not matter).
+ *
+ * @example
+ * ```ts
+ * import { fp4KernelFormat } from "./fp4_linear.ts";
+ * import { resolveSpec } from "../formats/spec.ts";
+ * console.assert(fp4KernelFormat(resolveSpec("nvfp4")) === "nvfp4");
+ * console.assert(fp4KernelFormat(resolveSpec("int4:g32")) === null);
+ * ```
+ */
+export function fp4KernelFormat(spec: QuantSpec): Fp4WeightFormat | null {
+  if (spec.element !== "e2m1" || spec.rounding !== "rne") return null;
+  if (
+    spec.scaleFormat === "e8m0" && spec.groupSize === 32 && spec.tensorScale !== "amax" &&
+    spec.scaleRule !== "mr-gptq"
+  ) return "mxfp4";
+  if (
+    spec.scaleFormat === "e4m3" && spec.groupSize === 16 && spec.tensorScale === "amax" &&
+    spec.scaleRule !== "mr-gptq"
+  ) return "nvfp4";
+  return null;
+}
+
+/**
+ * A quantized weight [n, k] as the W4A16 kernels take it (host tensors sharing its arrays), or
+ * null when its format is not one they run exactly ({@linkcode fp4KernelFormat}).
+ *
+ * @example
+ * ```ts
+ * import { fp4WeightsOf } from "./fp4_linear.ts";
+ * import { quantize } from "../formats/quantize.ts";
+ * const w = fp4WeightsOf(quantize(new Float32Array(64).fill(1), [2, 32], "mxfp4"));
+ * console.assert(w !== null && w.format === "mxfp4" && w.codes.size === 32);
+ * ```
+ */
+export function fp4WeightsOf(q: Quantized): Fp4Weights | null {
+  const format = fp4KernelFormat(q.spec);
+  if (!format) return null;
+  const [n, k] = q.shape;
+  return {
+    codes: Tensor.from(q.codes, [q.codes.length]),
+    scales: Tensor.from(q.scales, [q.scales.length]),
+    tensorScale: q.tensorScale ?? undefined,
+    format,
+    n,
+    k,
+  };
 }
 
 function checkWeights(device: Device, w: Fp4Weights): void {

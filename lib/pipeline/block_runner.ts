@@ -14,6 +14,8 @@ import { Hessian } from "../gptq/hessian.ts";
 import { embed, type Linear, runLayer } from "../model/forward.ts";
 import type { LlamaModel, Weight } from "../model/llama.ts";
 import type { Tensor } from "../tensor.ts";
+import type { Quantized } from "../formats/quantize.ts";
+import { fp4WeightsOf } from "../kernels/fp4_linear.ts";
 import type { InputScheme } from "./act_quant.ts";
 import { HessianCapture, hessianGroup } from "./calibrate.ts";
 
@@ -28,8 +30,12 @@ export interface BlockRunner {
   calibrate(block: number, onWindow: () => void): Promise<Map<string, Hessian>>;
   /** Runs every window through block `block` as it now is, giving the next block's inputs. */
   propagate(block: number, onWindow: () => void): Promise<void>;
-  /** Layer `name` computes from now on with the dense `weight` and input `scheme`. */
-  update(name: string, weight: Weight, scheme: InputScheme): void;
+  /**
+   * Layer `name` computes from now on with input `scheme` and its quantized weights, given both
+   * as the dense dequantized `weight` and as `quantized` (the CUDA runner runs the FP4 kernels
+   * on the packed form when they take its format).
+   */
+  update(name: string, weight: Weight, scheme: InputScheme, quantized: Quantized): void;
   /** Frees what the runner holds. */
   dispose(): void;
 }
@@ -84,8 +90,9 @@ export function cpuBlockRunner(
 /**
  * The GPU runner: one {@linkcode DecodeEngine} on CUDA holding the model, every window's
  * residual stream on the device, Hessians accumulated on the device from the engine's
- * activations (BF16 widened to f32), and each quantized layer's dequantized f32 weights and
- * input scheme swapped into the engine as soon as it is quantized.
+ * activations (BF16 widened to f32), and each quantized layer swapped into the engine as soon as
+ * it is quantized with its input scheme: as packed MXFP4/NVFP4 for the W4A16 kernels (exact
+ * dequantization, f32 accumulation), other formats as dequantized f32 weights.
  *
  * @example
  * ```ts
@@ -153,8 +160,8 @@ export function cudaBlockRunner(
         onWindow();
       }
     },
-    update(name, weight, scheme) {
-      engine.setLinear(name, weight, scheme);
+    update(name, weight, scheme, quantized) {
+      engine.setLinear(name, fp4WeightsOf(quantized) ?? weight, scheme);
     },
     dispose,
     [Symbol.dispose]: dispose,

@@ -25,8 +25,7 @@ import {
 } from "../safetensors.ts";
 import { type InputScheme, quantizedLinear } from "./act_quant.ts";
 import { TOOL } from "./manifest.ts";
-import type { Fp4WeightFormat, Fp4Weights } from "../kernels/fp4_linear.ts";
-import { Tensor } from "../tensor.ts";
+import { fp4KernelFormat, type Fp4Weights, fp4WeightsOf } from "../kernels/fp4_linear.ts";
 import type { QuantizedModel } from "./quantize_model.ts";
 
 /** Name of the tensor layout written by {@linkcode exportQuantized}. */
@@ -330,20 +329,6 @@ export interface LoadedModel {
   fp4: Map<string, Fp4Weights>;
 }
 
-/** The W4A16 kernel format that runs `spec` exactly, or null. */
-function kernelFormat(spec: QuantSpec): Fp4WeightFormat | null {
-  if (spec.element !== "e2m1" || spec.rounding !== "rne") return null;
-  if (
-    spec.scaleFormat === "e8m0" && spec.groupSize === 32 && spec.tensorScale !== "amax" &&
-    spec.scaleRule !== "mr-gptq"
-  ) return "mxfp4";
-  if (
-    spec.scaleFormat === "e4m3" && spec.groupSize === 16 && spec.tensorScale === "amax" &&
-    spec.scaleRule !== "mr-gptq"
-  ) return "nvfp4";
-  return null;
-}
-
 function weightOf(raw: { dtype: SafetensorsDType; shape: readonly number[]; data: Uint8Array }) {
   const buf = raw.data.buffer as ArrayBuffer;
   const n = raw.data.byteLength;
@@ -426,7 +411,7 @@ export async function loadQuantized(dir: string): Promise<LoadedModel> {
   const weights = new Map<string, Weight>();
   const schemes = new Map<string, InputScheme>();
   const fp4 = new Map<string, Fp4Weights>();
-  const kernel = kernelFormat(spec);
+  const kernel = fp4KernelFormat(spec);
   for (const [name, shape] of llamaWeightShapes(config)) {
     const module = name.slice(0, -".weight".length);
     if (ckpt.has(name)) {
@@ -497,16 +482,8 @@ export async function loadQuantized(dir: string): Promise<LoadedModel> {
     }
     weights.set(name, { dtype: "f32", shape: [rows, cols], data });
     schemes.set(module, scheme);
-    if (kernel) {
-      fp4.set(module, {
-        codes: Tensor.from(codes.data, [codes.data.length]),
-        scales: Tensor.from(scales.data, [scales.data.length]),
-        tensorScale: quantized.tensorScale ?? undefined,
-        format: kernel,
-        n: rows,
-        k: cols,
-      });
-    }
+    const kernelWeights = kernel ? fp4WeightsOf(quantized) : null;
+    if (kernelWeights) fp4.set(module, kernelWeights);
   }
   const model = LlamaModel.fromWeights(config, weights);
   return { model, linear: quantizedLinear(model, schemes), schemes, quantizationConfig: qc, fp4 };

@@ -22,6 +22,7 @@ import { requireDevice } from "../device.ts";
 import { toFloat32 } from "../dtype.ts";
 import { hadamard, type HadamardOptions, inverseHadamard } from "../formats/hadamard.ts";
 import { dequantize, quantize, type Quantized } from "../formats/quantize.ts";
+import { dequantizeOn } from "../formats/native.ts";
 import { type QuantSpec, resolveSpec } from "../formats/spec.ts";
 import type { Hessian } from "../gptq/hessian.ts";
 import { type GptqMethod, quantizeLayer } from "../gptq/layer.ts";
@@ -199,8 +200,10 @@ async function quantizeOne(
     zeros: null,
     tensorScale: r.tensorScale,
   });
-  // The stored form must give back exactly the weights GPTQ chose (it is what gets exported).
-  const dequantized = dequantize(quantized);
+  // The stored form must give back exactly the weights GPTQ chose (it is what gets exported);
+  // the native dequantizer is the TS one's bit-exact twin, and fast.
+  using back = await dequantizeOn("cpu", quantized);
+  const dequantized = back.data() as Float32Array;
   for (let i = 0; i < dequantized.length; i++) {
     if (dequantized[i] !== r.dequantized[i]) {
       throw new Error(
@@ -319,7 +322,7 @@ export async function quantizeModel(
         );
         const dense: Weight = { dtype: "f32", shape: [rows, cols], data: r.dequantized };
         model.setWeight(`${name}.weight`, dense);
-        runner.update(name, dense, scheme);
+        runner.update(name, dense, scheme, r.quantized);
         spec = r.quantized.spec;
         schemes.set(name, scheme);
         layers.set(name, {
