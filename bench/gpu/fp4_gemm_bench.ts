@@ -9,6 +9,7 @@
  * that rotate through enough weight copies (>= 256 MB) that L2 (50 MB) cannot hold them.
  *
  * Usage: deno run -A bench/gpu/fp4_gemm_bench.ts --out DIR [--cublas PATH] [--quick]
+ *   [--batches 1,16,128]
  * Writes DIR/fp4_gemm.json (device, date, commit, every figure) and prints a table last.
  *
  * @module
@@ -29,6 +30,7 @@ const { values: args } = parseArgs({
     out: { type: "string", default: "bench/results/tmp" },
     cublas: { type: "string" },
     quick: { type: "boolean", default: false },
+    batches: { type: "string", default: "1,16,128" },
   },
 });
 
@@ -154,7 +156,7 @@ interface Row {
 const shapes: [number, number][] = args.quick
   ? [[4096, 4096]]
   : [[4096, 4096], [14336, 4096], [4096, 14336], [28672, 8192], [8192, 28672]];
-const batches = [1, 16, 128];
+const batches = args.batches!.split(",").map(Number);
 const formats: Fp4WeightFormat[] = ["mxfp4", "nvfp4"];
 
 const copy = copyBandwidth();

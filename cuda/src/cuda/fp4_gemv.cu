@@ -1,32 +1,50 @@
 // W4A16 GEMV for small batches (1 .. kGemvMaxBatch): memory-bound, so the kernel streams every
-// packed weight byte once with 16-byte loads, keeps the next loads in flight while it computes,
-// and decodes E2M1 in registers (no table, no shared memory but the k-split reduction).
+// packed weight byte once with 16-byte loads (no L1 allocation, 256-byte L2 fetches), keeps the
+// next stage of loads in flight per warp while it computes, and decodes E2M1 in registers.
 //
 // Layout: the plain one of fp4lab/gemm.h (codes [n, k/2], scales [n, k/group], row-major).
-// MMA roles: mma.sync.m16n8k16 (bf16 in, f32 accumulate) with A = activations (rows g and g + 8
-// of A are batch rows g and g + 8; zeros past the batch) and B = 8 weight rows, so a warp tile is
-// 8 weight rows (fine-grained enough to give 132 SMs work at n = 4096) times 16 batch columns.
-// k binding: lane t (= lane % 4) owns the 32 consecutive k [32 t, 32 t + 32) of every 128-wide
-// chunk: one 16-byte code load per weight row, one MXFP4 group or two NVFP4 groups. Code word q
-// (k 8q .. 8q + 7 of the lane's 32) yields the bf16x2 pairs (8q + j, 8q + j + 4), j = 0..3; MMA
-// step s uses word s / 2, pairs j = 2 (s % 2) in slots (2t, 2t+1) and j + 1 in (2t+8, 2t+9).
-// The activations are permuted to the same pairs with one prmt per pair.
+// Tensor-core roles: mma.sync.m16n8k16 (bf16 in, f32 accumulate) with A = 16 weight rows (a warp
+// tile: lane (g, t) loads rows g and g + 8) and B = 8 columns of activations. k binding: lane t
+// (= lane % 4) owns the 32 consecutive k [32 t, 32 t + 32) of every 128-wide chunk: one 16-byte
+// code load per weight row, one MXFP4 group or two NVFP4 groups. Code word q (k 8q .. 8q + 7 of
+// the lane's 32) yields the bf16x2 pairs (8q + j, 8q + j + 4), j = 0..3; MMA step 2q + s uses
+// pairs j = 2s in k slots (2t, 2t+1) and j = 2s + 1 in (2t+8, 2t+9). The activations are permuted
+// to the same pairs, so a lane's B registers are two consecutive words of its own k.
 //
-// Decode: a shift puts nibbles j and j + 4 of a code word at bits 12..15 and 28..31; then
-// (w & 0x80008000) | ((w & 0x70007000) >> 6) is the bf16x2 of e2m1 * 2^-126 (E2M1's exponent
-// lands in the two low bits of the bf16 exponent, its subnormal 0.5 on a bf16 subnormal). One
-// bf16x2 multiply by bf16(scale * 2^kScaleExp) gives e2m1 * scale * 2^(kScaleExp - 126), exact
-// (at most 6 significant bits) for scales in [2^-99, 2^31]: every E4M3 scale and every E8M0
-// scale of real weights; E8M0 scales above 2^31 saturate. The f32 sum is multiplied by
-// 2^(126 - kScaleExp) (and the NVFP4 tensor scale), then rounded once to bf16.
+// Decode (3 integer ops per pair, one on the FMA pipe): for the pair (j, j + 4) the two nibbles
+// are masked out at bits 0..3 and 16..19 (after a shift by 4 or 8), and one multiply by
+// 2^6 + 2^12 copies each nibble to bits 6..9 and 12..15 (disjoint, so no carries); the mask
+// 0x81C081C0 keeps the sign at bit 15 and the magnitude at bits 6..8: the bf16x2 of e2m1 * 2^-126
+// (E2M1's exponent lands in the two low bits of the bf16 exponent, its subnormal 0.5 on a bf16
+// subnormal).
 //
-// Work: a block has RW x KW warps; warp (rw, kw) owns weight rows [8 MT rw, 8 MT (rw + 1)) of
-// the block's 8 MT RW and the chunk groups kw, kw + KW, ... of U chunks each; the KW partial
-// sums meet in shared memory. Activations come through L1 (every block reads all of them; the
-// RW warps and MT tiles of a block share them).
+// Two ways to apply the scales:
+// - Batch 1 ("group slots"): the 8 columns of B are not batch rows but scale groups. Column s
+//   holds the activations of one group (one lane's k of one chunk) and zeros elsewhere, so C[r][s]
+//   is the unscaled partial sum of group s of weight row r; after a stage the lane multiplies its
+//   C fragment by the f32 scales of those groups and adds it to its f32 sums. The decoded weights
+//   go to the tensor cores as they are (no per-element multiply). The activations, times 2^64 so
+//   that the products e2m1 * 2^-126 * x * 2^64 are normal f32, are permuted once per block into
+//   shared memory; a lane whose column holds no group of a chunk reads a zero block instead.
+//   Column of lane t's data: MXFP4 s = t + 4 (u % 2) with chunk u of the stage in C fragment
+//   u / 2; NVFP4 s = 2t + h (h: first or second group of the lane's 32 k) in fragment u. Either
+//   way column s of fragment f is the stage's scale group 8f + s. Exact for |x| < 2^64 and
+//   outputs above 2^-64.
+// - Batch 2..16: B columns are batch rows (two MMAs for batch rows 8..15), and each decoded pair
+//   is multiplied (one bf16x2 multiply) by bf16(scale * 2^kScaleExp): e2m1 * scale *
+//   2^(kScaleExp - 126), exact for scales in [2^-99, 2^31] (every E4M3 scale and every E8M0 scale
+//   of real weights; E8M0 scales above 2^31 saturate); the sum is multiplied by 2^(126 -
+//   kScaleExp). Activations come through L1 (every block reads all of them).
+// Either way the f32 sum is multiplied by the NVFP4 tensor scale and rounded once to bf16.
+//
+// Work: a block has KW warps on the same 16 MT rows; warp kw owns the stages kw, kw + KW, ... of U
+// chunks each and keeps the next P stages' loads in flight (a ring of P + 1 register stages); the
+// KW partial sums meet in shared memory.
 // Bytes moved: n*k/2 codes + n*k/group scales + batch*k*2 activations + batch*n*2 outputs.
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
+
+#include <algorithm>
 
 #include "../formats.hpp"
 #include "../gemm_backend.hpp"
@@ -36,17 +54,24 @@
 namespace fp4::cuda {
 namespace {
 
-constexpr int kChunk = 128;     // k per chunk: 4 lanes x 32
-constexpr int kScaleExp = 96;   // the decoded scale is bf16(scale * 2^kScaleExp)
+constexpr int kChunk = 128;          // k per chunk: 4 lanes x 32
+constexpr int kScaleExp = 96;        // batch path: the decoded scale is bf16(scale * 2^kScaleExp)
 constexpr float kUnscale = 0x1p30f;  // 2^(126 - kScaleExp)
+constexpr uint32_t kX64 = 0x5f805f80u;  // bf16x2 (2^64, 2^64): the slot path's activation factor
+constexpr float kSlotUnscale = 0x1p62f;  // 2^(126 - 64)
+// The slot path keeps the permuted activations of the whole k (256 bytes per chunk) in shared
+// memory.
+constexpr int kSlotMaxSmem = 96 * 1024;
+constexpr int kSlotMaxChunks = kSlotMaxSmem / 256 - 4;
 
-// Compile-time variant: MT weight tiles of 8 rows per warp, RW x KW warps per block, U chunks per
-// pipeline stage, B16: batch rows 8..15 present.
-template <int MT_, int RW_, int KW_, int U_, bool B16_>
+// Compile-time variant: MT weight tiles of 16 rows per warp, KW warps per block splitting k, U
+// chunks per stage, P stages in flight ahead of the one computed, NB: 1 = group slots (batch 1),
+// 8 or 16 = batch rows; at least MINB resident blocks per SM (a register cap).
+template <int MT_, int KW_, int U_, int P_, int NB_, int MINB_ = 1>
 struct GemvCfg {
-  static constexpr int MT = MT_, RW = RW_, KW = KW_, U = U_;
-  static constexpr bool B16 = B16_;
-  static constexpr int kThreads = 32 * RW * KW, kRows = 8 * MT * RW;
+  static constexpr int MT = MT_, KW = KW_, U = U_, P = P_, NB = NB_, MINB = MINB_;
+  static constexpr bool kSlot = NB == 1;
+  static constexpr int kThreads = 32 * KW, kRows = 16 * MT;
 };
 
 __device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
@@ -55,15 +80,23 @@ __device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
   return *reinterpret_cast<uint32_t *>(&r);
 }
 
-// bf16x2 of e2m1 * 2^-126 for nibbles j and j + 4 of w.
-template <int J>
-__device__ __forceinline__ uint32_t e2m1_pair(uint32_t w) {
-  const uint32_t v = w << (12 - 4 * J);
-  return (v & 0x80008000u) | ((v & 0x70007000u) >> 6);
+__device__ __forceinline__ uint32_t mul_lo(uint32_t a, uint32_t b) {
+  uint32_t r;
+  asm("mul.lo.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  return r;
 }
 
-// Scale bits of one row and chunk (MXFP4: one E8M0 byte; NVFP4: two E4M3 bytes, low byte first)
-// to the bf16x2 multipliers of the lane's low and high 16 k.
+// bf16x2 of e2m1 * 2^-126 for the nibble pairs (j, j + 4), j = 0..3, of code word w.
+__device__ __forceinline__ void e2m1_pairs(uint32_t w, uint32_t b[4]) {
+  const uint32_t h = w >> 8;
+  b[0] = mul_lo(w & 0x000f000fu, 0x1040u) & 0x81c081c0u;
+  b[1] = mul_lo(w & 0x00f000f0u, 0x0104u) & 0x81c081c0u;
+  b[2] = mul_lo(h & 0x000f000fu, 0x1040u) & 0x81c081c0u;
+  b[3] = mul_lo(h & 0x00f000f0u, 0x0104u) & 0x81c081c0u;
+}
+
+// Batch path: scale bits of one row and chunk (MXFP4: one E8M0 byte; NVFP4: two E4M3 bytes, low
+// byte first) to the bf16x2 multipliers of the lane's low and high 16 k.
 template <int FMT>
 __device__ __forceinline__ void scale_pair(uint32_t bits, uint32_t &lo, uint32_t &hi) {
   if constexpr (FMT == FP4_WEIGHTS_MXFP4) {
@@ -81,13 +114,46 @@ __device__ __forceinline__ void scale_pair(uint32_t bits, uint32_t &lo, uint32_t
   }
 }
 
-__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0,
-                                         uint32_t b1) {
+// Slot path: two scale bytes (low byte first) to f32. E8M0: 2^(e - 127), 0 -> 2^-127, 255 -> NaN.
+template <int FMT>
+__device__ __forceinline__ void scale_f32x2(uint32_t bits, float &s0, float &s1) {
+  if constexpr (FMT == FP4_WEIGHTS_MXFP4) {
+    auto one = [](uint32_t e) {
+      return e == 0u ? 0x1p-127f : __uint_as_float(e == 255u ? 0x7fc00000u : e << 23);
+    };
+    s0 = one(bits & 0xffu);
+    s1 = one((bits >> 8) & 0xffu);
+  } else {
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(bits), __NV_E4M3);
+    s0 = __half2float(__ushort_as_half(h.x));
+    s1 = __half2float(__ushort_as_half(h.y));
+  }
+}
+
+__device__ __forceinline__ void mma_bf16(float c[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
       "{%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Streamed once: no L1 allocation, and L2 fetches 256-byte blocks (the rest of the row segment is
+// read by the same block next).
+__device__ __forceinline__ uint4 ld_stream16(const void *p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint2 ld_stream8(const void *p) {
+  uint2 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];"
+               : "=r"(v.x), "=r"(v.y)
+               : "l"(p));
+  return v;
 }
 
 // Valid k among the lane's 32 of chunk c: 0, 16 or 32 (k is a multiple of 16).
@@ -96,36 +162,49 @@ __device__ __forceinline__ int lane_valid(int c, int t, int k) {
   return k0 >= k ? 0 : min(k - k0, 32);
 }
 
-// One row's codes and scale bits for the lane's 32 k of chunk c; zeros past n or k.
-template <int FMT, bool AL16>
-__device__ __forceinline__ void load_row(const uint8_t *codes, const uint8_t *scales, int64_t row,
-                                         int64_t n, int k, int c, int t, uint4 &q,
-                                         uint32_t &sbits) {
-  q = make_uint4(0, 0, 0, 0);
-  sbits = 0;
+// One row's codes for the lane's 32 k of chunk c; zeros past n or k. AL16 (aligned_call): k is a
+// multiple of 32 and codes 16-byte aligned, so rows are 16-byte aligned and a lane's 32 k are all
+// valid or all past the end.
+template <bool AL16>
+__device__ __forceinline__ uint4 load_codes(const uint8_t *codes, int64_t row, int64_t n, int k,
+                                            int c, int t) {
   const int valid = lane_valid(c, t, k), k0 = c * kChunk + 32 * t;
-  if (row >= n || valid == 0) return;
+  if (row >= n || valid == 0) return make_uint4(0, 0, 0, 0);
   const uint8_t *src = codes + row * (k / 2) + k0 / 2;
-  if (AL16 && valid == 32) {
-    q = __ldg(reinterpret_cast<const uint4 *>(src));
-  } else {
-    uint2 lo = __ldg(reinterpret_cast<const uint2 *>(src));
-    uint2 hi = valid == 32 ? __ldg(reinterpret_cast<const uint2 *>(src + 8)) : make_uint2(0, 0);
-    q = make_uint4(lo.x, lo.y, hi.x, hi.y);
-  }
+  if (AL16) return ld_stream16(src);
+  const uint2 lo = ld_stream8(src);
+  const uint2 hi = valid == 32 ? ld_stream8(src + 8) : make_uint2(0, 0);
+  return make_uint4(lo.x, lo.y, hi.x, hi.y);
+}
+
+// Batch path: one row's scale bits for the lane's 32 k of chunk c; zeros past n or k.
+template <int FMT, bool AL16>
+__device__ __forceinline__ uint32_t load_scale_bits(const uint8_t *scales, int64_t row, int64_t n,
+                                                    int k, int c, int t) {
+  const int valid = lane_valid(c, t, k), k0 = c * kChunk + 32 * t;
+  if (row >= n || valid == 0) return 0;
   if constexpr (FMT == FP4_WEIGHTS_MXFP4) {
-    sbits = __ldg(scales + row * (k / 32) + k0 / 32);
+    return __ldg(scales + row * (k / 32) + k0 / 32);
   } else {
     const uint8_t *sp = scales + row * (k / 16) + k0 / 16;
-    if (AL16 && valid == 32) {
-      sbits = __ldg(reinterpret_cast<const uint16_t *>(sp));
-    } else {
-      sbits = __ldg(sp) | (valid == 32 ? uint32_t(__ldg(sp + 1)) << 8 : 0u);
-    }
+    if (AL16) return __ldg(reinterpret_cast<const uint16_t *>(sp));
+    return __ldg(sp) | (valid == 32 ? uint32_t(__ldg(sp + 1)) << 8 : 0u);
   }
 }
 
-// Activation pairs of batch row b for the lane's 32 k of chunk c: p[q][j] = (x[8q+j], x[8q+j+4]).
+// Slot path: scale bytes of groups gi, gi + 1 (gi even) of row, low byte first; zeros past n or
+// past the row's groups. SA: the row's group count is even (16-bit aligned pairs).
+template <bool SA>
+__device__ __forceinline__ uint32_t load_scale_pair(const uint8_t *scales, int64_t row, int64_t n,
+                                                    int groups, int gi) {
+  if (row >= n || gi >= groups) return 0u;
+  const uint8_t *sp = scales + row * groups + gi;
+  if (SA) return __ldg(reinterpret_cast<const uint16_t *>(sp));
+  return __ldg(sp) | (gi + 1 < groups ? uint32_t(__ldg(sp + 1)) << 8 : 0u);
+}
+
+// Batch path: activation pairs of batch row b for the lane's 32 k of chunk c:
+// p[q][j] = (x[8q+j], x[8q+j+4]).
 __device__ __forceinline__ void load_x(const uint16_t *x, int64_t b, int64_t batch, int k, int c,
                                        int t, uint32_t p[4][4]) {
   const int valid = lane_valid(c, t, k);
@@ -140,125 +219,310 @@ __device__ __forceinline__ void load_x(const uint16_t *x, int64_t b, int64_t bat
   }
 }
 
-template <class C>
+// Slot path: C fragments (8 slot columns each) per tile and stage: MXFP4 has 4 groups per chunk,
+// NVFP4 8.
+template <class C, int FMT>
+constexpr int slot_frags() {
+  return FMT == FP4_WEIGHTS_MXFP4 ? (C::U + 1) / 2 : C::U;
+}
+
+// One stage of one warp: codes of U chunks x MT tiles x rows (g, g + 8), and their scale bits
+// (batch path: the lane's rows and k; slot path: rows g, g + 8 for the lane's slot columns 2t,
+// 2t + 1 of each C fragment).
+template <class C, int FMT>
 struct Stage {
-  uint4 q[C::U][C::MT];
-  uint32_t s[C::U][C::MT];
+  uint4 q[C::U][C::MT][2];
+  uint32_t s[C::kSlot ? 1 : C::U][C::MT][2];
+  uint32_t ss[C::kSlot ? C::MT : 1][slot_frags<C, FMT>()][2];
 };
 
 template <class C, int FMT, bool AL16>
-__global__ void __launch_bounds__(C::kThreads)
+__global__ void __launch_bounds__(C::kThreads, C::MINB)
     gemv_kernel(const uint16_t *__restrict__ x, const uint8_t *__restrict__ codes,
                 const uint8_t *__restrict__ scales, float post, uint16_t *__restrict__ y,
                 int batch, int n, int k) {
-  constexpr int MT = C::MT, RW = C::RW, KW = C::KW, U = C::U, NI = C::B16 ? 4 : 2;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int rw = warp % RW, kw = warp / RW;
+  constexpr int MT = C::MT, KW = C::KW, U = C::U, P = C::P, NB = C::NB;
+  constexpr int NF = slot_frags<C, FMT>();
+  constexpr int kGroupsPerChunk = FMT == FP4_WEIGHTS_MXFP4 ? 4 : 8;
+  extern __shared__ uint4 xs[];  // slot path: permuted activations, zero past k
+  const int lane = threadIdx.x & 31, kw = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int64_t row0 = int64_t(blockIdx.x) * C::kRows + 8 * MT * rw;
+  const int64_t row0 = int64_t(blockIdx.x) * C::kRows;
   const int nchunks = (k + kChunk - 1) / kChunk;
+  const int groups = k / (FMT == FP4_WEIGHTS_MXFP4 ? 32 : 16);
+  constexpr int step = KW * U;  // chunks between a warp's consecutive stages
 
-  float acc[MT][4];
-#pragma unroll
-  for (int m = 0; m < MT; m++) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.0f;
-
-  auto load_stage = [&](Stage<C> &st, int c0) {
+  auto load_stage = [&](Stage<C, FMT> &st, int c0) {
 #pragma unroll
     for (int u = 0; u < U; u++)
 #pragma unroll
       for (int m = 0; m < MT; m++)
-        load_row<FMT, AL16>(codes, scales, row0 + 8 * m + g, n, k, c0 + u, t, st.q[u][m],
-                            st.s[u][m]);
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+          st.q[u][m][h] = load_codes<AL16>(codes, row0 + 16 * m + 8 * h + g, n, k, c0 + u, t);
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const int64_t r = row0 + 16 * m + 8 * h + g;
+        if constexpr (C::kSlot) {
+#pragma unroll
+          for (int f = 0; f < NF; f++)
+            st.ss[m][f][h] =
+                load_scale_pair<AL16>(scales, r, n, groups, kGroupsPerChunk * c0 + 8 * f + 2 * t);
+        } else {
+#pragma unroll
+          for (int u = 0; u < U; u++)
+            st.s[u][m][h] = load_scale_bits<FMT, AL16>(scales, r, n, k, c0 + u, t);
+        }
+      }
   };
 
-  Stage<C> cur;
-  load_stage(cur, kw * U);
-  for (int c0 = kw * U; c0 < nchunks; c0 += KW * U) {
-    Stage<C> nxt;
-    load_stage(nxt, c0 + KW * U);
+  Stage<C, FMT> ring[P + 1];
+  const int cfirst = kw * U;
+#pragma unroll
+  for (int s = 0; s < P; s++) load_stage(ring[s], cfirst + s * step);
+
+  // Slot path: x (batch row 0) permuted to the pairs, times 2^64, in uint4 blocks
+  // [chunk][t][q ^ (t >> 1 & 1)] (the XOR keeps the 4 lanes that read one q on distinct banks),
+  // zeros for the U chunks past the end; lanes that hold no slot of a chunk read the last block.
+  int xbase[2] = {0, 0}, xstride[2] = {0, 0};
+  const int tsw = (t >> 1) & 1;
+  if constexpr (C::kSlot) {
+    for (int i = threadIdx.x; i < (nchunks + U) * 16; i += C::kThreads) {
+      const int k0 = 8 * i;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (k0 < k) {
+        v = __ldg(reinterpret_cast<const uint4 *>(x) + i);
+        const uint32_t p0 = __byte_perm(v.x, v.z, 0x5410), p1 = __byte_perm(v.x, v.z, 0x7632);
+        const uint32_t p2 = __byte_perm(v.y, v.w, 0x5410), p3 = __byte_perm(v.y, v.w, 0x7632);
+        v = make_uint4(bf16x2_mul(p0, kX64), bf16x2_mul(p1, kX64), bf16x2_mul(p2, kX64),
+                       bf16x2_mul(p3, kX64));
+      }
+      const int q = i & 3, tt = (i >> 2) & 3;
+      xs[(i & ~3) | (q ^ ((tt >> 1) & 1))] = v;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int sel = 0; sel < 2; sel++) {
+      const bool mine = FMT == FP4_WEIGHTS_MXFP4 ? g == t + 4 * sel : g == 2 * t + sel;
+      xbase[sel] = mine ? 4 * t : (nchunks + U - 1) * 16 + 4 * t;
+      xstride[sel] = mine ? 16 : 0;
+    }
+  }
+
+  // Slot path: acc[m][h][0] sums weight row 16m + 8h + g over the lane's slot columns. Batch
+  // path: acc[m][bh] is the C fragment of batch rows 8 bh .. 8 bh + 7: acc[m][bh][i] is weight
+  // row 16m + 8 (i / 2) + g, batch row 8 bh + 2t + i % 2.
+  float acc[MT][2][4];
+#pragma unroll
+  for (int m = 0; m < MT; m++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) acc[m][h][0] = acc[m][h][1] = acc[m][h][2] = acc[m][h][3] = 0.0f;
+
+  auto compute_slot = [&](const Stage<C, FMT> &st, int c0) {
+    float cf[MT][NF][4];
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+      for (int f = 0; f < NF; f++) cf[m][f][0] = cf[m][f][1] = cf[m][f][2] = cf[m][f][3] = 0.0f;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int f = FMT == FP4_WEIGHTS_MXFP4 ? u / 2 : u;
+      uint4 xv[4];
+#pragma unroll
+      for (int q = 0; q < 4; q++) {
+        const int sel = FMT == FP4_WEIGHTS_MXFP4 ? u & 1 : q >> 1;
+        xv[q] = xs[xbase[sel] + (c0 + u) * xstride[sel] + (q ^ tsw)];
+      }
+#pragma unroll
+      for (int m = 0; m < MT; m++) {
+        const uint4 w0 = st.q[u][m][0], w1 = st.q[u][m][1];
+        const uint32_t wa[4] = {w0.x, w0.y, w0.z, w0.w}, wb[4] = {w1.x, w1.y, w1.z, w1.w};
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+          uint32_t a[4], b[4];
+          e2m1_pairs(wa[q], a);
+          e2m1_pairs(wb[q], b);
+          mma_bf16(cf[m][f], a[0], b[0], a[1], b[1], xv[q].x, xv[q].y);
+          mma_bf16(cf[m][f], a[2], b[2], a[3], b[3], xv[q].z, xv[q].w);
+        }
+      }
+    }
+    // cf[m][f][2h + i]: weight row 16m + 8h + g, slot column 2t + i: scale group
+    // kGroupsPerChunk * c0 + 8f + 2t + i.
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+      for (int f = 0; f < NF; f++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          float s0, s1;
+          scale_f32x2<FMT>(st.ss[m][f][h], s0, s1);
+          acc[m][h][0] = fmaf(cf[m][f][2 * h], s0, acc[m][h][0]);
+          acc[m][h][0] = fmaf(cf[m][f][2 * h + 1], s1, acc[m][h][0]);
+        }
+  };
+
+  auto compute_batch = [&](const Stage<C, FMT> &st, int c0) {
 #pragma unroll
     for (int u = 0; u < U; u++) {
       uint32_t xa[4][4], xb[4][4];
       load_x(x, g, batch, k, c0 + u, t, xa);
-      if constexpr (C::B16) load_x(x, g + 8, batch, k, c0 + u, t, xb);
+      if constexpr (NB == 16) load_x(x, g + 8, batch, k, c0 + u, t, xb);
 #pragma unroll
       for (int m = 0; m < MT; m++) {
-        uint32_t slo, shi;
-        scale_pair<FMT>(cur.s[u][m], slo, shi);
-        const uint32_t w[4] = {cur.q[u][m].x, cur.q[u][m].y, cur.q[u][m].z, cur.q[u][m].w};
+        uint32_t slo[2], shi[2];
+        scale_pair<FMT>(st.s[u][m][0], slo[0], shi[0]);
+        scale_pair<FMT>(st.s[u][m][1], slo[1], shi[1]);
+        const uint4 w0 = st.q[u][m][0], w1 = st.q[u][m][1];
+        const uint32_t wa[4] = {w0.x, w0.y, w0.z, w0.w}, wb[4] = {w1.x, w1.y, w1.z, w1.w};
 #pragma unroll
         for (int q = 0; q < 4; q++) {
-          const uint32_t sc = q < 2 ? slo : shi;
-          const uint32_t b0 = bf16x2_mul(e2m1_pair<0>(w[q]), sc);
-          const uint32_t b1 = bf16x2_mul(e2m1_pair<1>(w[q]), sc);
-          const uint32_t b2 = bf16x2_mul(e2m1_pair<2>(w[q]), sc);
-          const uint32_t b3 = bf16x2_mul(e2m1_pair<3>(w[q]), sc);
-          const uint32_t a01[4] = {xa[q][0], C::B16 ? xb[q][0] : 0u, xa[q][1],
-                                   C::B16 ? xb[q][1] : 0u};
-          const uint32_t a23[4] = {xa[q][2], C::B16 ? xb[q][2] : 0u, xa[q][3],
-                                   C::B16 ? xb[q][3] : 0u};
-          mma_bf16(acc[m], a01, b0, b1);
-          mma_bf16(acc[m], a23, b2, b3);
+          uint32_t a[4], b[4];
+          e2m1_pairs(wa[q], a);
+          e2m1_pairs(wb[q], b);
+#pragma unroll
+          for (int j = 0; j < 4; j++) {
+            a[j] = bf16x2_mul(a[j], q < 2 ? slo[0] : shi[0]);
+            b[j] = bf16x2_mul(b[j], q < 2 ? slo[1] : shi[1]);
+          }
+          mma_bf16(acc[m][0], a[0], b[0], a[1], b[1], xa[q][0], xa[q][1]);
+          mma_bf16(acc[m][0], a[2], b[2], a[3], b[3], xa[q][2], xa[q][3]);
+          if constexpr (NB == 16) {
+            mma_bf16(acc[m][1], a[0], b[0], a[1], b[1], xb[q][0], xb[q][1]);
+            mma_bf16(acc[m][1], a[2], b[2], a[3], b[3], xb[q][2], xb[q][3]);
+          }
         }
       }
     }
-    cur = nxt;
-  }
-
-  // acc[m][i]: batch row g + 8 (i / 2), weight row row0 + 8 m + 2 t + i % 2.
-  auto store = [&](int64_t r0, int m, int i, float v) {
-    const int64_t row = r0 + 8 * m + 2 * t + (i & 1);
-    const int b = g + 8 * (i >> 1);
-    if (row < n && b < batch) y[int64_t(b) * n + row] = fmt::f32_to_bf16(v * post);
   };
-  if constexpr (KW == 1) {
+
+  // Ring: at sub-step s the warp refills the slot it computed last (P stages ahead), then
+  // computes slot s.
+  for (int c = cfirst; c < nchunks; c += (P + 1) * step) {
 #pragma unroll
-    for (int m = 0; m < MT; m++)
-#pragma unroll
-      for (int i = 0; i < NI; i++) store(row0, m, i, acc[m][i]);
-  } else {
-    __shared__ float red[KW][RW * MT * NI * 32];
-#pragma unroll
-    for (int m = 0; m < MT; m++)
-#pragma unroll
-      for (int i = 0; i < NI; i++) red[kw][((rw * MT + m) * NI + i) * 32 + lane] = acc[m][i];
-    __syncthreads();
-    // o % 32 == lane (the stride is a multiple of 32), so store() maps it with this lane's g, t.
-    for (int o = threadIdx.x; o < RW * MT * NI * 32; o += C::kThreads) {
-      float s = 0.0f;
-#pragma unroll
-      for (int w = 0; w < KW; w++) s += red[w][o];
-      const int oi = (o >> 5) % NI, om = (o >> 5) / NI % MT, orw = (o >> 5) / NI / MT;
-      store(int64_t(blockIdx.x) * C::kRows + 8 * MT * orw, om, oi, s);
+    for (int s = 0; s <= P; s++) {
+      const int cs = c + s * step;
+      if (cs >= nchunks) break;
+      load_stage(ring[(s + P) % (P + 1)], cs + P * step);
+      if constexpr (C::kSlot) {
+        compute_slot(ring[s], cs);
+      } else {
+        compute_batch(ring[s], cs);
+      }
     }
   }
-}
 
-template <class C, int FMT, bool AL16>
-void launch_kernel(const uint16_t *x, const uint8_t *codes, const uint8_t *scales, float post,
-                   uint16_t *y, int64_t batch, int64_t n, int64_t k, cudaStream_t stream) {
-  const int64_t blocks = (n + C::kRows - 1) / C::kRows;
-  gemv_kernel<C, FMT, AL16><<<unsigned(blocks), C::kThreads, 0, stream>>>(
-      x, codes, scales, post, y, int(batch), int(n), int(k));
-}
-
-// Runs variant C (C::B16 must hold when batch > 8).
-template <class C>
-fp4_status gemv_variant(int32_t format, const uint16_t *x, const uint8_t *codes,
-                        const uint8_t *scales, float tensor_scale, uint16_t *y, int64_t batch,
-                        int64_t n, int64_t k, cudaStream_t stream) {
-  FP4_REQUIRE(batch <= (C::B16 ? 16 : 8), "fp4_gemv: batch %lld too large for the variant",
-              (long long)batch);
-  if (format == FP4_WEIGHTS_MXFP4) {
-    launch_kernel<C, FP4_WEIGHTS_MXFP4, true>(x, codes, scales, kUnscale, y, batch, n, k, stream);
-  } else if (k % 32 == 0) {
-    launch_kernel<C, FP4_WEIGHTS_NVFP4, true>(x, codes, scales, kUnscale * tensor_scale, y, batch,
-                                              n, k, stream);
+  // Partial sums of the KW warps meet in shared memory.
+  constexpr int kOut = C::kSlot ? 16 * MT : 16 * MT * NB;  // outputs per block
+  __shared__ float red[KW][kOut];
+  if constexpr (C::kSlot) {
+    // Sum the slot columns (lanes t) of each weight row; lane t = 0 holds rows g, g + 8.
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        float v = acc[m][h][0];
+        v += __shfl_xor_sync(0xffffffffu, v, 1);
+        v += __shfl_xor_sync(0xffffffffu, v, 2);
+        if (t == 0) red[kw][16 * m + 8 * h + g] = v;
+      }
   } else {
-    launch_kernel<C, FP4_WEIGHTS_NVFP4, false>(x, codes, scales, kUnscale * tensor_scale, y,
-                                               batch, n, k, stream);
+    // C[row][batch]: c0, c1 = batch 2t, 2t + 1 of row g; c2, c3 the same of row g + 8.
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+      for (int bh = 0; bh < NB / 8; bh++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+          const int row = 16 * m + 8 * (i >> 1) + g, b = 8 * bh + 2 * t + (i & 1);
+          red[kw][b * 16 * MT + row] = acc[m][bh][i];
+        }
   }
+  __syncthreads();
+  for (int o = threadIdx.x; o < kOut; o += C::kThreads) {
+    float s = 0.0f;
+#pragma unroll
+    for (int w = 0; w < KW; w++) s += red[w][o];
+    const int64_t row = row0 + o % (16 * MT);
+    const int b = o / (16 * MT);
+    if (row < n && b < batch) y[int64_t(b) * n + row] = fmt::f32_to_bf16(s * post);
+  }
+}
+
+// The variants kept from the H100 sweeps of 2026-11-23 (bench/notes/fp4_gemm.md, version 3).
+using Slot = GemvCfg<1, 8, 2, 1, 1, 3>;        // batch 1
+using SlotWide = GemvCfg<2, 8, 2, 1, 1, 2>;    // batch 1 where Slot leaves a short second round
+using Batch8 = GemvCfg<1, 8, 2, 1, 8>;         // batch 2..8
+using Batch16 = GemvCfg<2, 8, 1, 1, 16, 2>;    // batch 9..16
+using Batch16Narrow = GemvCfg<2, 4, 1, 1, 16, 4>;  // batch 9..16 with many row tiles
+
+using KernelFn = void (*)(const uint16_t *, const uint8_t *, const uint8_t *, float, uint16_t *,
+                          int, int, int);
+
+// Aligned: 16-byte code rows (k % 32 == 0 and codes 16-byte aligned) and 16-bit scale pairs (an
+// even number of groups per row, scales 2-byte aligned).
+bool aligned_call(int32_t format, const uint8_t *codes, const uint8_t *scales, int64_t k) {
+  return k % (format == FP4_WEIGHTS_MXFP4 ? 64 : 32) == 0 && uintptr_t(codes) % 16 == 0 &&
+         uintptr_t(scales) % 2 == 0;
+}
+
+// The kernel of variant C for a call's format and alignment, with the slot path's shared memory
+// limit raised once per device; `smem` is the call's dynamic shared memory.
+template <class C>
+fp4_status kernel_for(int32_t format, bool aligned, int64_t k, KernelFn *out, size_t *smem) {
+  const int i = (format == FP4_WEIGHTS_NVFP4 ? 2 : 0) + (aligned ? 1 : 0);
+  static const KernelFn kernels[4] = {
+      gemv_kernel<C, FP4_WEIGHTS_MXFP4, false>, gemv_kernel<C, FP4_WEIGHTS_MXFP4, true>,
+      gemv_kernel<C, FP4_WEIGHTS_NVFP4, false>, gemv_kernel<C, FP4_WEIGHTS_NVFP4, true>};
+  *out = kernels[i];
+  *smem = C::kSlot ? size_t((k + kChunk - 1) / kChunk + C::U) * 16 * sizeof(uint4) : 0;
+  if constexpr (C::kSlot) {
+    static int raised_on[4] = {-1, -1, -1, -1};
+    int dev = 0;
+    FP4_CU(cudaGetDevice(&dev));
+    if (raised_on[i] != dev) {
+      FP4_CU(cudaFuncSetAttribute(kernels[i], cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  kSlotMaxSmem));
+      raised_on[i] = dev;
+    }
+  }
+  return FP4_OK;
+}
+
+// Enqueues variant C (batch within its NB; the slot path needs k within kSlotMaxChunks chunks).
+template <class C>
+fp4_status run(int32_t format, const uint16_t *x, const uint8_t *codes, const uint8_t *scales,
+               float tensor_scale, uint16_t *y, int64_t batch, int64_t n, int64_t k,
+               cudaStream_t stream) {
+  KernelFn kernel = nullptr;
+  size_t smem = 0;
+  if (fp4_status s = kernel_for<C>(format, aligned_call(format, codes, scales, k), k, &kernel,
+                                   &smem))
+    return s;
+  const float post = (C::kSlot ? kSlotUnscale : kUnscale) *
+                     (format == FP4_WEIGHTS_NVFP4 ? tensor_scale : 1.0f);
+  const int64_t blocks = (n + C::kRows - 1) / C::kRows;
+  kernel<<<unsigned(blocks), C::kThreads, smem, stream>>>(x, codes, scales, post, y, int(batch),
+                                                         int(n), int(k));
   FP4_CU_LAUNCH();
+  return FP4_OK;
+}
+
+// Rounds of resident Slot blocks the call needs (blocks / (blocks per SM x SMs)).
+fp4_status slot_rounds(int32_t format, const uint8_t *codes, const uint8_t *scales, int64_t n,
+                       int64_t k, double *rounds) {
+  KernelFn kernel = nullptr;
+  size_t smem = 0;
+  if (fp4_status s = kernel_for<Slot>(format, aligned_call(format, codes, scales, k), k, &kernel,
+                                      &smem))
+    return s;
+  int dev = 0, sms = 0, per_sm = 0;
+  FP4_CU(cudaGetDevice(&dev));
+  FP4_CU(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  FP4_CU(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, Slot::kThreads, smem));
+  *rounds = double((n + Slot::kRows - 1) / Slot::kRows) / double(std::max(1, per_sm * sms));
   return FP4_OK;
 }
 
@@ -269,19 +533,28 @@ fp4_status fp4_gemv_launch(int32_t format, const uint16_t *x, const uint8_t *cod
                            int64_t n, int64_t k, void *stream) {
   FP4_REQUIRE(batch <= kGemvMaxBatch, "fp4_gemv: batch %lld > %lld", (long long)batch,
               (long long)kGemvMaxBatch);
+  FP4_REQUIRE(uintptr_t(x) % 16 == 0 && uintptr_t(codes) % 8 == 0,
+              "fp4_gemv: x must be 16-byte and codes 8-byte aligned");
   auto s = static_cast<cudaStream_t>(stream);
-  // From the H100 sweep of 2026-11-23 (bench/notes/fp4_gemm.md): within 4% of the best variant
-  // on every Llama-3 shape and batch measured.
-  if (batch == 1) {
-    return gemv_variant<GemvCfg<1, 1, 8, 2, false>>(format, x, codes, scales, tensor_scale, y,
-                                                    batch, n, k, s);
+  // Dispatch from the H100 sweeps (bench/notes/fp4_gemm.md, version 3).
+  if (batch == 1 && (k + kChunk - 1) / kChunk <= kSlotMaxChunks) {
+    // A second round of resident blocks that is mostly empty (n = 8192 on the H100: 1.3 rounds)
+    // costs more than the wider tiles' lower occupancy.
+    double rounds = 0;
+    if (fp4_status st = slot_rounds(format, codes, scales, n, k, &rounds)) return st;
+    return rounds > 1.0 && rounds < 1.5
+               ? run<SlotWide>(format, x, codes, scales, tensor_scale, y, batch, n, k, s)
+               : run<Slot>(format, x, codes, scales, tensor_scale, y, batch, n, k, s);
   }
-  if (batch <= 8 && n * k < (int64_t(1) << 27)) {
-    return gemv_variant<GemvCfg<2, 1, 8, 2, false>>(format, x, codes, scales, tensor_scale, y,
-                                                    batch, n, k, s);
-  }
-  return gemv_variant<GemvCfg<4, 1, 8, 1, true>>(format, x, codes, scales, tensor_scale, y, batch,
-                                                 n, k, s);
+  if (batch <= 8) return run<Batch8>(format, x, codes, scales, tensor_scale, y, batch, n, k, s);
+  // Narrow blocks (4 warps, 4 per SM) spread the k loop over fewer warps; they pay where every SM
+  // gets at least 3 of them.
+  int dev = 0, sms = 0;
+  FP4_CU(cudaGetDevice(&dev));
+  FP4_CU(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  return (n + Batch16Narrow::kRows - 1) / Batch16Narrow::kRows >= 3 * int64_t(sms)
+             ? run<Batch16Narrow>(format, x, codes, scales, tensor_scale, y, batch, n, k, s)
+             : run<Batch16>(format, x, codes, scales, tensor_scale, y, batch, n, k, s);
 }
 
 }  // namespace fp4::cuda
