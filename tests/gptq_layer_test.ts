@@ -6,7 +6,7 @@ import { proxyLoss } from "../lib/gptq/reference.ts";
 import { resolveSpec } from "../lib/formats/spec.ts";
 import { groupQuantizer } from "../lib/gptq/quantizer.ts";
 import { hessianOf, outputError, syntheticLayer } from "../lib/gptq/synthetic.ts";
-import { hadamard } from "../lib/formats/hadamard.ts";
+import { hadamard, hadamardF64 } from "../lib/formats/hadamard.ts";
 import { dequantize, quantize, unpackCodes } from "../lib/formats/quantize.ts";
 import { cudaStatus, type Device, deviceId } from "../lib/device.ts";
 import { upperCholeskyOfInverse } from "../lib/gptq/linalg.ts";
@@ -518,4 +518,38 @@ Deno.test("native proxy loss equals the reference's", async () => {
   const want = proxyLoss(w, q, h, rows, cols);
   assert(want > 0 && Math.abs(got - want) <= 1e-12 * want, `${got} vs ${want}`);
   await assertRejects(() => proxyLossNative(w, q, h, rows + 1, cols), Error, "do not fit");
+});
+
+Deno.test("a Hessian given already rotated (hessianRotated) gives the same layer as rotating it here; a shared Hessian gives the same layer twice", async () => {
+  const rows = 48, cols = 128, n = 512;
+  const l = syntheticLayer(rows, cols, n, 1 + Math.floor(Math.random() * 1e6));
+  const h = Float32Array.from(hessianOf(l.x, n, cols));
+  for (const rot of [{ block: 16 }, { block: 32, seed: 5 }]) {
+    // R^T H R in float64 as the rows of (H R)^T rotated, transposed: bit for bit what
+    // quantizeLayer computes itself.
+    const a = hadamardF64(Float64Array.from(h), [cols, cols], rot);
+    const t = new Float64Array(a.length);
+    for (let i = 0; i < cols; i++) for (let j = 0; j < cols; j++) t[j * cols + i] = a[i * cols + j];
+    const b = hadamardF64(t, [cols, cols], rot);
+    const hr = new Float32Array(b.length);
+    for (let i = 0; i < cols; i++) {
+      for (let j = 0; j < cols; j++) hr[i * cols + j] = b[j * cols + i];
+    }
+    const opts = {
+      format: "nvfp4",
+      method: "mr-gptq" as const,
+      hadamard: rot.block,
+      hadamardSeed: rot.seed,
+    };
+    const here = await quantizeLayer(l.w, rows, cols, h, opts);
+    const given = await quantizeLayer(l.w, rows, cols, hr, { ...opts, hessianRotated: true });
+    assert(here.dequantized.every((v, i) => v === given.dequantized[i]), `rotation ${rot.block}`);
+    const shared = new Hessian(cols);
+    await shared.add(Float32Array.from(l.x), n);
+    const first = await quantizeLayer(l.w, rows, cols, shared, opts);
+    const again = await quantizeLayer(l.w, rows, cols, shared, opts);
+    assert(
+      first.dequantized.every((v, i) => v === again.dequantized[i]) && first.proxyLoss > 0,
+    );
+  }
 });

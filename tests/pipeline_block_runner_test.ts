@@ -9,6 +9,7 @@ import { embed, forwardNll, nativeLinear, runLayer } from "../lib/model/forward.
 import { cpuBlockRunner, cudaBlockRunner } from "../lib/pipeline/block_runner.ts";
 import { quantizedLinear } from "../lib/pipeline/act_quant.ts";
 import { quantize } from "../lib/formats/quantize.ts";
+import { hadamardF64 } from "../lib/formats/hadamard.ts";
 import { type QuantizedModel, quantizeModel } from "../lib/pipeline/quantize_model.ts";
 import { testSeed, tinyModel, tokenWindows } from "./pipeline_fixture.ts";
 
@@ -128,6 +129,17 @@ Deno.test({
       );
     }
     assertEquals([...hessians[1].keys()], [...hessians[0].keys()]);
+    // The GPU rotates the inputs before accumulating (MR-GPTQ's rotation, block 16 for NVFP4):
+    // compare with R^T H R of the CPU's Hessian in float64.
+    for (const [g, h] of hessians[0]) {
+      const cols = Math.sqrt(h.length);
+      const a = hadamardF64(Float64Array.from(h), [cols, cols], { block: 16 });
+      const t = new Float64Array(a.length);
+      for (let i = 0; i < cols; i++) {
+        for (let j = 0; j < cols; j++) t[j * cols + i] = a[i * cols + j];
+      }
+      hessians[0].set(g, Float32Array.from(hadamardF64(t, [cols, cols], { block: 16 })));
+    }
     for (const [g, h] of hessians[0]) {
       const d = hessians[1].get(g)!;
       if (g.startsWith("model.layers.0.")) {

@@ -509,7 +509,9 @@ export function groupScales(q: Quantized): Float32Array {
   if (bytes === 1) {
     // Each of the 256 bit patterns is decoded once.
     const table = Float32Array.from({ length: 256 }, (_, b) => effectiveScale(p, b, q.tensorScale));
-    return Float32Array.from(q.scales, (b) => table[b]);
+    const out = new Float32Array(n);
+    for (let g = 0; g < n; g++) out[g] = table[q.scales[g]];
+    return out;
   }
   const out = new Float32Array(n);
   for (let g = 0; g < n; g++) {

@@ -55,6 +55,11 @@ export interface QuantizeLayerOptions {
   hadamard?: number;
   /** Seed of the Hadamard's random column signs (lib/formats `hadamard`); default none. */
   hadamardSeed?: number | bigint;
+  /**
+   * The Hessian is already that of the rotated inputs (R^T H R for this call's rotation, e.g.
+   * accumulated from inputs rotated on the device), so it is used as given.
+   */
+  hessianRotated?: boolean;
   /** Elements per scale; default the format's (mxfp4 32, nvfp4 16, int4 128). */
   groupSize?: number;
   /** E8M0 scale rule; default the one in `format` (OCP for the mxfp4 preset). */
@@ -184,10 +189,14 @@ async function rotateRows(
 
 /** A Hessian read back, checked and rotated once for every layer that shares it (q/k/v, gate/up). */
 interface PreparedHessian {
+  /** The rotation applied here ("" when none was, or H came rotated). */
   rotation: string;
   h: Float32Array | ArrayLike<number>;
-  hr: Float64Array;
+  /** The float64 rotation of H when this module rotated it. */
+  hr: Float64Array | null;
+  /** H in the rotated space as the solvers take it, and its diagonal. */
   hr32: Float32Array;
+  diag: Float64Array;
 }
 const prepared = new WeakMap<Hessian, PreparedHessian>();
 
@@ -250,14 +259,16 @@ export async function quantizeLayer(
     : null;
   const w32 = Float32Array.from(w);
   const wr = rot ? await rotateRows(w32, rows, cols, rot) : w32;
-  const rotation = rot ? `${rot.block}|${rot.seed ?? ""}` : "";
+  const rotation = rot && !options.hessianRotated ? `${rot.block}|${rot.seed ?? ""}` : "";
   let ph = memo;
   if (!ph || ph.rotation !== rotation) {
-    const hr = rot ? rotateHessian(Float64Array.from(h), cols, rot) : Float64Array.from(h);
-    ph = { rotation, h, hr, hr32: Float32Array.from(hr) };
+    const hr = rotation ? rotateHessian(Float64Array.from(h), cols, rot!) : null;
+    const hr32 = hr ? Float32Array.from(hr) : h instanceof Float32Array ? h : Float32Array.from(h);
+    const diag = Float64Array.from({ length: cols }, (_, j) => (hr ?? h)[j * cols + j]);
+    ph = { rotation, h, hr, hr32, diag };
     if (hessian instanceof Hessian) prepared.set(hessian, ph);
   }
-  const hr = ph.hr;
+  const prep = ph;
   const codec = quantizer.codec;
   const actOrder = options.actOrder ?? "static";
   const base = {
@@ -291,7 +302,7 @@ export async function quantizeLayer(
       scales: c.effective,
       tensorScale: c.tensorScale,
       dequantized: dq,
-      proxyLoss: await proxyLossNative(wr, dq, ph.hr32, rows, cols),
+      proxyLoss: await proxyLossNative(wr, dq, prep.hr32, rows, cols),
       damp: 0,
     };
   }
@@ -302,7 +313,7 @@ export async function quantizeLayer(
     maxDampRetries: options.maxDampRetries,
   };
   if ((options.solver ?? "native") === "reference") {
-    const r = gptqReference(wr, hr.slice(), rows, cols, {
+    const r = gptqReference(wr, prep.hr ? prep.hr.slice() : Float64Array.from(prep.h), rows, cols, {
       ...common,
       quantizer,
       scales: options.scales,
@@ -332,16 +343,14 @@ export async function quantizeLayer(
   // it goes to the solver where it lies.
   let dead = 0;
   for (let j = 0; j < cols; j++) {
-    if (hr[j * cols + j] !== 0) continue;
+    if (prep.diag[j] !== 0) continue;
     dead++;
     for (let r = 0; r < rows; r++) wr[r * cols + j] = 0;
   }
   const c = await chooseGroupScalesNative(wr, rows, cols, spec, solverDevice);
-  const order = actOrder === "static"
-    ? descendingOrder(Float64Array.from({ length: cols }, (_, j) => hr[j * cols + j]))
-    : undefined;
+  const order = actOrder === "static" ? descendingOrder(prep.diag) : undefined;
   const wIn = !rot && !dead && weights instanceof Tensor ? weights : wr;
-  const hIn = !rot && hessian instanceof Tensor ? hessian : ph.hr32;
+  const hIn = !rot && hessian instanceof Tensor ? hessian : prep.hr32;
   const r = await gptqSolveNative(wIn, hIn, rows, cols, {
     ...common,
     scales: c.effective,

@@ -9,6 +9,10 @@
  *
  * @module
  */
+import { checkAsync, native } from "../../ffi/library.ts";
+import { deviceId } from "../device.ts";
+import { abiDType } from "../dtype.ts";
+import type { HadamardOptions } from "../formats/hadamard.ts";
 import { DecodeEngine } from "../generate/engine.ts";
 import { Hessian } from "../gptq/hessian.ts";
 import { embed, type Linear, runLayer } from "../model/forward.ts";
@@ -23,6 +27,11 @@ import { HessianCapture, hessianGroup } from "./calibrate.ts";
 export interface BlockRunner {
   /** Calibration windows held. */
   readonly windows: number;
+  /**
+   * The rotation whose Hessians {@linkcode calibrate} returns (those of the rotated inputs,
+   * R^T H R), or null for the Hessians of the inputs as they are.
+   */
+  readonly hessianRotation: HadamardOptions | null;
   /**
    * Hessians (keyed by {@linkcode hessianGroup}) of the inputs of block `block`'s linear layers
    * over every window, the block running with its current weights; `onWindow` after each window.
@@ -66,6 +75,7 @@ export function cpuBlockRunner(
   const states = calibration.map((ids) => embed(model, ids));
   return {
     windows: states.length,
+    hessianRotation: null,
     async calibrate(block, onWindow) {
       const capture = new HessianCapture(model, block);
       for (const s of states) {
@@ -90,7 +100,8 @@ export function cpuBlockRunner(
 /**
  * The GPU runner: one {@linkcode DecodeEngine} on CUDA holding the model, every window's
  * residual stream on the device, Hessians accumulated on the device from the engine's
- * activations (BF16 widened to f32), and each quantized layer swapped into the engine as soon as
+ * activations (BF16 widened to f32; with `rotation`, rotated there first, so the GPTQ solver gets
+ * R^T H R without rotating it on the host), and each quantized layer swapped into the engine as soon as
  * it is quantized with its input scheme: as packed MXFP4/NVFP4 for the W4A16 kernels (exact
  * dequantization, f32 accumulation), other formats as dequantized f32 weights.
  *
@@ -113,6 +124,7 @@ export function cpuBlockRunner(
 export function cudaBlockRunner(
   model: LlamaModel,
   calibration: readonly Int32Array[],
+  rotation: HadamardOptions | null = null,
 ): BlockRunner & Disposable {
   const longest = Math.max(1, ...calibration.map((ids) => ids.length));
   const engine = DecodeEngine.create(model, {
@@ -131,8 +143,29 @@ export function cudaBlockRunner(
     dispose();
     throw e;
   }
+  const seed = rotation?.seed === undefined ? null : BigInt(rotation.seed);
+  // In place, in f32: the capture buffer is the engine's and is not read again.
+  const rotate = (x: Tensor) =>
+    checkAsync(
+      native().fp4_hadamard(
+        deviceId("cuda"),
+        abiDType("f32"),
+        x.pointer(),
+        abiDType("f32"),
+        x.pointer(),
+        BigInt(x.shape[0]),
+        BigInt(x.shape[1]),
+        rotation!.block,
+        0,
+        seed === null ? 0 : 1,
+        seed ?? 0n,
+      ),
+      "fp4_hadamard",
+      [x],
+    );
   return {
     windows: states.length,
+    hessianRotation: rotation,
     async calibrate(block, onWindow) {
       const hessians = new Map<string, Hessian>();
       try {
@@ -144,6 +177,7 @@ export function cudaBlockRunner(
               h = new Hessian(x.shape[1], { device: "cuda" });
               hessians.set(group, h);
             }
+            if (rotation) await rotate(x);
             await h.add(x, x.shape[0]);
           });
           onWindow();

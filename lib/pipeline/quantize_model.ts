@@ -66,7 +66,10 @@ export interface QuantizeModelOptions {
   damp?: number;
   /** Called after every window or layer. */
   onProgress?: (p: QuantizeProgress) => void;
-  /** Called with each block's Hessians (by group) before its layers are quantized (freed after). */
+  /**
+   * Called with each block's Hessians (by group) before its layers are quantized (freed after);
+   * on CUDA with GPTQ methods, those of the rotated inputs (R^T H R).
+   */
   onHessians?: (block: number, hessians: ReadonlyMap<string, Hessian>) => void;
 }
 
@@ -171,6 +174,7 @@ async function quantizeOne(
   rotation: HadamardOptions | null,
   device: Device,
   damp: number | undefined,
+  hessianRotated: boolean,
 ): Promise<LayerResult> {
   if (method === "rtn") {
     const wr = rotation ? hadamard(w, [rows, cols], rotation) : w;
@@ -188,6 +192,8 @@ async function quantizeOne(
     format,
     method,
     hadamard: rotation?.block ?? 0,
+    hadamardSeed: rotation?.seed,
+    hessianRotated,
     damp,
     device,
   });
@@ -283,8 +289,9 @@ export async function quantizeModel(
   const layers = new Map<string, QuantizedLinear>();
   const timings = { calibrate: 0, quantize: 0, propagate: 0 };
   const progress = options.onProgress ?? (() => {});
+  // GPTQ on CUDA takes the Hessians of the rotated inputs, rotated on the device as captured.
   const runner = device === "cuda"
-    ? cudaBlockRunner(model, calibration)
+    ? cudaBlockRunner(model, calibration, method === "rtn" ? null : rotation)
     : cpuBlockRunner(model, calibration, linear);
   try {
     for (let b = 0; b < c.numLayers; b++) {
@@ -319,6 +326,7 @@ export async function quantizeModel(
           rotation,
           device,
           options.damp,
+          runner.hessianRotation !== null,
         );
         const dense: Weight = { dtype: "f32", shape: [rows, cols], data: r.dequantized };
         model.setWeight(`${name}.weight`, dense);
