@@ -12,6 +12,7 @@ import { perplexity, WINDOW_TOKENS } from "../model/perplexity.ts";
 import { testModelDir } from "../paths.ts";
 import { parseDevice, requireDevice } from "../device.ts";
 import { DecodeEngine } from "../generate/engine.ts";
+import type { Fp4Weights } from "../kernels/fp4_linear.ts";
 import type { InputScheme } from "../pipeline/act_quant.ts";
 import { formatTable, Progress } from "./table.ts";
 import type { Linear } from "../model/forward.ts";
@@ -186,9 +187,10 @@ async function evaluate(values: {
   let model: LlamaModel;
   let linear: Linear | undefined;
   let schemes: ReadonlyMap<string, InputScheme> = new Map();
+  let fp4: ReadonlyMap<string, Fp4Weights> = new Map();
   const config = JSON.parse(await Deno.readTextFile(`${modelDir}/config.json`).catch(() => "{}"));
   if (config.quantization_config) {
-    ({ model, linear, schemes } = await loadQuantized(modelDir));
+    ({ model, linear, schemes, fp4 } = await loadQuantized(modelDir));
   } else {
     model = await LlamaModel.load(modelDir, {
       onProgress: (_done, total) => (loading ??= new Progress("load", total)).tick(),
@@ -200,8 +202,9 @@ async function evaluate(values: {
       `the model's max_position_embeddings ${model.config.maxPositionEmbeddings} is below the ${WINDOW_TOKENS}-token window`,
     );
   }
+  // MXFP4/NVFP4 checkpoints run their packed weights through the FP4 kernels on CUDA.
   using engine = device === "cuda"
-    ? DecodeEngine.create(model, { device, contextLength: WINDOW_TOKENS, schemes })
+    ? DecodeEngine.create(model, { device, contextLength: WINDOW_TOKENS, schemes, quantized: fp4 })
     : undefined;
   const ids = tokenizer.encode(text);
   const available = Math.floor(ids.length / WINDOW_TOKENS);
