@@ -312,6 +312,60 @@ for (const device of DEVICES) {
   });
 }
 
+// The persistent tiled CUDA paths (E2M1 groups of 16/32, bf16 or f32) on tensors of many 8192-element
+// tiles, more than one per CTA and a partial last one, against the CPU backend byte for byte;
+// a planted NaN must be reported at the same element as the CPU reports it.
+Deno.test({
+  name: "[cuda] tiled quantize and rotate+quantize equal the CPU backend on large tensors",
+  ignore: !cudaStatus().available,
+  fn: async () => {
+    const r = rng(SEED ^ 0x27d4eb2f);
+    const [rows, cols] = [1100, 4224]; // 567.2 tiles of 8192 elements
+    const x = randomMatrix(r, rows, cols);
+    const b = new Uint16Array(x.length).map((_, i) => f32ToBf16(x[i]));
+    for (const dtype of ["bf16", "f32"] as const) {
+      using xc = dtype === "bf16"
+        ? Tensor.from(b, [rows, cols], "bf16")
+        : Tensor.from(x, [rows, cols]);
+      using xd = xc.to("cuda");
+      for (const spec of ["nvfp4", "mxfp4", "nvfp4:g32", "mxfp4:g16", "mxfp4:rule=mr-gptq"]) {
+        for (const rotate of [false, true]) {
+          const seed = rotate && r() < 0.5 ? Math.floor(r() * 1e6) : undefined;
+          const run = (device: Device, t: Tensor) =>
+            rotate
+              ? rotateQuantizeOn(device, t, { block: 128, seed }, spec)
+              : quantizeOn(device, t, spec);
+          const what = `${dtype} ${spec} rotate ${rotate} seed ${seed}`;
+          const a = await run("cpu", xc), c = await run("cuda", xd);
+          const qa = toQuantized(a), qc = toQuantized(c);
+          disposeQuantized(a);
+          disposeQuantized(c);
+          assertSame(qc.codes, qa.codes, `${what} codes`);
+          assertSame(qc.scales, qa.scales, `${what} scales`);
+          assert(Object.is(qc.tensorScale, qa.tensorScale), tag(`${what} tensor scale`));
+        }
+      }
+    }
+    const at = Math.floor(r() * x.length);
+    b[at] = r() < 0.5 ? 0x7fc0 : 0xff80; // NaN or -Infinity
+    using bc = Tensor.from(b, [rows, cols], "bf16");
+    using bd = bc.to("cuda");
+    for (const spec of ["nvfp4", "mxfp4"]) {
+      for (const rotate of [false, true]) {
+        const run = (device: Device, t: Tensor) =>
+          rotate ? rotateQuantizeOn(device, t, { block: 128 }, spec) : quantizeOn(device, t, spec);
+        const want = await assertRejects(() => run("cpu", bc), NativeError);
+        const got = await assertRejects(() => run("cuda", bd), NativeError);
+        assertEquals(
+          got.message,
+          want.message,
+          tag(`${spec} rotate ${rotate} bad element at ${at}`),
+        );
+      }
+    }
+  },
+});
+
 // GPTQ fixes its group scales with chooseGroupScalesNative (the MSE search natively): it must
 // give chooseGroupScales' bits, tensor scale and effective scales exactly, outliers included.
 Deno.test("chooseGroupScalesNative equals chooseGroupScales bit for bit", async () => {

@@ -4,7 +4,17 @@
 //
 // Layout: x [rows, cols] f32 or bf16, row-major; groups of `len` consecutive elements.
 // Paths:
-//  - coalesced (groups of 8·2^k elements, k <= 5, no MSE): each thread owns 8 consecutive
+//  - tiled (E2M1 with nearest rounding, groups of 16 or 32, n a multiple of 32, no zero points):
+//    persistent kernels on the tile ring of quantize_fast.cuh. Each thread owns 32 consecutive
+//    elements of a 8192-element tile (its 64 bytes of bf16 read from shared memory), so its one
+//    or two groups need no shuffles; it derives each group's scale once (inlined rule), encodes
+//    with the exact fast encoder and divider, and writes its 16 code bytes in one store and its
+//    scale bytes. With a tensor amax a first persistent kernel writes each CTA's max |x|; the
+//    quantize kernel (dependent launch: its first tiles load while the first drains) reduces
+//    those partials and walks the tiles backwards, starting on what the first left in L2.
+//    Non-finite input: each CTA writes the first bad index it saw. Bytes moved: reads x once
+//    (twice with a tensor amax), writes n/2 code bytes and n/len scale bytes.
+//  - coalesced (other groups of 8·2^k elements, k <= 5, no MSE): each thread owns 8 consecutive
 //    elements (one 16-byte load of bf16), the len/8 lanes of a group reduce its statistics with
 //    shuffles, and each thread stores its 4 (4-bit) or 8 code bytes in one store, so a warp
 //    reads 512 contiguous bytes and writes 128 per instruction. E2M1 with nearest rounding
@@ -19,11 +29,14 @@
 //  - two-phase: scales per group (phase A), then one thread per code byte (phase B) for odd
 //    4-bit groups and tensor-wide groups (whose stats come from a reduction; an MSE search over
 //    a tensor-wide group runs on the host to keep the float64 error sum in element order).
-// Non-finite input is found with an atomicMin over the linear index, read back after the run.
+// Non-finite input is otherwise found with an atomicMin over the linear index, read back after
+// the run.
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdio>
+#include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "../cuda_backend.hpp"
@@ -271,6 +284,111 @@ __global__ void __launch_bounds__(kVecThreads)
   }
 }
 
+// ---- The tiled path (header comment) ----
+
+// Per-CTA max |x| bits of the whole tensor into part[blockIdx.x] (bf16: over packed pairs).
+// The first kernel of a call: launched after everything before it, it lets the quantize
+// kernel start at once (that kernel waits before reading part).
+template <bool kBf16>
+__global__ void __launch_bounds__(kTileThreads, kCtasPerSm)
+    tile_amax_kernel(const void *x, uint64_t n, uint32_t *part) {
+  pdl_launch_dependents();
+  constexpr uint32_t kEB = kBf16 ? 2 : 4;
+  extern __shared__ __align__(128) uint8_t ring[];
+  __shared__ uint64_t full[kStages];
+  __shared__ uint32_t red[kTileThreads / 32];
+  TileWalk walk(x, n * kEB, kEB, false, ring, full);
+  if (threadIdx.x == 0) walk.start();
+  __syncthreads();
+  uint32_t m = 0;  // bf16: two 16-bit lanes of magnitude bits; f32: magnitude bits
+  for (uint32_t i = 0; i < walk.count; i++) {
+    const uint8_t *seg = walk.wait(i);
+    if (walk.first(i) < n) {
+      const uint4 *p = reinterpret_cast<const uint4 *>(seg);
+#pragma unroll
+      for (int c = 0; c < kSeg * int(kEB) / 16; c++) {
+        const uint4 q = p[c];
+        if constexpr (kBf16) {
+          m = max_u16x2(m, q.x & 0x7fff7fffu);
+          m = max_u16x2(m, q.y & 0x7fff7fffu);
+          m = max_u16x2(m, q.z & 0x7fff7fffu);
+          m = max_u16x2(m, q.w & 0x7fff7fffu);
+        } else {
+          m = max(m, max(max(q.x & 0x7fffffffu, q.y & 0x7fffffffu),
+                         max(q.z & 0x7fffffffu, q.w & 0x7fffffffu)));
+        }
+      }
+    }
+    walk.release(i);
+  }
+  if (kBf16) m = max(m >> 16, m & 0xffffu) << 16;
+  m = block_max(m, red);
+  if (threadIdx.x == 0) part[blockIdx.x] = m;
+}
+
+// Codes and scales of groups of kLen (16 or 32) elements, E2M1 nearest; kScale as in
+// vec_group_kernel. The tensor scale, when there is one, from the amax partials (or the rule's
+// constant); block 0 writes it out. bad[blockIdx.x]: the first non-finite index seen.
+template <bool kBf16, int kLen, int kScale>
+__global__ void __launch_bounds__(kTileThreads, kCtasPerSm)
+    tile_quantize_kernel(QuantParams q, const void *x, uint64_t n, uint8_t *codes,
+                         uint8_t *scales, const uint32_t *amax_part, int parts,
+                         float *tensor_scale, unsigned long long *bad, bool reverse) {
+  constexpr uint32_t kEB = kBf16 ? 2 : 4;
+  constexpr int kGroups = kSeg / kLen;
+  extern __shared__ __align__(128) uint8_t ring[];
+  __shared__ uint64_t full[kStages];
+  __shared__ uint32_t red[kTileThreads / 32];
+  __shared__ unsigned long long first_bad;
+  TileWalk walk(x, n * kEB, kEB, reverse, ring, full);
+  if (threadIdx.x == 0) {
+    walk.start();
+    first_bad = ~0ull;
+  }
+  __syncthreads();
+  pdl_wait();
+  if (q.tensor_amax) q.s_t = tensor_scale_from(q, amax_part, parts, red);
+  if (q.has_st && blockIdx.x == 0 && threadIdx.x == 0) *tensor_scale = q.s_t;
+  for (uint32_t i = 0; i < walk.count; i++) {
+    const uint8_t *seg = walk.wait(i);
+    const uint64_t e0 = walk.first(i);
+    const bool live = e0 < n;
+    float v[kSeg];
+    uint32_t mag[kGroups];
+    if (live) load_seg<kBf16, kLen>(seg, v, mag);
+    walk.release(i);
+    if (!live) continue;
+    uint32_t word[kSeg / 8];
+#pragma unroll
+    for (int g = 0; g < kGroups; g++) {
+      const uint64_t g0 = e0 + g * kLen;
+      if (mag[g] >= 0x7f800000u) {  // a non-finite group: note it, the call fails
+        for (int r = 0; r < kLen; r++) {
+          if (!is_finite(v[g * kLen + r])) {
+            atomicMin(&first_bad, (unsigned long long)(g0 + r));
+            break;
+          }
+        }
+#pragma unroll
+        for (int c = 0; c < kLen / 8; c++) word[g * kLen / 8 + c] = 0;
+        continue;
+      }
+      const float amax = __uint_as_float(mag[g]);
+      const GroupScale gs = fast_scale<kScale>(q, amax);
+      store_scale(scales, g0 / kLen, gs.bits, kScale == kScaleGeneric ? q.scale_nbytes : 1);
+      if (gs.S == 0.0f) {  // every code +0
+#pragma unroll
+        for (int c = 0; c < kLen / 8; c++) word[g * kLen / 8 + c] = 0;
+      } else {
+        encode_run<kLen / 8>(divider_for<kScale>(gs, amax), v + g * kLen, word + g * kLen / 8);
+      }
+    }
+    reinterpret_cast<uint4 *>(codes)[e0 / kSeg] = make_uint4(word[0], word[1], word[2], word[3]);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) bad[blockIdx.x] = first_bad;
+}
+
 template <class Load>
 struct Offset {
   Load load;
@@ -481,6 +599,51 @@ cudaError_t launch_vec(const QuantParams &q, const void *x, const Layout &l, uin
   }
 }
 
+// The tiled path's launches ([amax partials,] codes and scales); *parts: the quantize grid,
+// whose bad-index partials the caller reads.
+template <bool kBf16, int kLen, int kScale>
+cudaError_t launch_tiled_as(const QuantParams &q, const void *x, uint64_t n, uint8_t *codes,
+                            uint8_t *scales, float *tensor_scale, const Workspace &ws,
+                            int *parts) {
+  constexpr auto kAmax = tile_amax_kernel<kBf16>;
+  constexpr auto kQuant = tile_quantize_kernel<kBf16, kLen, kScale>;
+  if (cudaError_t e = allow_tile_smem<kAmax>()) return e;
+  if (cudaError_t e = allow_tile_smem<kQuant>()) return e;
+  const TilePlan plan = tile_plan(ws, n, kBf16);
+  int amax_parts = 0;
+  if (q.tensor_amax) {
+    amax_parts = int(plan.grid);
+    if (cudaError_t e = launch_ex(kAmax, plan.grid, kTileThreads, plan.smem, false, x, n,
+                                  ws.amax)) {
+      return e;
+    }
+  }
+  *parts = int(plan.grid);
+  return launch_ex(kQuant, plan.grid, kTileThreads, plan.smem, q.tensor_amax != 0, q, x, n,
+                   codes, scales, static_cast<const uint32_t *>(ws.amax), amax_parts,
+                   tensor_scale, ws.bad, q.tensor_amax != 0);
+}
+
+template <bool kBf16>
+cudaError_t launch_tiled(const QuantParams &q, uint64_t len, const void *x, uint64_t n,
+                         uint8_t *codes, uint8_t *scales, float *tensor_scale,
+                         const Workspace &ws, int *parts) {
+  auto go = [&](auto len_c, auto scale_c) {
+    return launch_tiled_as<kBf16, decltype(len_c)::value, decltype(scale_c)::value>(
+        q, x, n, codes, scales, tensor_scale, ws, parts);
+  };
+  using L16 = std::integral_constant<int, 16>;
+  using L32 = std::integral_constant<int, 32>;
+  using Mx = std::integral_constant<int, kScaleMx>;
+  using Nv = std::integral_constant<int, kScaleNv>;
+  using Gen = std::integral_constant<int, kScaleGeneric>;
+  const int kind = fast_scale_kind(q);
+  if (len == 16) {
+    return kind == kScaleMx ? go(L16{}, Mx{}) : kind == kScaleNv ? go(L16{}, Nv{}) : go(L16{}, Gen{});
+  }
+  return kind == kScaleMx ? go(L32{}, Mx{}) : kind == kScaleNv ? go(L32{}, Nv{}) : go(L32{}, Gen{});
+}
+
 template <class Load>
 fp4_status quantize_with(const fp4_quant_spec &spec, Load load, int32_t dtype, const void *x,
                          uint64_t rows, uint64_t cols, uint8_t *codes, uint8_t *scales,
@@ -494,9 +657,24 @@ fp4_status quantize_with(const fp4_quant_spec &spec, Load load, int32_t dtype, c
   const bool vec = fused && q.mse_k == 0 && l.len % 8 == 0 && lanes <= 32 &&
                    (lanes & (lanes - 1)) == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
                    reinterpret_cast<uintptr_t>(codes) % (q.code_bits == 4 ? 4 : 8) == 0;
-  Scratch st_mem, sz_mem;
-  FP4_CU(cudaMallocAsync(&st_mem.p, sizeof(Stats), 0));
-  Stats *st = static_cast<Stats *>(st_mem.p);
+  const bool tiled = vec && q.elem == CODEC_E2M1 && !q.stochastic && q.rule != RULE_MINMAX &&
+                     (l.len == 16 || l.len == 32) && l.n % kSeg == 0 && zeros == nullptr &&
+                     reinterpret_cast<uintptr_t>(codes) % 16 == 0;
+  Workspace *ws;
+  if (fp4_status s = workspace(&ws)) return s;
+  std::lock_guard<std::recursive_mutex> hold(ws->lock);
+  if (tiled) {
+    int parts = 0;
+    FP4_CU(dtype == FP4_DTYPE_BF16
+               ? launch_tiled<true>(q, l.len, x, l.n, codes, scales, tensor_scale, *ws, &parts)
+               : launch_tiled<false>(q, l.len, x, l.n, codes, scales, tensor_scale, *ws, &parts));
+    if (!check) return FP4_OK;
+    unsigned long long bad;
+    if (fp4_status s = first_bad(*ws, parts, &bad)) return s;
+    return bad == ~0ull ? FP4_OK : report_bad(x, dtype, bad, cols);
+  }
+  Scratch sz_mem;
+  Stats *st = ws->st;
   init_stats_kernel<<<1, 1>>>(st);
   FP4_CU_LAUNCH();
   if (need_stats) {
@@ -573,6 +751,42 @@ fp4_status report_bad(const void *x, int32_t dtype, uint64_t index, uint64_t col
   return fail(FP4_ERR_NUMERIC, "non-finite value %s at (row %llu, col %llu)",
               js_number(v, buf, sizeof buf), (unsigned long long)(index / cols),
               (unsigned long long)(index % cols));
+}
+
+fp4_status workspace(Workspace **out) {
+  constexpr int kDevices = 64;
+  static Workspace spaces[kDevices];
+  static std::mutex init;
+  int dev = 0;
+  FP4_CU(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= kDevices) return fail(FP4_ERR_CUDA, "device %d has no workspace slot", dev);
+  Workspace &ws = spaces[dev];
+  std::lock_guard<std::mutex> hold(init);
+  if (!ws.st) {
+    int sms = 0;
+    FP4_CU(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    const int slots = sms * kCtasPerSm;
+    void *p = nullptr;
+    FP4_CU(cudaMalloc(&p, sizeof(Stats) + size_t(slots) * (sizeof(unsigned long long) + 4)));
+    ws.st = static_cast<Stats *>(p);
+    ws.bad = reinterpret_cast<unsigned long long *>(ws.st + 1);
+    ws.amax = reinterpret_cast<uint32_t *>(ws.bad + slots);
+    ws.slots = slots;
+    ws.sms = sms;
+  }
+  *out = &ws;
+  return FP4_OK;
+}
+
+fp4_status first_bad(const Workspace &ws, int parts, unsigned long long *bad) {
+  std::vector<unsigned long long> h(size_t(parts > 0 ? parts : 1), ~0ull);
+  if (parts > 0) {
+    FP4_CU(cudaMemcpy(h.data(), ws.bad, size_t(parts) * sizeof(unsigned long long),
+                      cudaMemcpyDeviceToHost));
+  }
+  *bad = ~0ull;
+  for (unsigned long long b : h) *bad = b < *bad ? b : *bad;
+  return FP4_OK;
 }
 
 fp4_status quantize_unchecked(const fp4_quant_spec &spec, int32_t dtype, const void *x,

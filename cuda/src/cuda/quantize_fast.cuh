@@ -4,18 +4,29 @@
 //    instead of the generic minifloat walk;
 //  - GroupDivider: RN(m / S) for every element m >= 0 of a group with scale S, from one
 //    reciprocal per group (IEEE division costs a MUFU and a range check per element);
-//  - encode8: the packed codes of 8 elements, with the divider's mode chosen once per chunk;
+//  - encode8 / encode_run: the packed codes of 8 elements (of a group's chunks), with the
+//    divider's mode chosen once per chunk (group); divider_for: MXFP4's scale as its exact
+//    reciprocal;
 //  - fast_scale: scale_for of the two presets' rules (E8M0 OCP; E4M3 absmax) without the
 //    generic rule switch and minifloat walk;
 //  - 8-element chunk loads of bf16/f32 rows as 16-byte vectors;
 //  - programmatic dependent launch (Hopper): a kernel's loads of its input start while the
 //    kernel before it (statistics, initialisation) finishes; griddepcontrol.wait precedes every
-//    read or write of what that kernel produces or uses.
+//    read or write of what that kernel produces or uses;
+//  - the tile ring of the persistent kernels (TileWalk): each CTA walks its tiles of the input
+//    (tile i of CTA b is b + i * grid, optionally counted from the end), the bulk copy engine
+//    filling a ring of kStages shared-memory buffers that complete on mbarriers, so the loads
+//    of the next tiles are in flight while the threads encode the current one. Layout: tiles
+//    of 8192 elements (16 KB of bf16), thread t of the CTA owning elements 32t .. 32t + 31;
+//  - the per-device workspace of those kernels (per-CTA partial results, kept for the
+//    process: no allocation, initialisation or free per call).
 #pragma once
 #include <cuda_runtime.h>
 
+#include <mutex>
 #include <utility>
 
+#include "../cuda_backend.hpp"
 #include "../formats.hpp"
 
 namespace fp4::cuda {
@@ -43,8 +54,19 @@ __device__ __forceinline__ uint32_t e2m1_magnitude(float v) {
 //  - otherwise the IEEE division per element.
 struct GroupDivider {
   float S, y;
-  int mode;  // 0: power of two, 1: reciprocal + corrections, 2: division
+  int mode;  // 0: power of two (or an exact product, see multiplier), 1: reciprocal +
+             // corrections, 2: division
 
+  // m -> RN(m * y) for an exact factor y: the quotient by a power of two, or a power of two
+  // with an exact multiplier folded in (rotate_quantize.cu).
+  __device__ __forceinline__ static GroupDivider multiplier(float y) {
+    GroupDivider d;
+    d.S = 1.0f;
+    d.y = y;
+    d.mode = 0;
+    return d;
+  }
+  GroupDivider() = default;
   __device__ __forceinline__ GroupDivider(float s, float amax) : S(s) {
     const uint32_t b = __float_as_uint(s);
     const uint32_t e = (b >> 23) & 0xffu;
@@ -73,7 +95,7 @@ struct GroupDivider {
 
 // Packed 4-bit codes (element i in bits 4i..4i+3) of 8 elements of a group with scale S > 0.
 template <int kMode>
-__device__ __forceinline__ uint32_t encode8_mode(const GroupDivider &div, const float (&v)[8]) {
+__device__ __forceinline__ uint32_t encode8_mode(const GroupDivider &div, const float *v) {
   uint32_t word = 0;
 #pragma unroll
   for (int i = 0; i < 8; i++) {
@@ -94,12 +116,37 @@ __device__ __forceinline__ uint32_t encode8_mode(const GroupDivider &div, const 
   return word;
 }
 
+// The packed codes of kC consecutive 8-element chunks of one group (out[c] for v[8c .. 8c+7]),
+// the divider's mode chosen once for the group.
+template <int kC>
+__device__ __forceinline__ void encode_run(const GroupDivider &div, const float *v, uint32_t *out) {
+  if (div.mode == 0) {
+#pragma unroll
+    for (int c = 0; c < kC; c++) out[c] = encode8_mode<0>(div, v + 8 * c);
+  } else if (div.mode == 1) {
+#pragma unroll
+    for (int c = 0; c < kC; c++) out[c] = encode8_mode<1>(div, v + 8 * c);
+  } else {
+#pragma unroll
+    for (int c = 0; c < kC; c++) out[c] = encode8_mode<2>(div, v + 8 * c);
+  }
+}
+
+// The same for a group with scale S >= 0 and max |v| = amax (S = 0: every code is +0).
+template <int kC>
+__device__ __forceinline__ void encode_group(float S, float amax, const float *v, uint32_t *out) {
+  if (S == 0.0f) {
+#pragma unroll
+    for (int c = 0; c < kC; c++) out[c] = 0;
+    return;
+  }
+  encode_run<kC>(GroupDivider(S, amax), v, out);
+}
+
 __device__ __forceinline__ uint32_t encode8(float S, float amax, const float (&v)[8]) {
-  if (S == 0.0f) return 0;
-  const GroupDivider div(S, amax);
-  if (div.mode == 0) return encode8_mode<0>(div, v);
-  if (div.mode == 1) return encode8_mode<1>(div, v);
-  return encode8_mode<2>(div, v);
+  uint32_t w;
+  encode_group<1>(S, amax, v, &w);
+  return w;
 }
 
 // Which scale_for a fast kernel inlines: the generic one, E8M0 with rule OCP and no tensor
@@ -142,6 +189,16 @@ __device__ __forceinline__ fmt::GroupScale fast_scale(const fmt::QuantParams &q,
   return fmt::scale_for(q, amax, 0.0f, 0.0f, 1.0f);
 }
 
+// The divider of a group with scale gs (from fast_scale<kScale>) and max |v| = amax: MXFP4's
+// normal power-of-two scales 2^(bits - 127) as the exact reciprocal directly.
+template <int kScale>
+__device__ __forceinline__ GroupDivider divider_for(const fmt::GroupScale &gs, float amax) {
+  if constexpr (kScale == kScaleMx) {
+    if (gs.bits != 0) return GroupDivider::multiplier(__uint_as_float((254u - gs.bits) << 23));
+  }
+  return GroupDivider(gs.S, amax);
+}
+
 // Programmatic dependent launch: let the next kernel of the stream start, and wait for the
 // previous one (its writes become visible).
 __device__ __forceinline__ void pdl_launch_dependents() {
@@ -149,18 +206,26 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 }
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 
-// kernel<<<grid, block>>>(args...) that may start before the previous kernel of the stream ends.
+// kernel<<<grid, block, smem>>>(args...); with `pdl` it may start before the previous kernel of
+// the stream ends (which must then not write anything it reads before griddepcontrol.wait).
 template <class... P, class... A>
-cudaError_t launch_pdl(void (*kernel)(P...), unsigned grid, unsigned block, A &&...args) {
+cudaError_t launch_ex(void (*kernel)(P...), unsigned grid, unsigned block, size_t smem, bool pdl,
+                      A &&...args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(grid);
   cfg.blockDim = dim3(block);
+  cfg.dynamicSmemBytes = smem;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = pdl ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
+}
+
+template <class... P, class... A>
+cudaError_t launch_pdl(void (*kernel)(P...), unsigned grid, unsigned block, A &&...args) {
+  return launch_ex(kernel, grid, block, 0, true, std::forward<A>(args)...);
 }
 
 // The 8 consecutive elements of chunk c (elements 8c .. 8c+7) as float32; x 16-byte aligned.
@@ -189,6 +254,221 @@ __device__ __forceinline__ uint32_t magnitude_bits8(const float (&v)[8]) {
 #pragma unroll
   for (int i = 0; i < 8; i++) m = max(m, __float_as_uint(v[i]) & 0x7fffffffu);
   return m;
+}
+
+// Per-half unsigned max of two pairs of 16-bit lanes (one instruction on sm_90).
+__device__ __forceinline__ uint32_t max_u16x2(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("max.u16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+
+// max(a, |b|) that keeps a NaN of b (fmaxf would drop it).
+__device__ __forceinline__ float max_abs_nan(float a, float b) {
+  float d;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(d) : "f"(a), "f"(fabsf(b)));
+  return d;
+}
+
+// ---- The tile ring of the persistent kernels ----
+
+constexpr int kTileThreads = 256;                 // threads per CTA
+constexpr int kSeg = 32;                          // consecutive elements per thread and tile
+constexpr int kTileElems = kTileThreads * kSeg;   // 8192 elements: 16 KB of bf16
+
+__device__ __forceinline__ uint32_t smem_addr(const void *p) {
+  return uint32_t(__cvta_generic_to_shared(p));
+}
+
+// The 32 elements of one thread's segment at p (shared memory, 16-byte aligned) as float32,
+// and, when kLen > 0, in mag[g] the bits of max |x| over each run g of kLen of them (bf16: on
+// the packed pairs, two 16-bit lanes per instruction; a value >= 0x7f800000 flags a non-finite
+// run).
+template <bool kBf16, int kLen>
+__device__ __forceinline__ void load_seg(const uint8_t *p, float (&v)[kSeg], uint32_t *mag) {
+  if constexpr (kBf16) {
+    uint32_t w[kSeg / 2];
+#pragma unroll
+    for (int c = 0; c < kSeg / 8; c++) {
+      const uint4 q = reinterpret_cast<const uint4 *>(p)[c];
+      w[4 * c] = q.x, w[4 * c + 1] = q.y, w[4 * c + 2] = q.z, w[4 * c + 3] = q.w;
+    }
+    if constexpr (kLen > 0) {
+#pragma unroll
+      for (int g = 0; g < kSeg / kLen; g++) {
+        uint32_t m = 0;
+#pragma unroll
+        for (int i = 0; i < kLen / 2; i++) m = max_u16x2(m, w[g * kLen / 2 + i] & 0x7fff7fffu);
+        mag[g] = max(m >> 16, m & 0xffffu) << 16;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kSeg / 2; i++) {
+      v[2 * i] = __uint_as_float(w[i] << 16);
+      v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+  } else {
+#pragma unroll
+    for (int c = 0; c < kSeg / 4; c++) {
+      const float4 q = reinterpret_cast<const float4 *>(p)[c];
+      v[4 * c] = q.x, v[4 * c + 1] = q.y, v[4 * c + 2] = q.z, v[4 * c + 3] = q.w;
+    }
+    if constexpr (kLen > 0) {
+#pragma unroll
+      for (int g = 0; g < kSeg / kLen; g++) {
+        uint32_t m = 0;
+#pragma unroll
+        for (int i = 0; i < kLen; i++) m = max(m, __float_as_uint(v[g * kLen + i]) & 0x7fffffffu);
+        mag[g] = m;
+      }
+    }
+  }
+}
+
+// One CTA's walk over its tiles of a byte range (header comment): tile i of CTA b is
+// b + i * grid (counted from the end with `reverse`), thread t's 32 elements at t * 32. Thread
+// 0 calls start() before the CTA first synchronizes; then per tile: wait(i), read the
+// segment into registers, release(i) (the CTA synchronizes and thread 0 refills the buffer
+// with tile i + kStages). Tile indices are 32-bit: tensors below 2^45 elements.
+constexpr int kStages = 2;     // tiles in flight per CTA
+constexpr int kCtasPerSm = 4;  // 32 warps per SM; __launch_bounds__ caps registers at 64
+
+struct TileWalk {
+  const uint8_t *src;
+  uint64_t total;
+  uint32_t tiles, count, tile_bytes;
+  bool reverse;
+  uint8_t *buf;
+  uint64_t *full;
+
+  __device__ __forceinline__ TileWalk(const void *x, uint64_t total_bytes, uint32_t elem_bytes,
+                                      bool rev, uint8_t *ring, uint64_t *bars)
+      : src(static_cast<const uint8_t *>(x)), total(total_bytes),
+        tile_bytes(uint32_t(kTileElems) * elem_bytes), reverse(rev), buf(ring), full(bars) {
+    tiles = uint32_t((total + tile_bytes - 1) / tile_bytes);
+    count = tiles > blockIdx.x ? (tiles - 1 - blockIdx.x) / gridDim.x + 1 : 0;
+  }
+
+  __device__ __forceinline__ uint32_t tile(uint32_t i) const {
+    const uint32_t j = blockIdx.x + i * gridDim.x;
+    return reverse ? tiles - 1 - j : j;
+  }
+
+  // First element of this thread's 32 in tile i.
+  __device__ __forceinline__ uint64_t first(uint32_t i) const {
+    return uint64_t(tile(i)) * kTileElems + threadIdx.x * kSeg;
+  }
+
+  __device__ __forceinline__ void start() {
+#pragma unroll
+    for (int s = 0; s < kStages; s++) {
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(&full[s])) : "memory");
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#pragma unroll
+    for (int i = 0; i < kStages; i++) issue(uint32_t(i));
+  }
+
+  __device__ __forceinline__ void issue(uint32_t i) {
+    if (i >= count) return;
+    const uint32_t s = i % kStages;
+    const uint64_t off = uint64_t(tile(i)) * tile_bytes;
+    const uint32_t bytes = uint32_t(min(uint64_t(tile_bytes), total - off));
+    const uint32_t bar = smem_addr(&full[s]);
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
+                 : "memory");
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::
+            "r"(smem_addr(buf + s * tile_bytes)),
+        "l"(src + off), "r"(bytes), "r"(bar)
+        : "memory");
+  }
+
+  // This thread's segment of tile i, once the tile has landed.
+  __device__ __forceinline__ const uint8_t *wait(uint32_t i) const {
+    const uint32_t s = i % kStages, parity = (i / kStages) & 1u;
+    const uint32_t bar = smem_addr(&full[s]);
+    uint32_t done;
+    do {
+      asm volatile(
+          "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; "
+          "selp.u32 %0, 1, 0, p; }"
+          : "=r"(done)
+          : "r"(bar), "r"(parity)
+          : "memory");
+    } while (!done);
+    return buf + s * tile_bytes + threadIdx.x * (tile_bytes / kTileThreads);
+  }
+
+  // Every thread has read tile i: its buffer takes tile i + kStages.
+  __device__ __forceinline__ void release(uint32_t i) {
+    __syncthreads();
+    if (threadIdx.x == 0) issue(i + kStages);
+  }
+};
+
+// Max of v over the CTA (every thread gets it); red holds kTileThreads / 32 words.
+__device__ __forceinline__ uint32_t block_max(uint32_t v, uint32_t *red) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  __syncthreads();  // red may still be read from an earlier call
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+  __syncthreads();
+#pragma unroll
+  for (int w = 0; w < kTileThreads / 32; w++) v = max(v, red[w]);
+  return v;
+}
+
+// The tensor scale of an amax rule from the per-CTA partial max |x| bits of the kernel before
+// (after griddepcontrol.wait).
+__device__ __forceinline__ float tensor_scale_from(const fmt::QuantParams &q, const uint32_t *part,
+                                                   int parts, uint32_t *red) {
+  uint32_t a = 0;
+  for (int i = threadIdx.x; i < parts; i += kTileThreads) a = max(a, part[i]);
+  return fmt::tensor_scale_of(q, __uint_as_float(block_max(a, red)));
+}
+
+// ---- Host side ----
+
+// The workspace of the persistent kernels on one device: a Stats record for the generic paths
+// and per-CTA partials (max |x| bits; first non-finite index, ~0 when none). Every kernel writes
+// its own CTA's entry unconditionally, so nothing is initialised per call. A call holds `lock`
+// from its first launch to its last read-back: launches go to the legacy default stream, so
+// stream order then keeps one call's use of the entries before the next call's.
+struct Workspace {
+  std::recursive_mutex lock;
+  Stats *st = nullptr;
+  uint32_t *amax = nullptr;
+  unsigned long long *bad = nullptr;
+  int slots = 0;  // entries of amax and bad: sms * kCtasPerSm
+  int sms = 0;
+};
+
+// The current device's workspace (allocated on its first use, kept for the process).
+fp4_status workspace(Workspace **out);
+// The first non-finite index over the first `parts` partials (~0 when none); synchronizes.
+fp4_status first_bad(const Workspace &ws, int parts, unsigned long long *bad);
+
+// Grid and ring bytes of a persistent kernel: kCtasPerSm CTAs per multiprocessor (fewer for a
+// small tensor), kStages tiles each.
+struct TilePlan {
+  unsigned grid;
+  size_t smem;
+};
+
+inline TilePlan tile_plan(const Workspace &ws, uint64_t n, bool bf16) {
+  const uint64_t tiles = (n + kTileElems - 1) / kTileElems;
+  const uint64_t want = uint64_t(ws.sms) * kCtasPerSm;
+  return TilePlan{unsigned(tiles < want ? (tiles ? tiles : 1) : want),
+                  size_t(kStages) * kTileElems * (bf16 ? 2u : 4u)};
+}
+
+// Raises the kernel's dynamic shared-memory limit once per process.
+template <auto kKernel>
+cudaError_t allow_tile_smem() {
+  static const cudaError_t e =
+      cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024);
+  return e;
 }
 
 }  // namespace fp4::cuda

@@ -13,15 +13,16 @@
 // Other shapes (b < 64 for 4-bit codes, groups not inside blocks, MSE, channel/tensor groups)
 // rotate into a float32 scratch and quantize it.
 //
-// Fast path (b = 128, E2M1 with nearest rounding, groups of 16 or 32, rot128_kernel): each
-// thread holds T = 16 or 32 consecutive elements of a block (T/8 16-byte loads of bf16), so
-// the 128/T lanes of a block run stages h < T in registers and only the last log2(128/T)
-// stages by shuffles (one FMA per element and stage: v·(±1) + other is the reference's single
-// add or subtract). Groups then lie inside a thread (len <= T) or over two lanes, take the
-// inlined scale rule and encoder of quantize_fast.cuh, and each thread writes its T/2 code
-// bytes in one store. With a tensor amax a first launch rotates and reduces only max |y|; the
-// quantize launch walks the tensor backwards to start on what the first left in L2. Bytes
-// moved: 2 B per element read per launch, 0.5 B of codes and 1/len B of scales written.
+// Fast path (b = 128, E2M1 with nearest rounding, groups of 16 or 32, tile_rotate_kernel):
+// persistent kernels on the tile ring of quantize_fast.cuh; each thread holds 32 consecutive
+// elements of a block (its 64 bytes of bf16 from shared memory), so the 4 lanes of a block run
+// stages h < 32 in registers and only the last two stages by shuffles (one FMA per element and
+// stage: v·(±1) + other is the reference's single add or subtract). Groups lie inside a thread,
+// take the inlined scale rule and the exact encoder of quantize_fast.cuh, and each thread writes
+// its 16 code bytes in one store. With a tensor amax a first kernel rotates and writes each
+// CTA's max |y|; the quantize kernel reduces those and walks the tiles backwards to start on
+// what the first left in L2. Bytes moved: 2 B per element read per kernel, 0.5 B of codes and
+// 1/len B of scales written.
 #include <cuda_runtime.h>
 
 #include "../cuda_backend.hpp"
@@ -36,7 +37,8 @@ using namespace fp4::fmt;
 
 namespace {
 
-constexpr int kWarps = 8;  // warps per CTA
+constexpr int kWarps = 8;  // warps per CTA of the generic kernel
+
 
 template <int E, bool kBf16>
 __device__ __forceinline__ void load_lane(const void *x, uint64_t base, float (&v)[E]) {
@@ -161,40 +163,56 @@ __global__ void __launch_bounds__(32 * kWarps)
   }
 }
 
-constexpr int kRotThreads = 256;
-
-__global__ void rq_init_kernel(Stats *st) {
-  st->bad = ~0ull;
-  st->amax = st->neg_lo = st->hi = st->pad = 0;
-}
-
-// The fast path (header comment). kPass 0: atomicMax of max |y| into st; kPass 1: codes and
-// scales, the tensor scale from st when q.tensor_amax. Launched dependent on the kernel before
-// it: the loads start at once, st is touched only after pdl_wait.
-template <int T, bool kBf16, int kPass, int kScale>
-__global__ void __launch_bounds__(kRotThreads)
-    rot128_kernel(QuantParams q, const void *x, uint64_t n, uint64_t cols, int len,
-                  const float *sign, Stats *st, float *tensor_scale, uint8_t *codes,
-                  uint8_t *scales, bool reverse) {
-  constexpr int P = 128 / T;  // lanes per Hadamard block
+// The fast path (header comment) on the tile ring: thread t of a tile owns its elements 32t ..
+// 32t + 31, a quarter of a Hadamard block. kPass 0: per-CTA max |y| into part[blockIdx.x] (the
+// first kernel of a call, it lets the quantize pass start at once); kPass 1: codes and scales,
+// the tensor scale from the partials when q.tensor_amax, bad[blockIdx.x] the first non-finite
+// rotated index seen. max |y| = RN(max |v| · c) for the unnormalised v (rounding is monotone),
+// so the maxima run on v. MXFP4 folds the normalisation into the power-of-two quotient:
+// RN(RN(v c) / 2^e) = RN(v · (c 2^-e)) while both products are normal, and a scale of at least
+// 2^-120 makes any subnormal RN(v c) encode to +-0 either way.
+template <bool kBf16, int kPass, int kLen, int kScale>
+__global__ void __launch_bounds__(kTileThreads, kCtasPerSm)
+    tile_rotate_kernel(QuantParams q, const void *x, uint64_t n, uint64_t cols, const float *sign,
+                       uint32_t *part, int parts, float *tensor_scale, uint8_t *codes,
+                       uint8_t *scales, unsigned long long *bad, bool reverse) {
+  constexpr uint32_t kEB = kBf16 ? 2 : 4;
+  constexpr int P = 128 / kSeg;  // lanes per Hadamard block
   if (kPass == 0) pdl_launch_dependents();
-  const uint64_t blk = reverse ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
-  const uint64_t base = (blk * kRotThreads + threadIdx.x) * T;
-  const bool live = base < n;  // dead lanes still take part in the shuffles
+  extern __shared__ __align__(128) uint8_t ring[];
+  __shared__ uint64_t full[kStages];
+  __shared__ uint32_t red[kTileThreads / 32];
+  __shared__ unsigned long long first_bad;
+  TileWalk walk(x, n * kEB, kEB, reverse, ring, full);
+  if (threadIdx.x == 0) {
+    walk.start();
+    first_bad = ~0ull;
+  }
+  __syncthreads();
   const int lane = threadIdx.x & 31;
-  float v[T];
-  if (live) {
+  const float cn = hadamard_norm(7);
+  float run = 0.0f;  // kPass 0: max |v| of this thread
+  if (kPass == 1) {
+    pdl_wait();
+    if (q.tensor_amax) q.s_t = tensor_scale_from(q, part, parts, red);
+    if (q.has_st && blockIdx.x == 0 && threadIdx.x == 0) *tensor_scale = q.s_t;
+  }
+  for (uint32_t i = 0; i < walk.count; i++) {
+    const uint8_t *seg = walk.wait(i);
+    const uint64_t e0 = walk.first(i);
+    const bool live = e0 < n;  // whole Hadamard blocks: dead lanes still shuffle, with dead ones
+    float v[kSeg];
+    if (live) {
+      load_seg<kBf16, 0>(seg, v, nullptr);
+    } else {
 #pragma unroll
-    for (int c = 0; c < T / 8; c++) {
-      float w[8];
-      load_chunk8<kBf16>(x, base / 8 + c, w);
-#pragma unroll
-      for (int i = 0; i < 8; i++) v[8 * c + i] = w[i];
+      for (int r = 0; r < kSeg; r++) v[r] = 0.0f;
     }
-    if (sign) {
-      const float4 *sg = reinterpret_cast<const float4 *>(sign + base % cols);
+    walk.release(i);
+    if (live && sign) {
+      const float4 *sg = reinterpret_cast<const float4 *>(sign + e0 % cols);
 #pragma unroll
-      for (int c = 0; c < T / 4; c++) {
+      for (int c = 0; c < kSeg / 4; c++) {
         const float4 s4 = sg[c];
         v[4 * c] = v[4 * c] * s4.x;
         v[4 * c + 1] = v[4 * c + 1] * s4.y;
@@ -202,92 +220,70 @@ __global__ void __launch_bounds__(kRotThreads)
         v[4 * c + 3] = v[4 * c + 3] * s4.w;
       }
     }
-  } else {
 #pragma unroll
-    for (int r = 0; r < T; r++) v[r] = 0.0f;
-  }
+    for (int h = 1; h < kSeg; h <<= 1) {
 #pragma unroll
-  for (int h = 1; h < T; h <<= 1) {
-#pragma unroll
-    for (int j = 0; j < T; j++) {
-      if ((j & h) == 0) {
-        const float a = v[j], b = v[j + h];
-        v[j] = a + b;
-        v[j + h] = a - b;
+      for (int j = 0; j < kSeg; j++) {
+        if ((j & h) == 0) {
+          const float a = v[j], b = v[j + h];
+          v[j] = a + b;
+          v[j + h] = a - b;
+        }
       }
     }
-  }
 #pragma unroll
-  for (int m = 1; m < P; m <<= 1) {
-    const float s = (lane & m) ? -1.0f : 1.0f;
+    for (int m = 1; m < P; m <<= 1) {
+      const float sg = (lane & m) ? -1.0f : 1.0f;
 #pragma unroll
-    for (int r = 0; r < T; r++) v[r] = __fmaf_rn(v[r], s, __shfl_xor_sync(0xffffffffu, v[r], m));
-  }
-  const float cn = hadamard_norm(7);
-  uint32_t mag[T / 8];
+      for (int r = 0; r < kSeg; r++) v[r] = __fmaf_rn(v[r], sg, __shfl_xor_sync(0xffffffffu, v[r], m));
+    }
+    if (!live) continue;
+    if constexpr (kPass == 0) {
 #pragma unroll
-  for (int c = 0; c < T / 8; c++) {
-    float w[8];
+      for (int r = 0; r < kSeg; r++) run = fmaxf(run, fabsf(v[r]));
+    } else {
+      uint32_t word[kSeg / 8];
 #pragma unroll
-    for (int i = 0; i < 8; i++) w[i] = v[8 * c + i] = v[8 * c + i] * cn;
-    mag[c] = magnitude_bits8(w);
-  }
-  pdl_wait();
-  uint32_t all = 0;
+      for (int g = 0; g < kSeg / kLen; g++) {
+        float *w = v + g * kLen;
+        float m = 0.0f;
 #pragma unroll
-  for (int c = 0; c < T / 8; c++) all = max(all, mag[c]);
-  if (live && all >= 0x7f800000u) {
-    for (int r = 0; r < T; r++) {
-      if (!is_finite(v[r])) {
-        atomicMin(&st->bad, (unsigned long long)(base + r));
-        break;
+        for (int r = 0; r < kLen; r++) m = max_abs_nan(m, w[r]);
+        const float amax = m * cn;
+        if (!is_finite(amax)) {  // a non-finite group: note its first bad element, the call fails
+          for (int r = 0; r < kLen; r++) {
+            if (!is_finite(w[r])) {
+              atomicMin(&first_bad, (unsigned long long)(e0 + g * kLen + r));
+              break;
+            }
+          }
+#pragma unroll
+          for (int c = 0; c < kLen / 8; c++) word[g * kLen / 8 + c] = 0;
+          continue;
+        }
+        const GroupScale gs = fast_scale<kScale>(q, amax);
+        store_scale(scales, (e0 + g * kLen) / kLen, gs.bits,
+                    kScale == kScaleGeneric ? q.scale_nbytes : 1);
+        if (kScale == kScaleMx && gs.bits >= 7 && gs.bits <= 240) {
+          encode_run<kLen / 8>(GroupDivider::multiplier(cn * __uint_as_float((254u - gs.bits) << 23)),
+                               w, word + g * kLen / 8);
+        } else {
+#pragma unroll
+          for (int r = 0; r < kLen; r++) w[r] = w[r] * cn;
+          encode_group<kLen / 8>(gs.S, amax, w, word + g * kLen / 8);
+        }
       }
+      reinterpret_cast<uint4 *>(codes)[e0 / kSeg] = make_uint4(word[0], word[1], word[2], word[3]);
     }
   }
-  if (kPass == 0) {
-    // Non-finite values do not count (the call fails anyway); the block's max goes out once.
-    __shared__ uint32_t s_max[kRotThreads / 32];
-    uint32_t a = all < 0x7f800000u ? all : 0u;
-    for (int o = 16; o > 0; o >>= 1) a = max(a, __shfl_xor_sync(0xffffffffu, a, o));
-    if (lane == 0) s_max[threadIdx.x >> 5] = a;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      for (int w = 1; w < kRotThreads / 32; w++) a = max(a, s_max[w]);
-      atomicMax(&st->amax, a);
-    }
+  if constexpr (kPass == 0) {
+    // Non-finite values do not count here (the quantize pass reports them).
+    const uint32_t m = block_max(__float_as_uint(run), red);
+    if (threadIdx.x == 0) part[blockIdx.x] = __float_as_uint(__uint_as_float(m) * cn);
     return;
   }
-  if (q.tensor_amax) q.s_t = tensor_scale_of(q, __uint_as_float(st->amax));
-  if (q.has_st && blockIdx.x == 0 && threadIdx.x == 0) *tensor_scale = q.s_t;
-  // Groups of len = 16 or 32 elements: len / 8 chunks, inside the thread or over 2 lanes.
-  uint32_t pair[T / 8], word[T / 8];
-#pragma unroll
-  for (int c = 0; c < T / 8; c++) pair[c] = max(mag[c], mag[c ^ 1]);
-#pragma unroll
-  for (int c = 0; c < T / 8; c++) {
-    uint32_t g = pair[c];
-    if constexpr (T == 32) {
-      if (len == 32) g = max(g, pair[c ^ 2]);
-    } else {
-      if (len == 32) g = max(g, __shfl_xor_sync(0xffffffffu, g, 1));
-    }
-    word[c] = 0;
-    if (g >= 0x7f800000u) continue;  // a non-finite group: reported above, left unwritten
-    const float amax = __uint_as_float(g);
-    const GroupScale gs = fast_scale<kScale>(q, amax);
-    const uint64_t e0 = base + 8 * c;  // first element of this chunk
-    if (live && e0 % uint64_t(len) == 0) store_scale(scales, e0 / uint64_t(len), gs.bits, q.scale_nbytes);
-    float w[8];
-#pragma unroll
-    for (int i = 0; i < 8; i++) w[i] = v[8 * c + i];
-    word[c] = encode8(gs.S, amax, w);
-  }
-  if (!live || all >= 0x7f800000u) return;
-  if constexpr (T == 32) {
-    reinterpret_cast<uint4 *>(codes)[base / 32] = make_uint4(word[0], word[1], word[2], word[3]);
-  } else {
-    reinterpret_cast<uint2 *>(codes)[base / 16] = make_uint2(word[0], word[1]);
-  }
+  __syncthreads();
+  if (threadIdx.x == 0) bad[blockIdx.x] = first_bad;
 }
 
 __global__ void rq_tensor_scale_kernel(QuantParams q, const Stats *st, float *tensor_scale) {
@@ -328,30 +324,43 @@ fp4_status launch(const Plan &p) {
   return FP4_OK;
 }
 
-constexpr int kRotT = 32;  // elements per thread of the fast path
-
-// The fast path's launches after st is initialised: [max |y|,] then codes and scales.
-template <bool kBf16, int kScale, int T = kRotT>
-cudaError_t launch_rot128(const Plan &p) {
-  const unsigned grid = unsigned((p.n / T + kRotThreads - 1) / kRotThreads);
+// The fast path's launches: [max |y| partials,] then codes and scales. *parts: the quantize
+// grid, whose bad-index partials the caller reads.
+template <bool kBf16, int kLen, int kScale>
+cudaError_t launch_tiled_as(const Plan &p, const Workspace &ws, int *parts) {
+  constexpr auto kAmax = tile_rotate_kernel<kBf16, 0, kSeg, kScaleGeneric>;
+  constexpr auto kQuant = tile_rotate_kernel<kBf16, 1, kLen, kScale>;
+  if (cudaError_t e = allow_tile_smem<kAmax>()) return e;
+  if (cudaError_t e = allow_tile_smem<kQuant>()) return e;
+  const TilePlan plan = tile_plan(ws, p.n, kBf16);
+  int amax_parts = 0;
   if (p.q.tensor_amax) {
-    if (cudaError_t e = launch_pdl(rot128_kernel<T, kBf16, 0, kScale>, grid, kRotThreads, p.q, p.x,
-                                   p.n, p.cols, p.len, p.sign, p.st, p.s_t, p.codes, p.scales,
-                                   false)) {
+    amax_parts = int(plan.grid);
+    if (cudaError_t e = launch_ex(kAmax, plan.grid, kTileThreads, plan.smem, false, p.q, p.x, p.n,
+                                  p.cols, p.sign, ws.amax, 0, p.s_t, p.codes, p.scales, ws.bad,
+                                  false)) {
       return e;
     }
   }
-  return launch_pdl(rot128_kernel<T, kBf16, 1, kScale>, grid, kRotThreads, p.q, p.x, p.n, p.cols,
-                    p.len, p.sign, p.st, p.s_t, p.codes, p.scales, p.q.tensor_amax != 0);
+  *parts = int(plan.grid);
+  return launch_ex(kQuant, plan.grid, kTileThreads, plan.smem, p.q.tensor_amax != 0, p.q, p.x,
+                   p.n, p.cols, p.sign, ws.amax, amax_parts, p.s_t, p.codes, p.scales, ws.bad,
+                   p.q.tensor_amax != 0);
 }
 
 template <bool kBf16>
-cudaError_t dispatch_rot128(const Plan &p) {
-  if (p.q.scale_fmt == SCALE_E8M0 && p.q.rule == RULE_OCP && !p.q.has_st) {
-    return launch_rot128<kBf16, kScaleMx>(p);
+cudaError_t launch_tiled(const Plan &p, const Workspace &ws, int *parts) {
+  const QuantParams &q = p.q;
+  const bool mx = q.scale_fmt == SCALE_E8M0 && q.rule == RULE_OCP && !q.has_st;
+  const bool nv = q.scale_fmt == SCALE_E4M3 && q.rule == RULE_ABSMAX;
+  if (p.len == 16) {
+    return mx   ? launch_tiled_as<kBf16, 16, kScaleMx>(p, ws, parts)
+           : nv ? launch_tiled_as<kBf16, 16, kScaleNv>(p, ws, parts)
+                : launch_tiled_as<kBf16, 16, kScaleGeneric>(p, ws, parts);
   }
-  if (p.q.scale_fmt == SCALE_E4M3 && p.q.rule == RULE_ABSMAX) return launch_rot128<kBf16, kScaleNv>(p);
-  return launch_rot128<kBf16, kScaleGeneric>(p);
+  return mx   ? launch_tiled_as<kBf16, 32, kScaleMx>(p, ws, parts)
+         : nv ? launch_tiled_as<kBf16, 32, kScaleNv>(p, ws, parts)
+              : launch_tiled_as<kBf16, 32, kScaleGeneric>(p, ws, parts);
 }
 
 template <bool kBf16>
@@ -400,34 +409,38 @@ fp4_status rotate_quantize_impl(const fp4_quant_spec &spec, int32_t dtype, const
                               tensor_scale, check);
   }
   const bool fast = block == 128 && (l.len == 16 || l.len == 32) && q.elem == CODEC_E2M1 &&
-                    !q.stochastic && q.rule != RULE_MINMAX &&
+                    !q.stochastic && q.rule != RULE_MINMAX && zeros == nullptr &&
                     reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
                     reinterpret_cast<uintptr_t>(codes) % 16 == 0;
-  DeviceBuffer st_mem, sign_mem;
+  DeviceBuffer sign_mem;
   if (has_seed) {
     float *sign;
     if (fp4_status s = hadamard_signs(cols, seed, &sign)) return s;
     sign_mem.p = sign;
   }
-  FP4_CU(cudaMallocAsync(&st_mem.p, sizeof(Stats), 0));
-  Stats *st = static_cast<Stats *>(st_mem.p);
+  Workspace *ws;
+  if (fp4_status s = workspace(&ws)) return s;
+  std::lock_guard<std::recursive_mutex> hold(ws->lock);
+  Stats *st = ws->st;
   int k = 0;
   while ((1 << k) < block) k++;
   Plan p{q, x, n, cols, k, int(l.len), static_cast<const float *>(sign_mem.p), tensor_scale,
          st, codes, scales, zeros};
   fp4_status s = FP4_OK;
+  unsigned long long bad = ~0ull;
   if (fast) {
-    rq_init_kernel<<<1, 1>>>(st);
-    FP4_CU_LAUNCH();
-    FP4_CU(dtype == FP4_DTYPE_BF16 ? dispatch_rot128<true>(p) : dispatch_rot128<false>(p));
+    int parts = 0;
+    FP4_CU(dtype == FP4_DTYPE_BF16 ? launch_tiled<true>(p, *ws, &parts)
+                                   : launch_tiled<false>(p, *ws, &parts));
+    if (!check) return FP4_OK;
+    if (fp4_status s2 = first_bad(*ws, parts, &bad)) return s2;
   } else {
     FP4_CU(cudaMemsetAsync(st, 0, sizeof(Stats), 0));
     FP4_CU(cudaMemsetAsync(&st->bad, 0xff, sizeof(unsigned long long), 0));
     s = dtype == FP4_DTYPE_BF16 ? dispatch<true>(E, p) : dispatch<false>(E, p);
+    if (s || !check) return s;
+    FP4_CU(cudaMemcpy(&bad, &st->bad, sizeof bad, cudaMemcpyDeviceToHost));
   }
-  if (s || !check) return s;
-  unsigned long long bad;
-  FP4_CU(cudaMemcpy(&bad, &st->bad, sizeof bad, cudaMemcpyDeviceToHost));
   if (bad == ~0ull) return FP4_OK;
   // Name the bad rotated element as quantize(hadamard(x)) would: rotate, then read it.
   DeviceBuffer y;
