@@ -15,12 +15,15 @@ namespace {
 
 // <warpgroups, 64-row tiles per warpgroup, batch columns, stages>: 128 weight rows per block,
 // the batch tile the smallest of 32, 64, 128 that holds the batch (larger batches: several).
+// On the H100 (bench/notes/fp4_gemm.md, wgmma section) the tile kernel stays faster for batches
+// <= 32 with n >= 8192 and batches <= 64 with n >= 16384; the wgmma kernel is faster elsewhere.
 using Wg32 = wg::Cfg<2, 1, 32, 8>;
 using Wg64 = wg::Cfg<2, 1, 64, 8>;
 using Wg128 = wg::Cfg<2, 1, 128, 6>;
 
 // The mma.sync tile kernel: <BM rows, BN batch columns, warps along rows, warps along columns,
-// stages, min blocks/SM>, from an H100 sweep (issue 6); for GPUs other than compute 9.0.
+// stages, min blocks/SM>, from an H100 sweep (issue 6); for GPUs other than compute 9.0 and the
+// shapes above.
 using Narrow = tile::Cfg<128, 32, 4, 1, 4, 2>;
 using Wide = tile::Cfg<128, 64, 4, 1, 4, 2>;
 using Small = tile::Cfg<64, 64, 2, 2, 4, 3>;
@@ -50,7 +53,9 @@ fp4_status dispatch(const uint16_t *x, const uint8_t *codes, const uint8_t *scal
     if (fp4_status st = wg::supported(dev, &hopper)) return st;
     device = dev;
   }
-  if (!hopper) return tile_dispatch<FMT>(x, codes, scales, tensor_scale, y, batch, n, k, s);
+  if (!hopper || (batch <= 32 && n >= 8192) || (batch <= 64 && n >= 16384)) {
+    return tile_dispatch<FMT>(x, codes, scales, tensor_scale, y, batch, n, k, s);
+  }
   if (batch <= 32) {
     return wg::launch<Wg32, FMT>(x, codes, scales, tensor_scale, y, batch, n, k, 0, s);
   }
