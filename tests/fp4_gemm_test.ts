@@ -176,14 +176,22 @@ if (cudaStatus().available) {
   for (const format of formats) {
     Deno.test(`cuda ${format}: kernels match the CPU twin and float64 on every batch path`, () => {
       // (n, k): tile multiples, ragged rows, k tails inside a 128-chunk, (NVFP4) rows that are
-      // not 16-byte aligned (k % 32 == 16), and the GEMV's dispatch cases on the H100: n = 8192
-      // (batch 1 on 32-row tiles), n = 13000 (batch 9..16 on narrow blocks, ragged), k = 49152
-      // (batch 1 too long for the activations in shared memory).
+      // not 16-byte aligned (k % 32 == 16), an odd number of 64-k stages (4160), and the GEMV's
+      // dispatch cases on the H100: n = 8192 (batch 1 on 32-row tiles), n = 13000 (batch 9..16
+      // on narrow blocks, ragged), k = 49152 (batch 1 too long for the activations in shared
+      // memory); batches on both sides of each kernel's batch tiles (16 | 17..32 | 33..64 |
+      // 65..128 | more).
       const shapes = format === "mxfp4"
-        ? [[64, 512], [100, 96], [33, 1056], [256, 4096], [8192, 64], [13000, 32], [4, 49152]]
-        : [[64, 512], [100, 80], [33, 1040], [256, 4096], [8192, 64], [13000, 32], [4, 49152]];
+        ? [[64, 512], [100, 96], [33, 1056], [256, 4096], [520, 4160], [8192, 64], [13000, 32], [
+          4,
+          49152,
+        ]]
+        : [[64, 512], [100, 80], [33, 1040], [256, 4096], [520, 4160], [8192, 64], [13000, 32], [
+          4,
+          49152,
+        ]];
       for (const [n, k] of shapes) {
-        for (const batch of [1, 3, 8, 9, 16, 17, 128]) {
+        for (const batch of [1, 3, 8, 9, 16, 17, 33, 64, 100, 128, 200]) {
           const w = randomWeights(format, n, k);
           const x = randomX(batch, k);
           const label = `${format} ${batch}x${n}x${k}`;

@@ -9,8 +9,8 @@
  * that rotate through enough weight copies (>= 256 MB) that L2 (50 MB) cannot hold them.
  *
  * Usage: deno run -A bench/gpu/fp4_gemm_bench.ts --out DIR [--cublas PATH] [--quick]
- *   [--batches 1,16,128]
- * Writes DIR/fp4_gemm.json (device, date, commit, every figure) and prints a table last.
+ *   [--batches 1,16,128] [--name fp4_gemm]
+ * Writes DIR/NAME.json (device, date, commit, every figure) and prints a table last.
  *
  * @module
  */
@@ -31,6 +31,7 @@ const { values: args } = parseArgs({
     cublas: { type: "string" },
     quick: { type: "boolean", default: false },
     batches: { type: "string", default: "1,16,128" },
+    name: { type: "string", default: "fp4_gemm" },
   },
 });
 
@@ -157,6 +158,10 @@ const shapes: [number, number][] = args.quick
   ? [[4096, 4096]]
   : [[4096, 4096], [14336, 4096], [4096, 14336], [28672, 8192], [8192, 28672]];
 const batches = args.batches!.split(",").map(Number);
+if (!batches.every((b) => Number.isInteger(b) && b >= 1)) {
+  console.error(`--batches must list integers >= 1, got ${args.batches}`);
+  Deno.exit(1);
+}
 const formats: Fp4WeightFormat[] = ["mxfp4", "nvfp4"];
 
 const copy = copyBandwidth();
@@ -247,7 +252,7 @@ const result = {
   results: rows,
 };
 await Deno.mkdir(args.out!, { recursive: true });
-const file = `${args.out}/fp4_gemm.json`;
+const file = `${args.out}/${args.name}.json`;
 await Deno.writeTextFile(file, JSON.stringify(result, null, 2) + "\n");
 
 const fmt = (v: number | null, d = 2) => v === null ? "-" : v.toFixed(d);

@@ -1,29 +1,37 @@
-// W4A16 GEMM for larger batches (> kGemvMaxBatch): a pipelined tensor-core GEMM whose weights
-// are dequantised in registers (fp4_gemm_tile.cuh has the kernel, its layout and the bytes it
-// moves). This file picks the tile configuration from the batch and n.
+// W4A16 GEMM for larger batches (> kGemvMaxBatch): the Hopper warpgroup-MMA kernel
+// (fp4_gemm_wgmma.cuh) or the mma.sync tile kernel (fp4_gemm_tile.cuh), each of whose headers has
+// its layout and the bytes it moves. This file picks the kernel and tile shape from the batch.
 //
-// Split-k workspace: allocated lazily per device by the first non-captured launch that needs it
-// and grown on demand (cached, never freed); a launch under stream capture that finds it too
-// small runs without split-k. Launches sharing a device must not run concurrently on two
-// streams while they split k (they share the workspace's tile counters).
+// Workspaces (split-k of the tile kernel, stream-k of the wgmma kernel): allocated lazily per
+// device by the first non-captured launch that needs them and grown on demand (cached, never
+// freed); a launch under stream capture that finds one too small runs without splitting k.
+// Launches sharing a device must not run concurrently on two streams (they share the
+// workspaces' tile counters).
 #include "../gemm_backend.hpp"
-#include "fp4_gemm_tile.cuh"
+#include "fp4_gemm_wgmma.cuh"
 
 namespace fp4::cuda {
 namespace {
 
-// <BM rows, BN batch columns, warps along rows, warps along columns, stages, min blocks/SM>,
-// chosen from an H100 sweep of tile variants (issue 6): narrow 64-row tiles
-// give more blocks where n is small, 128-row tiles reuse each activation stage more where n is
-// large. Split-k is automatic (one block per SM at least).
+// <warpgroups, 64-row tiles per warpgroup, batch columns, stages>: 128 weight rows per block,
+// the batch tile the smallest of 32, 64, 128 that holds the batch (larger batches: several).
+// On the H100 (bench/notes/fp4_gemm.md, wgmma section) the tile kernel stays faster for batches
+// <= 32 with n >= 8192 and batches <= 64 with n >= 16384; the wgmma kernel is faster elsewhere.
+using Wg32 = wg::Cfg<2, 1, 32, 8>;
+using Wg64 = wg::Cfg<2, 1, 64, 8>;
+using Wg128 = wg::Cfg<2, 1, 128, 6>;
+
+// The mma.sync tile kernel: <BM rows, BN batch columns, warps along rows, warps along columns,
+// stages, min blocks/SM>, from an H100 sweep (issue 6); for GPUs other than compute 9.0 and the
+// shapes above.
 using Narrow = tile::Cfg<128, 32, 4, 1, 4, 2>;
 using Wide = tile::Cfg<128, 64, 4, 1, 4, 2>;
 using Small = tile::Cfg<64, 64, 2, 2, 4, 3>;
 
 template <int FMT>
-fp4_status dispatch(const uint16_t *x, const uint8_t *codes, const uint8_t *scales,
-                    float tensor_scale, uint16_t *y, int64_t batch, int64_t n, int64_t k,
-                    cudaStream_t s) {
+fp4_status tile_dispatch(const uint16_t *x, const uint8_t *codes, const uint8_t *scales,
+                         float tensor_scale, uint16_t *y, int64_t batch, int64_t n, int64_t k,
+                         cudaStream_t s) {
   if (batch <= 32) {
     return tile::launch<Narrow, FMT>(x, codes, scales, tensor_scale, y, batch, n, k, 0, s);
   }
@@ -31,6 +39,30 @@ fp4_status dispatch(const uint16_t *x, const uint8_t *codes, const uint8_t *scal
     return tile::launch<Wide, FMT>(x, codes, scales, tensor_scale, y, batch, n, k, 0, s);
   }
   return tile::launch<Small, FMT>(x, codes, scales, tensor_scale, y, batch, n, k, 0, s);
+}
+
+template <int FMT>
+fp4_status dispatch(const uint16_t *x, const uint8_t *codes, const uint8_t *scales,
+                    float tensor_scale, uint16_t *y, int64_t batch, int64_t n, int64_t k,
+                    cudaStream_t s) {
+  static int device = -1;
+  static bool hopper = false;
+  int dev = 0;
+  FP4_CU(cudaGetDevice(&dev));
+  if (dev != device) {
+    if (fp4_status st = wg::supported(dev, &hopper)) return st;
+    device = dev;
+  }
+  if (!hopper || (batch <= 32 && n >= 8192) || (batch <= 64 && n >= 16384)) {
+    return tile_dispatch<FMT>(x, codes, scales, tensor_scale, y, batch, n, k, s);
+  }
+  if (batch <= 32) {
+    return wg::launch<Wg32, FMT>(x, codes, scales, tensor_scale, y, batch, n, k, 0, s);
+  }
+  if (batch <= 64) {
+    return wg::launch<Wg64, FMT>(x, codes, scales, tensor_scale, y, batch, n, k, 0, s);
+  }
+  return wg::launch<Wg128, FMT>(x, codes, scales, tensor_scale, y, batch, n, k, 0, s);
 }
 
 }  // namespace
