@@ -8,6 +8,10 @@
 //      deno run -A bench/accuracy_table.ts --list
 import { parseArgs } from "node:util";
 import { writeFileAtomic } from "../lib/atomic.ts";
+import { cudaStatus, type Device, parseDevice, requireDevice } from "../lib/device.ts";
+import { DecodeEngine } from "../lib/generate/engine.ts";
+import { type Fp4Weights, fp4WeightsOf } from "../lib/kernels/fp4_linear.ts";
+import type { InputScheme } from "../lib/pipeline/act_quant.ts";
 import { describeSpec, resolveSpec } from "../lib/formats/spec.ts";
 import type { GptqMethod } from "../lib/gptq/layer.ts";
 import { LlamaModel, llamaWeightShapes, type Weight } from "../lib/model/llama.ts";
@@ -137,7 +141,7 @@ interface Row {
 interface ResultsFile {
   benchmark: "accuracy-table";
   model: string;
-  device: { forward: "cpu"; gptq: "cpu"; cores: number; os: string };
+  device: { forward: Device; gptq: Device; cores: number; os: string; gpu: string | null };
   date: string;
   commit: string | null;
   options: {
@@ -146,6 +150,7 @@ interface ResultsFile {
     calib: string;
     data: string;
     windowTokens: number;
+    device?: Device;
   };
   bf16Ppl: number | null;
   results: Row[];
@@ -160,6 +165,8 @@ const HELP = `deno run -A bench/accuracy_table.ts [options]
   --data FILE          evaluation text [default: MODEL/valid.txt]
   --out FILE           results JSON [default: bench/results/accuracy-brown-llama-29m-2026-11-23.json]
   --configs LIST       comma-separated configuration names, or "all" [default: all]
+  --device NAME        cpu | cuda: where quantization (forward passes, Hessians, solves) and
+                       evaluation run [default: cpu]
   --fresh              ignore the results already in --out (else rows there are kept and skipped)
   --list               print the configuration names and exit
 `;
@@ -203,6 +210,7 @@ async function main(): Promise<void> {
       out: { type: "string", default: "bench/results/accuracy-brown-llama-29m-2026-11-23.json" },
       configs: { type: "string", default: "all" },
       fresh: { type: "boolean", default: false },
+      device: { type: "string", default: "cpu" },
       list: { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
     },
@@ -229,7 +237,11 @@ async function main(): Promise<void> {
     if (c.actFormat) resolveSpec(c.actFormat);
   }
 
-  const options = { nsamples, evalWindows, calib, data, windowTokens: 512 };
+  const device = requireDevice(parseDevice(values.device));
+  // CPU runs keep the options of the files recorded before --device existed.
+  const options = device === "cpu"
+    ? { nsamples, evalWindows, calib, data, windowTokens: 512 }
+    : { nsamples, evalWindows, calib, data, windowTokens: 512, device };
   const existing = values.fresh ? null : await readExisting(values.out);
   const sameRun = existing !== null && existing.model === modelDir &&
     JSON.stringify(existing.options) === JSON.stringify(options);
@@ -243,10 +255,11 @@ async function main(): Promise<void> {
     benchmark: "accuracy-table",
     model: modelDir,
     device: {
-      forward: "cpu",
-      gptq: "cpu",
+      forward: device,
+      gptq: device,
       cores: navigator.hardwareConcurrency,
       os: `${Deno.build.os} ${Deno.osRelease()}`,
+      gpu: device === "cuda" ? cudaStatus().name ?? null : null,
     },
     date: new Date().toISOString(),
     commit: await gitCommit(),
@@ -279,6 +292,8 @@ async function main(): Promise<void> {
       new Map<string, Weight>(names.map((n) => [n, base.weight(n)])),
     );
     let linear = undefined;
+    let schemes = new Map<string, InputScheme>();
+    const fp4 = new Map<string, Fp4Weights>();
     let weightSpec: string | null = null;
     let actSpec: string | null = null;
     let hadamard = 0;
@@ -290,15 +305,30 @@ async function main(): Promise<void> {
         method,
         hadamard: c.hadamard,
         actFormat: c.actFormat,
+        device,
       });
       linear = q.linear;
+      schemes = new Map([...q.layers].map(([n, l]) => [n, l.scheme]));
+      for (const [n, l] of q.layers) {
+        const w = fp4WeightsOf(l.quantized);
+        if (w) fp4.set(n, w);
+      }
       weightSpec = describeSpec(q.spec);
       actSpec = q.actSpec ? describeSpec(q.actSpec) : null;
       hadamard = q.hadamard;
       calibrationWindowsUsed = q.calibrationWindows;
     }
     const t1 = performance.now();
-    const r = await perplexity(model, evalIds, { linear, maxWindows: evalWindows });
+    // On CUDA the decode engine scores (packed MXFP4/NVFP4 through the FP4 kernels), as
+    // `quantize --device cuda --eval` does.
+    using engine = device === "cuda"
+      ? DecodeEngine.create(model, { device, contextLength: 512, schemes, quantized: fp4 })
+      : undefined;
+    const r = await perplexity(model, evalIds, {
+      linear,
+      maxWindows: evalWindows,
+      scoreWindow: engine ? (w) => engine.nll(w) : undefined,
+    });
     const t2 = performance.now();
     const row: Row = {
       name: c.name,
