@@ -251,7 +251,7 @@ for (const format of formats) {
  * synchronize (`eager`: microseconds per launch, with the launch's host cost), and the same 200
  * launches recorded as one CUDA graph and replayed (`graph`: what the op adds to a replayed
  * step, launch gaps included; consecutive launches of our decode kernels overlap through PDL as
- * they do in the step).
+ * they do in the step). `layer_nvfp4` is one layer's sequence of launches.
  */
 function opBreakdown(): { eager: Record<string, number>; graph: Record<string, number> } {
   const lib = native();
@@ -278,7 +278,7 @@ function opBreakdown(): { eager: Record<string, number>; graph: Record<string, n
   using last = T([1], "i32");
   using codes = T([m * h / 2], "u8");
   using scales = T([m * h / 16], "u8");
-  const gemv = (format: number, n: number) =>
+  const gemv = (format: number, n: number, k = h) =>
     lib.fp4_gemm(
       CUDA,
       format,
@@ -289,7 +289,7 @@ function opBreakdown(): { eager: Record<string, number>; graph: Record<string, n
       y.pointer(),
       1n,
       BigInt(n),
-      BigInt(h),
+      BigInt(k),
     );
   const attention = (p: Tensor) =>
     lib.fp4_dec_attention(
@@ -405,6 +405,29 @@ function opBreakdown(): { eager: Record<string, number>; graph: Record<string, n
     gemv_mxfp4_14336x4096: () => gemv(0, m),
     gemv_mxfp4_4096x4096: () => gemv(0, h),
     gemv_mxfp4_1024x4096: () => gemv(0, kvh * hd),
+  };
+  // One NVFP4 layer's launches in the step's order (every GEMV reading the same weight buffer):
+  // against the sum of its ops, the cost of the switches between kernels of different kinds.
+  const layer = [
+    ops.add_rmsnorm,
+    () => gemv(1, heads * hd),
+    () => gemv(1, kvh * hd),
+    () => gemv(1, kvh * hd),
+    ops.rope_kv_store,
+    ops.attention,
+    () => gemv(1, h),
+    ops.add_rmsnorm,
+    () => gemv(1, m),
+    () => gemv(1, m),
+    ops.silu_mul,
+    () => gemv(1, h, m),
+  ];
+  ops.layer_nvfp4 = () => {
+    for (const op of layer) {
+      const st = op();
+      if (st !== 0) return st;
+    }
+    return 0;
   };
   const N = 200;
   const eager: Record<string, number> = {}, graph: Record<string, number> = {};

@@ -15,8 +15,10 @@
  *
  * CUDA calls are asynchronous on the default stream, like fp4_gemm; fp4_synchronize waits. Their
  * kernels are launched for programmatic dependent launch: each may start while the previous
- * kernel drains and waits for it on the device before reading anything it may have written
- * ($FP4LAB_PDL=off launches them plainly). */
+ * kernel drains and waits for it on the device before reading anything it may have written,
+ * except the norm weights w of fp4_dec_rmsnorm and fp4_dec_add_rmsnorm, read before the wait:
+ * write those with a copy, not with the kernel just before ($FP4LAB_PDL=off launches every
+ * kernel plainly). */
 #ifndef FP4LAB_DECODE_H
 #define FP4LAB_DECODE_H
 

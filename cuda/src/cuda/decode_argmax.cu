@@ -17,6 +17,7 @@ namespace cg = cooperative_groups;
 
 constexpr int kThreads = 512;
 constexpr int kSplit = 8;  // blocks per row: one portable cluster
+constexpr int kBatch = 8;  // loads per thread in flight
 
 // Whether (va, ia) beats (vb, ib); an index < 0 marks "nothing seen".
 __device__ __forceinline__ bool better(float va, int32_t ia, float vb, int32_t ib) {
@@ -45,17 +46,42 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t tid = int64_t(rank) * kThreads + threadIdx.x, stride = int64_t(kSplit) * kThreads;
   float bv = 0.0f;
   int32_t bi = -1;
+  // kBatch loads in flight before the first comparison (one round covers 128K logits).
   if (vec) {
     const float4 *x4 = reinterpret_cast<const float4 *>(xr);
-    for (int64_t i = tid; i < n / 4; i += stride) {
-      const float4 v = x4[i];
-      consider(v.x, int32_t(4 * i), bv, bi);
-      consider(v.y, int32_t(4 * i + 1), bv, bi);
-      consider(v.z, int32_t(4 * i + 2), bv, bi);
-      consider(v.w, int32_t(4 * i + 3), bv, bi);
+    const int64_t n4 = n / 4;
+    for (int64_t i0 = tid; i0 < n4; i0 += kBatch * stride) {
+      float4 v[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; u++) {
+        const int64_t i = i0 + u * stride;
+        if (i < n4) v[u] = x4[i];
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; u++) {
+        const int64_t i = i0 + u * stride;
+        if (i >= n4) break;
+        consider(v[u].x, int32_t(4 * i), bv, bi);
+        consider(v[u].y, int32_t(4 * i + 1), bv, bi);
+        consider(v[u].z, int32_t(4 * i + 2), bv, bi);
+        consider(v[u].w, int32_t(4 * i + 3), bv, bi);
+      }
     }
   } else {
-    for (int64_t i = tid; i < n; i += stride) consider(xr[i], int32_t(i), bv, bi);
+    for (int64_t i0 = tid; i0 < n; i0 += kBatch * stride) {
+      float v[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; u++) {
+        const int64_t i = i0 + u * stride;
+        if (i < n) v[u] = xr[i];
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; u++) {
+        const int64_t i = i0 + u * stride;
+        if (i >= n) break;
+        consider(v[u], int32_t(i), bv, bi);
+      }
+    }
   }
   sv[threadIdx.x] = bv;
   si[threadIdx.x] = bi;

@@ -30,7 +30,6 @@ using fp4::dec::store;
 constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kSplit = 8;  // blocks per cluster (the portable maximum)
-constexpr int kRows = 4;   // rows a warp has in flight
 constexpr int kMaxHeadDim = 512;
 
 // The lane's DPL dims of the row at element offset `off` as f32; zeros past head_dim. `vec`:
@@ -83,6 +82,7 @@ __global__ void __launch_bounds__(kThreads)
                      int64_t heads, int64_t kv_heads, int64_t head_dim, float scale, int hgroups,
                      bool vec) {
   constexpr int kDim = 32 * DPL;
+  constexpr int kRows = DPL <= 4 ? 8 : 4;  // rows a warp has in flight (registers permitting)
   __shared__ float s_m[kWarps][QB], s_l[kWarps][QB];
   __shared__ float s_acc[kWarps][QB][kDim];
   __shared__ float b_m[QB], b_l[QB];
@@ -96,13 +96,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t kvh = unit / hgroups, group = heads / kv_heads;
   const int64_t h0 = kvh * group + (unit % hgroups) * QB;
   const int nh = int(min(int64_t(QB), kvh * group + group - h0));
-  const int64_t last = int64_t(*pos) + t;
-  if (*pos < 0 || last >= ctx) {  // the same for the whole cluster: no block reaches a sync
-    if (rank == 0)
-      for (int64_t e = threadIdx.x; e < nh * head_dim; e += kThreads)
-        store(out, out_dtype, (t * heads + h0) * head_dim + e, __int_as_float(0x7fc00000));
-    return;
-  }
+  // q's loads need no position: they overlap the position's.
   float qv[QB][DPL];
 #pragma unroll
   for (int j = 0; j < QB; j++)
@@ -112,6 +106,13 @@ __global__ void __launch_bounds__(kThreads)
       qv[j][i] = j < nh && d < head_dim ? load(q, q_dtype, (t * heads + h0 + j) * head_dim + d)
                                         : 0.0f;
     }
+  const int64_t p0 = *pos, last = p0 + t;
+  if (p0 < 0 || last >= ctx) {  // the same for the whole cluster: no block reaches a sync
+    if (rank == 0)
+      for (int64_t e = threadIdx.x; e < nh * head_dim; e += kThreads)
+        store(out, out_dtype, (t * heads + h0) * head_dim + e, __int_as_float(0x7fc00000));
+    return;
+  }
   const int64_t kv_stride = kv_heads * head_dim, kvoff = kvh * head_dim;
   const int64_t nrows = last + 1, chunk = (nrows + kSplit - 1) / kSplit;
   const int64_t r_begin = int64_t(rank) * chunk;

@@ -55,11 +55,19 @@ __global__ void __launch_bounds__(kThreads)
     rmsnorm_kernel(float *x, const void *r, int32_t r_dtype, const void *w, int32_t w_dtype,
                    void *y, int32_t y_dtype, int64_t dim, float eps, bool fast) {
   pdl_trigger();
-  pdl_wait();
   float *xr = x + blockIdx.x * dim;
   const int64_t row = blockIdx.x * dim;
   double ss = 0;
   if (fast) {
+    // The weights are no kernel's output: their loads overlap the previous kernel's tail.
+    float4 g[kChunks];
+#pragma unroll
+    for (int c = 0; c < kChunks; c++) {
+      const int64_t i = 4 * (threadIdx.x + int64_t(c) * kThreads);
+      if (i >= dim) break;
+      g[c] = load4(w, w_dtype, i);
+    }
+    pdl_wait();
     float4 v[kChunks];
 #pragma unroll
     for (int c = 0; c < kChunks; c++) {
@@ -81,13 +89,13 @@ __global__ void __launch_bounds__(kThreads)
     for (int c = 0; c < kChunks; c++) {
       const int64_t i = 4 * (threadIdx.x + int64_t(c) * kThreads);
       if (i >= dim) break;
-      const float4 g = load4(w, w_dtype, i);
       store4(y, y_dtype, row + i,
-             make_float4(g.x * (v[c].x * inv), g.y * (v[c].y * inv), g.z * (v[c].z * inv),
-                         g.w * (v[c].w * inv)));
+             make_float4(g[c].x * (v[c].x * inv), g[c].y * (v[c].y * inv),
+                         g[c].z * (v[c].z * inv), g[c].w * (v[c].w * inv)));
     }
     return;
   }
+  pdl_wait();
   for (int64_t d = threadIdx.x; d < dim; d += kThreads) {
     float v = xr[d];
     if (kAdd) {
