@@ -15,7 +15,8 @@
  * PyTorch reference written by bench/gpu/decode_torch_baseline.py.
  *
  * Usage: deno run -A bench/gpu/decode_bench.ts --out DIR [--layers N] [--tokens N]
- *   [--formats bf16,mxfp4,nvfp4] [--graphs-only] [--torch FILE]
+ *   [--formats bf16,mxfp4,nvfp4] [--graphs-only] [--op-launches N] [--torch FILE]
+ * (few layers, tokens and op launches make a short run to profile under ncu).
  * Writes DIR/decode.json (device, date, commit, figures) and prints a table last. The decode
  * kernels' programmatic dependent launch follows $FP4LAB_PDL (recorded as `pdl`).
  *
@@ -44,6 +45,7 @@ const { values: args } = parseArgs({
     tokens: { type: "string", default: "128" },
     formats: { type: "string", default: "bf16,mxfp4,nvfp4" },
     "graphs-only": { type: "boolean", default: false },
+    "op-launches": { type: "string", default: "200" },
     torch: { type: "string" },
   },
 });
@@ -247,9 +249,9 @@ for (const format of formats) {
 
 /**
  * Per-op cost of one decode step's kernels at the model's shapes (position 144, as at the end of
- * the timed runs; attention also at 1000): each op launched 200 times eagerly, then one
- * synchronize (`eager`: microseconds per launch, with the launch's host cost), and the same 200
- * launches recorded as one CUDA graph and replayed (`graph`: what the op adds to a replayed
+ * the timed runs; attention also at 1000): each op launched N times (--op-launches, 200)
+ * eagerly, then one synchronize (`eager`: microseconds per launch, with the launch's host
+ * cost), and the same N launches recorded as one CUDA graph and replayed (`graph`: what the op adds to a replayed
  * step, launch gaps included; consecutive launches of our decode kernels overlap through PDL as
  * they do in the step). `layer_nvfp4` is one layer's sequence of launches.
  */
@@ -429,7 +431,7 @@ function opBreakdown(): { eager: Record<string, number>; graph: Record<string, n
     }
     return 0;
   };
-  const N = 200;
+  const N = Number(args["op-launches"]);
   const eager: Record<string, number> = {}, graph: Record<string, number> = {};
   const sync = () => check(lib.fp4_synchronize(CUDA), "fp4_synchronize");
   for (const [name, op] of Object.entries(ops)) {
@@ -458,8 +460,8 @@ function opBreakdown(): { eager: Record<string, number>; graph: Record<string, n
 
 const ops = opBreakdown();
 const round1 = (_k: string, v: unknown) => typeof v === "number" ? Number(v.toFixed(2)) : v;
-console.log(`per-op µs, eager (200 launches): ${JSON.stringify(ops.eager, round1)}`);
-console.log(`per-op µs, in a graph (200 launches): ${JSON.stringify(ops.graph, round1)}`);
+console.log(`per-op µs, eager: ${JSON.stringify(ops.eager, round1)}`);
+console.log(`per-op µs, in a graph: ${JSON.stringify(ops.graph, round1)}`);
 
 let torch: Record<string, unknown> | null = null;
 if (args.torch) {
