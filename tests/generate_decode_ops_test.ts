@@ -1,12 +1,14 @@
-// The decode-step ops of fp4lab/decode.h on fresh random inputs: the CPU twins against float64
-// references, and, when a GPU is usable, every CUDA kernel against its CPU twin (f32 and bf16
-// activations, f32 and bf16 caches, GQA, positions past 0). Outputs are poisoned (NaN bytes)
-// before each native write.
-import { assert } from "./assert.ts";
+// The decode-step ops of fp4lab/decode.h (the fused ones included) on fresh random inputs: the
+// CPU twins against float64 references, and, when a GPU is usable, every CUDA kernel against
+// its CPU twin (f32 and bf16 activations, f32 and bf16 caches, GQA, positions past 0). Outputs
+// are poisoned (NaN bytes) before each native write.
+import { assert, assertEquals } from "./assert.ts";
 import { check, native } from "../ffi/library.ts";
 import { cudaStatus, type Device, deviceId } from "../lib/device.ts";
 import { abiDType, bf16ToF32, f32ToBf16 } from "../lib/dtype.ts";
 import { Tensor } from "../lib/tensor.ts";
+import { DecodeEngine } from "../lib/generate/mod.ts";
+import { LlamaModel, parseLlamaConfig } from "../lib/model/mod.ts";
 
 const seed = (Math.random() * 2 ** 31) >>> 0;
 console.log(`generate_decode_ops_test seed ${seed}`);
@@ -55,29 +57,50 @@ function cases(act: Act, cacheDt: Act): Case[] {
   const f = (h: Float32Array | Uint16Array) =>
     h instanceof Float32Array ? Float64Array.from(h) : Float64Array.from(h, bf16ToF32);
 
-  { // rmsnorm: x f32 -> y act
-    const rows = 3, dim = 70, eps = 1e-5;
+  // rmsnorm (x f32 -> y act) and add_rmsnorm (x += r, then the same norm; x and y both
+  // checked): an odd dim (CUDA's element path), Llama-3-8B's hidden size (the vector path, one
+  // row as a decode step has) and a dim past the vector path's limit.
+  for (const [rows, dim] of [[3, 70], [1, 4096], [2, 8200]]) {
+    const eps = 1e-5;
     const x = Float32Array.from(randoms(rows * dim, 3));
+    const r = q(rows * dim, 2);
     const w = hostOf(randoms(dim).map((v) => 1 + 0.2 * v), "bf16");
-    const ref = new Float64Array(rows * dim);
-    for (let r = 0; r < rows; r++) {
-      let ss = 0;
-      for (let d = 0; d < dim; d++) ss += x[r * dim + d] ** 2;
-      const inv = 1 / Math.sqrt(ss / dim + eps);
-      for (let d = 0; d < dim; d++) ref[r * dim + d] = bf16ToF32(w[d]) * x[r * dim + d] * inv;
-    }
-    out.push({
-      name: "rmsnorm",
-      ref,
-      refBound: act === "bf16" ? 2 ** -8 : 1e-6,
-      twinBound: act === "bf16" ? 2 ** -7 : 1e-6,
-      run(device) {
-        const y = poisoned(device, rows * dim, act);
-        check(
-          lib.fp4_dec_rmsnorm(
-            deviceId(device),
-            on(device, x).pointer(),
-            on(device, w, "bf16").pointer(),
+    const normRef = (xs: Float64Array) => {
+      const ref = new Float64Array(rows * dim);
+      for (let i = 0; i < rows; i++) {
+        let ss = 0;
+        for (let d = 0; d < dim; d++) ss += xs[i * dim + d] ** 2;
+        const inv = 1 / Math.sqrt(ss / dim + eps);
+        for (let d = 0; d < dim; d++) ref[i * dim + d] = bf16ToF32(w[d]) * xs[i * dim + d] * inv;
+      }
+      return ref;
+    };
+    const rf = f(r);
+    const sum = Float64Array.from(x, (v, i) => v + rf[i]);
+    const bf = act === "bf16" ? "bf16" as const : undefined;
+    const norm = (device: Device, add: boolean) => {
+      const xd = on(device, x.slice()), y = poisoned(device, rows * dim, act);
+      const dev = deviceId(device);
+      const w_ = on(device, w, "bf16").pointer();
+      check(
+        add
+          ? lib.fp4_dec_add_rmsnorm(
+            dev,
+            xd.pointer(),
+            on(device, r, bf).pointer(),
+            A,
+            w_,
+            2,
+            y.pointer(),
+            A,
+            BigInt(rows),
+            BigInt(dim),
+            eps,
+          )
+          : lib.fp4_dec_rmsnorm(
+            dev,
+            xd.pointer(),
+            w_,
             2,
             y.pointer(),
             A,
@@ -85,10 +108,32 @@ function cases(act: Act, cacheDt: Act): Case[] {
             BigInt(dim),
             eps,
           ),
-          "rmsnorm",
-        );
-        return valuesOf(y);
-      },
+        add ? "add_rmsnorm" : "rmsnorm",
+      );
+      return { x: valuesOf(xd), y: valuesOf(y) };
+    };
+    const yBounds = {
+      refBound: act === "bf16" ? 2 ** -8 : 1e-6,
+      twinBound: act === "bf16" ? 2 ** -7 : 1e-6,
+    };
+    out.push({
+      name: `rmsnorm ${rows}x${dim}`,
+      ref: normRef(Float64Array.from(x)),
+      ...yBounds,
+      run: (device) => norm(device, false).y,
+    });
+    out.push({
+      name: `add_rmsnorm ${rows}x${dim} (y)`,
+      ref: normRef(sum),
+      ...yBounds,
+      run: (device) => norm(device, true).y,
+    });
+    out.push({
+      name: `add_rmsnorm ${rows}x${dim} (x + r)`,
+      ref: sum,
+      refBound: 2 ** -23,
+      twinBound: 0,
+      run: (device) => norm(device, true).x,
     });
   }
   { // linear: x act [rows, in] x w bf16 [out, in] -> y f32 (and act)
@@ -132,14 +177,19 @@ function cases(act: Act, cacheDt: Act): Case[] {
       }
     }
   }
-  // rope + kv_store + attention at positions p0..p0+T-1 over a cache of ctx rows: a small
-  // case, one past CUDA's 256-row attention tile with head_dim 128 (16-byte row loads), and an
-  // odd head_dim.
+  // rope + kv_store (apart and fused) + attention at positions p0..p0+T-1 over a cache of ctx
+  // rows: a small case with more cache splits than rows, grouped queries (GQA groups of 4 and
+  // 2, plain multi-head), Llama-3-8B's heads at position 700, head_dim 16, 64, 96, 98 (lanes
+  // holding dims past head_dim), 128 (CUDA's vector row loads with a bf16 cache) and 256.
   for (
     const [ctx, p0, T, heads, kvh, hd] of [
       [24, 9, 3, 4, 2, 16],
       [640, 300, 2, 4, 1, 128],
       [40, 30, 1, 2, 2, 96],
+      [1024, 700, 1, 32, 8, 128],
+      [300, 150, 2, 8, 2, 64],
+      [64, 40, 1, 4, 4, 256],
+      [50, 20, 2, 6, 3, 98],
     ]
   ) {
     const half = hd / 2;
@@ -197,9 +247,10 @@ function cases(act: Act, cacheDt: Act): Case[] {
     const kNew = q(T * width), vNew = q(T * width);
     const kAll = f(kOld), vAll = f(vOld);
     const round = (v: number) => cacheDt === "bf16" ? bf16ToF32(f32ToBf16(v)) : Math.fround(v);
+    const kNewF = f(kNew), vNewF = f(vNew);
     for (let i = 0; i < T * width; i++) {
-      kAll[p0 * width + i] = round(f(kNew)[i]);
-      vAll[p0 * width + i] = round(f(vNew)[i]);
+      kAll[p0 * width + i] = round(kNewF[i]);
+      vAll[p0 * width + i] = round(vNewF[i]);
     }
     const qf = f(xq), scale = 1 / Math.sqrt(hd);
     const attRef = new Float64Array(T * heads * hd);
@@ -286,6 +337,71 @@ function cases(act: Act, cacheDt: Act): Case[] {
         return valuesOf(o);
       },
     });
+    // The fused call: q and k rotated in place, the rotated k and v at rows p0.. of the caches.
+    const kq = q(T * width);
+    const kRot = new Float64Array(T * width);
+    const kqf = f(kq);
+    for (let t = 0; t < T; t++) {
+      for (let h = 0; h < kvh; h++) {
+        for (let j = 0; j < half; j++) {
+          const b = (t * kvh + h) * hd,
+            c = cos[(p0 + t) * half + j],
+            s = sin[(p0 + t) * half + j];
+          kRot[b + j] = kqf[b + j] * c - kqf[b + j + half] * s;
+          kRot[b + j + half] = kqf[b + j + half] * c + kqf[b + j] * s;
+        }
+      }
+    }
+    const kCacheRef = f(kOld), vCacheRef = f(vOld);
+    kCacheRef.set(kRot, p0 * width);
+    vCacheRef.set(vNewF, p0 * width);
+    const fusedRef = new Float64Array(ropeRef.length + kRot.length + 2 * ctx * width);
+    fusedRef.set(ropeRef);
+    fusedRef.set(kRot, ropeRef.length);
+    fusedRef.set(kCacheRef, ropeRef.length + kRot.length);
+    fusedRef.set(vCacheRef, ropeRef.length + kRot.length + ctx * width);
+    out.push({
+      name: `rope_kv_store (${cacheDt} cache, head_dim ${hd})`,
+      ref: fusedRef,
+      // Unrounded references: the rows stored in a bf16 cache are off by its rounding.
+      refBound: act === "bf16" || cacheDt === "bf16" ? 2 ** -8 : 1e-6,
+      // The same f32 expressions on both sides (no contraction into FMAs).
+      twinBound: 0,
+      run(device) {
+        const cbf = cacheDt === "bf16" ? "bf16" as const : undefined;
+        const xq_ = on(device, xq.slice(), bf), xk = on(device, kq.slice(), bf);
+        const kc = on(device, kOld.slice(), cbf), vc = on(device, vOld.slice(), cbf);
+        check(
+          lib.fp4_dec_rope_kv_store(
+            deviceId(device),
+            xq_.pointer(),
+            xk.pointer(),
+            on(device, vNew, bf).pointer(),
+            A,
+            on(device, cos).pointer(),
+            on(device, sin).pointer(),
+            on(device, new Int32Array([p0])).pointer(),
+            BigInt(ctx),
+            BigInt(T),
+            BigInt(heads),
+            BigInt(kvh),
+            BigInt(hd),
+            kc.pointer(),
+            vc.pointer(),
+            C,
+          ),
+          "rope_kv_store",
+        );
+        const all = [xq_, xk, kc, vc].map(valuesOf);
+        const res = new Float32Array(all.reduce((a, v) => a + v.length, 0));
+        let o = 0;
+        for (const v of all) {
+          res.set(v, o);
+          o += v.length;
+        }
+        return res;
+      },
+    });
   }
   { // silu_mul, add, embedding, argmax
     const n = 301;
@@ -357,39 +473,43 @@ function cases(act: Act, cacheDt: Act): Case[] {
         return valuesOf(y);
       },
     });
-    const rows = 3, width = 1000;
-    const lx = Float32Array.from(randoms(rows * width));
-    lx[width + 17] = NaN;
-    lx[2 * width + 400] = lx[2 * width + 600] = 5; // a tie: the first index wins
-    const am = new Float64Array(rows);
-    for (let r = 0; r < rows; r++) {
-      let b = -1;
-      for (let i = 0; i < width; i++) {
-        const v = lx[r * width + i];
-        if (!Number.isNaN(v) && (b < 0 || v > lx[r * width + b])) b = i;
+    // A row per CUDA block stride pattern: the vector path (width % 4 == 0), the element path,
+    // and the Llama-3 vocabulary with the winner near the end; NaNs and ties planted.
+    for (const [rows, width] of [[3, 1000], [2, 1001], [1, 128256]]) {
+      const lx = Float32Array.from(randoms(rows * width));
+      lx[Math.min(rows - 1, 1) * width + 17] = NaN;
+      const r = rows - 1;
+      lx[r * width + Math.floor(width * 0.4)] = lx[r * width + width - 3] = 5; // the first wins
+      const am = new Float64Array(rows);
+      for (let i = 0; i < rows; i++) {
+        let b = -1;
+        for (let j = 0; j < width; j++) {
+          const v = lx[i * width + j];
+          if (!Number.isNaN(v) && (b < 0 || v > lx[i * width + b])) b = j;
+        }
+        am[i] = b;
       }
-      am[r] = b;
+      out.push({
+        name: `argmax ${rows}x${width}`,
+        ref: am,
+        refBound: 0,
+        twinBound: 0,
+        run(device) {
+          const o = poisoned(device, rows, "i32");
+          check(
+            lib.fp4_dec_argmax(
+              deviceId(device),
+              on(device, lx).pointer(),
+              BigInt(rows),
+              BigInt(width),
+              o.pointer(),
+            ),
+            "argmax",
+          );
+          return Float32Array.from(o.toArray() as Int32Array);
+        },
+      });
     }
-    out.push({
-      name: "argmax",
-      ref: am,
-      refBound: 0,
-      twinBound: 0,
-      run(device) {
-        const o = poisoned(device, rows, "i32");
-        check(
-          lib.fp4_dec_argmax(
-            deviceId(device),
-            on(device, lx).pointer(),
-            BigInt(rows),
-            BigInt(width),
-            o.pointer(),
-          ),
-          "argmax",
-        );
-        return Float32Array.from(o.toArray() as Int32Array);
-      },
-    });
   }
   return out;
 }
@@ -448,4 +568,91 @@ Deno.test("decode ops reject bad positions and dtypes on the CPU", () => {
   assert(store(p(-1), 0) !== 0, "a negative position must fail");
   assert(store(p(1), 7) !== 0, "cache dtype i64 must fail");
   assert(store(p(2), 0) === 0);
+});
+
+// The fused add + norm is the unfused pair exactly (same adds, same reduction order) on every
+// device, on both of CUDA's paths (element and vector).
+for (const device of ["cpu", "cuda"] as const) {
+  Deno.test({
+    name: `add_rmsnorm equals add then rmsnorm bit for bit (${device})`,
+    ignore: device === "cuda" && !cudaStatus().available,
+    fn() {
+      const lib = native();
+      const dev = deviceId(device);
+      for (const [rows, dim] of [[3, 70], [1, 4096]]) {
+        const x = Float32Array.from(randoms(rows * dim, 3));
+        const r = Uint16Array.from(randoms(rows * dim, 2), f32ToBf16);
+        const w = Uint16Array.from(randoms(dim), (v) => f32ToBf16(1 + 0.2 * v));
+        const rd = on(device, r, "bf16"), wd = on(device, w, "bf16");
+        const x1 = on(device, x.slice()), y1 = poisoned(device, rows * dim, "bf16");
+        const x2 = on(device, x.slice()), y2 = poisoned(device, rows * dim, "bf16");
+        const R = BigInt(rows), D = BigInt(dim);
+        check(
+          lib.fp4_dec_add_rmsnorm(
+            dev,
+            x1.pointer(),
+            rd.pointer(),
+            2,
+            wd.pointer(),
+            2,
+            y1.pointer(),
+            2,
+            R,
+            D,
+            1e-5,
+          ),
+          "add_rmsnorm",
+        );
+        check(lib.fp4_dec_add(dev, x2.pointer(), rd.pointer(), 2, BigInt(rows * dim)), "add");
+        check(
+          lib.fp4_dec_rmsnorm(dev, x2.pointer(), wd.pointer(), 2, y2.pointer(), 2, R, D, 1e-5),
+          "rmsnorm",
+        );
+        assertEquals(x1.toArray(), x2.toArray(), `seed ${seed} ${rows}x${dim}: x`);
+        assertEquals(y1.toArray(), y2.toArray(), `seed ${seed} ${rows}x${dim}: y`);
+      }
+    },
+  });
+}
+
+// The fused ops in the engine's decode step, at Llama-3's head shape (head_dim 128, GQA groups
+// of 4): teacher-forced on the same tokens, CUDA (bf16 activations and cache, graph-replayed
+// steps) stays within 5e-2 of the logits' scale of the CPU engine (f32), the bound the
+// brown-llama-29m test states for 8 layers of bf16 rounding; a 40-token prompt, then 60 steps.
+Deno.test({
+  name: "decode step with the fused ops: CUDA engine logits match the CPU engine's",
+  ignore: !cudaStatus().available,
+  async fn() {
+    const model = LlamaModel.random(
+      parseLlamaConfig({
+        model_type: "llama",
+        hidden_size: 512,
+        intermediate_size: 1024,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 1,
+        vocab_size: 300,
+        rope_theta: 10000,
+        max_position_embeddings: 128,
+      }),
+      { seed: seed + 5, dtype: "bf16", std: 0.05 },
+    );
+    using cpu = DecodeEngine.create(model, { contextLength: 128 });
+    using gpu = DecodeEngine.create(model, { device: "cuda", contextLength: 128 });
+    const prompt = Int32Array.from({ length: 40 }, () => Math.floor((rand() + 1) * 150));
+    await cpu.forward(prompt);
+    await gpu.forward(prompt);
+    for (let step = 0; step < 60; step++) {
+      const a = gpu.logits(), b = cpu.logits();
+      let err = 0, scale = 0;
+      for (let i = 0; i < a.length; i++) {
+        err = Math.max(err, Math.abs(a[i] - b[i]));
+        scale = Math.max(scale, Math.abs(b[i]));
+      }
+      assert(err <= 5e-2 * scale, `seed ${seed} step ${step}: |dlogit| ${err} > 5e-2 * ${scale}`);
+      const t = cpu.argmax();
+      await cpu.forward(new Int32Array([t]));
+      await gpu.forward(new Int32Array([t]));
+    }
+  },
 });

@@ -10,11 +10,15 @@
  * Reported per configuration: prefill and decode tokens/s, decode ms/token, the ratio to our
  * BF16 path (goal: FP4 >= 2.5x), the device memory the engine holds (weights + KV cache +
  * scratch, from cudaMemGetInfo before and after), and the checkpoint size the weights imply
- * (tensor bytes; safetensors adds only its header). `--torch FILE` adds the PyTorch reference
- * written by bench/gpu/decode_torch_baseline.py.
+ * (tensor bytes; safetensors adds only its header). Then the step's ops one by one, eagerly and
+ * inside a recorded graph (the cost each adds to a replayed step). `--torch FILE` adds the
+ * PyTorch reference written by bench/gpu/decode_torch_baseline.py.
  *
- * Usage: deno run -A bench/gpu/decode_bench.ts --out DIR [--layers N] [--tokens N] [--torch FILE]
- * Writes DIR/decode.json (device, date, commit, figures) and prints a table last.
+ * Usage: deno run -A bench/gpu/decode_bench.ts --out DIR [--layers N] [--tokens N]
+ *   [--formats bf16,mxfp4,nvfp4] [--graphs-only] [--op-launches N] [--torch FILE]
+ * (few layers, tokens and op launches make a short run to profile under ncu).
+ * Writes DIR/decode.json (device, date, commit, figures) and prints a table last. The decode
+ * kernels' programmatic dependent launch follows $FP4LAB_PDL (recorded as `pdl`).
  *
  * @module
  */
@@ -39,6 +43,9 @@ const { values: args } = parseArgs({
     out: { type: "string", default: "bench/results/tmp" },
     layers: { type: "string", default: "32" },
     tokens: { type: "string", default: "128" },
+    formats: { type: "string", default: "bf16,mxfp4,nvfp4" },
+    "graphs-only": { type: "boolean", default: false },
+    "op-launches": { type: "string", default: "200" },
     torch: { type: "string" },
   },
 });
@@ -170,29 +177,34 @@ interface Run {
   engineBytes: number;
   checkpointBytes: number;
   vsBf16: number | null;
+  /** Whether the greedy tokens equal those of the same weights' first (graph-replayed) run. */
+  sameTokens: boolean;
 }
 
 async function timeDecode(engine: DecodeEngine, prompt: Int32Array) {
   engine.reset();
+  const tokens = new Int32Array(TOKENS + 1);
   const t0 = performance.now();
   await engine.forward(prompt);
-  let t = engine.argmax();
+  let t = tokens[0] = engine.argmax();
   const t1 = performance.now();
   for (let i = 0; i < TOKENS; i++) {
     await engine.forward(new Int32Array([t]));
-    t = engine.argmax();
+    t = tokens[i + 1] = engine.argmax();
   }
   const t2 = performance.now();
-  return { prefillMs: t1 - t0, decodeMs: t2 - t1 };
+  return { prefillMs: t1 - t0, decodeMs: t2 - t1, tokens };
 }
 
 const prompt = Int32Array.from({ length: PROMPT }, (_, i) => (i * 7919) % config.vocabSize);
 const runs: Run[] = [];
-for (const format of ["bf16", "mxfp4", "nvfp4"] as const) {
+const formats = args.formats!.split(",") as ("bf16" | Fp4WeightFormat)[];
+for (const format of formats) {
   console.log(`--- ${format}: loading`);
   const before = cudaMemory();
   const quantized = format === "bf16" ? new Map<string, Fp4Weights>() : fp4Weights(format);
-  for (const graphs of [true, false]) {
+  let firstTokens: Int32Array | null = null;
+  for (const graphs of args["graphs-only"] ? [true] : [true, false]) {
     const engine = DecodeEngine.create(model, {
       device: "cuda",
       contextLength: CONTEXT,
@@ -201,7 +213,8 @@ for (const format of ["bf16", "mxfp4", "nvfp4"] as const) {
     });
     try {
       await timeDecode(engine, prompt);
-      const { prefillMs, decodeMs } = await timeDecode(engine, prompt);
+      const { prefillMs, decodeMs, tokens } = await timeDecode(engine, prompt);
+      firstTokens ??= tokens;
       const engineBytes = before.free - cudaMemory().free;
       const run: Run = {
         weights: format,
@@ -212,6 +225,7 @@ for (const format of ["bf16", "mxfp4", "nvfp4"] as const) {
         engineBytes,
         checkpointBytes: checkpointBytes(format),
         vsBf16: null,
+        sameTokens: tokens.every((t, i) => t === firstTokens![i]),
       };
       const base = runs.find((r) => r.weights === "bf16" && r.graphs === graphs);
       if (base) run.vsBf16 = run.decodeTokS / base.decodeTokS;
@@ -221,7 +235,7 @@ for (const format of ["bf16", "mxfp4", "nvfp4"] as const) {
           run.msPerToken.toFixed(2)
         } ms/token), prefill ${run.prefillTokS.toFixed(0)} tok/s, engine ${
           (engineBytes / 2 ** 30).toFixed(2)
-        } GiB`,
+        } GiB, tokens ${run.sameTokens ? "same" : "DIFFER"}`,
       );
     } finally {
       engine.dispose();
@@ -235,10 +249,13 @@ for (const format of ["bf16", "mxfp4", "nvfp4"] as const) {
 
 /**
  * Per-op cost of one decode step's kernels at the model's shapes (position 144, as at the end of
- * the timed runs): each op launched 200 times eagerly, then one synchronize; microseconds per
- * launch (includes the launch's host cost, which a replayed graph mostly hides).
+ * the timed runs; attention also at 1000): each op launched N times (--op-launches, 200)
+ * eagerly, then one synchronize (`eager`: microseconds per launch, with the launch's host
+ * cost), and the same N launches recorded as one CUDA graph and replayed (`graph`: what the op adds to a replayed
+ * step, launch gaps included; consecutive launches of our decode kernels overlap through PDL as
+ * they do in the step). `layer_nvfp4` is one layer's sequence of launches.
  */
-function opBreakdown(): Record<string, number> {
+function opBreakdown(): { eager: Record<string, number>; graph: Record<string, number> } {
   const lib = native();
   const CUDA = 1, BF16 = 2, F32 = 0;
   const h = config.hiddenSize, m = config.intermediateSize, hd = config.headDim;
@@ -250,20 +267,23 @@ function opBreakdown(): Record<string, number> {
   using hidden = T([h], "f32");
   using normW = T([h], "bf16");
   using q = T([heads * hd], "bf16");
+  using k = T([kvh * hd], "bf16");
+  using v = T([kvh * hd], "bf16");
   using kc = T([CONTEXT, kvh * hd], "bf16");
   using vc = T([CONTEXT, kvh * hd], "bf16");
   using att = T([heads * hd], "bf16");
   using cos = T([CONTEXT * hd / 2], "f32");
   using sin = T([CONTEXT * hd / 2], "f32");
   using pos = Tensor.from(new Int32Array([144]), [1]).to("cuda");
+  using pos1000 = Tensor.from(new Int32Array([1000]), [1]).to("cuda");
   using head = T([V, h], "bf16");
   using last = T([1], "i32");
   using codes = T([m * h / 2], "u8");
   using scales = T([m * h / 16], "u8");
-  const gemv = (n: number) =>
+  const gemv = (format: number, n: number, k = h) =>
     lib.fp4_gemm(
       CUDA,
-      1,
+      format,
       x.pointer(),
       codes.pointer(),
       scales.pointer(),
@@ -271,13 +291,45 @@ function opBreakdown(): Record<string, number> {
       y.pointer(),
       1n,
       BigInt(n),
-      BigInt(h),
+      BigInt(k),
+    );
+  const attention = (p: Tensor) =>
+    lib.fp4_dec_attention(
+      CUDA,
+      q.pointer(),
+      BF16,
+      kc.pointer(),
+      vc.pointer(),
+      BF16,
+      att.pointer(),
+      BF16,
+      p.pointer(),
+      BigInt(CONTEXT),
+      1n,
+      BigInt(heads),
+      BigInt(kvh),
+      BigInt(hd),
+      1 / Math.sqrt(hd),
     );
   const ops: Record<string, () => number> = {
     rmsnorm: () =>
       lib.fp4_dec_rmsnorm(
         CUDA,
         hidden.pointer(),
+        normW.pointer(),
+        BF16,
+        x.pointer(),
+        BF16,
+        1n,
+        BigInt(h),
+        1e-5,
+      ),
+    add_rmsnorm: () =>
+      lib.fp4_dec_add_rmsnorm(
+        CUDA,
+        hidden.pointer(),
+        att.pointer(),
+        BF16,
         normW.pointer(),
         BF16,
         x.pointer(),
@@ -302,7 +354,7 @@ function opBreakdown(): Record<string, number> {
     kv_store: () =>
       lib.fp4_dec_kv_store(
         CUDA,
-        q.pointer(),
+        k.pointer(),
         BF16,
         kc.pointer(),
         BF16,
@@ -311,24 +363,27 @@ function opBreakdown(): Record<string, number> {
         1n,
         BigInt(kvh * hd),
       ),
-    attention: () =>
-      lib.fp4_dec_attention(
+    rope_kv_store: () =>
+      lib.fp4_dec_rope_kv_store(
         CUDA,
         q.pointer(),
+        k.pointer(),
+        v.pointer(),
         BF16,
-        kc.pointer(),
-        vc.pointer(),
-        BF16,
-        att.pointer(),
-        BF16,
+        cos.pointer(),
+        sin.pointer(),
         pos.pointer(),
         BigInt(CONTEXT),
         1n,
         BigInt(heads),
         BigInt(kvh),
         BigInt(hd),
-        1 / Math.sqrt(hd),
+        kc.pointer(),
+        vc.pointer(),
+        BF16,
       ),
+    attention: () => attention(pos),
+    attention_pos1000: () => attention(pos1000),
     silu_mul: () =>
       lib.fp4_dec_silu_mul(CUDA, x.pointer(), x.pointer(), x.pointer(), BF16, BigInt(m)),
     add: () => lib.fp4_dec_add(CUDA, hidden.pointer(), x.pointer(), BF16, BigInt(h)),
@@ -346,27 +401,67 @@ function opBreakdown(): Record<string, number> {
         BigInt(h),
       ),
     argmax: () => lib.fp4_dec_argmax(CUDA, y.pointer(), 1n, BigInt(V), last.pointer()),
-    gemv_nvfp4_14336x4096: () => gemv(m),
-    gemv_nvfp4_1024x4096: () => gemv(kvh * hd),
+    gemv_nvfp4_14336x4096: () => gemv(1, m),
+    gemv_nvfp4_4096x4096: () => gemv(1, h),
+    gemv_nvfp4_1024x4096: () => gemv(1, kvh * hd),
+    gemv_mxfp4_14336x4096: () => gemv(0, m),
+    gemv_mxfp4_4096x4096: () => gemv(0, h),
+    gemv_mxfp4_1024x4096: () => gemv(0, kvh * hd),
   };
-  const out: Record<string, number> = {};
+  // One NVFP4 layer's launches in the step's order (every GEMV reading the same weight buffer):
+  // against the sum of its ops, the cost of the switches between kernels of different kinds.
+  const layer = [
+    ops.add_rmsnorm,
+    () => gemv(1, heads * hd),
+    () => gemv(1, kvh * hd),
+    () => gemv(1, kvh * hd),
+    ops.rope_kv_store,
+    ops.attention,
+    () => gemv(1, h),
+    ops.add_rmsnorm,
+    () => gemv(1, m),
+    () => gemv(1, m),
+    ops.silu_mul,
+    () => gemv(1, h, m),
+  ];
+  ops.layer_nvfp4 = () => {
+    for (const op of layer) {
+      const st = op();
+      if (st !== 0) return st;
+    }
+    return 0;
+  };
+  const N = Number(args["op-launches"]);
+  const eager: Record<string, number> = {}, graph: Record<string, number> = {};
+  const sync = () => check(lib.fp4_synchronize(CUDA), "fp4_synchronize");
   for (const [name, op] of Object.entries(ops)) {
     check(op(), name);
-    check(lib.fp4_synchronize(CUDA), "fp4_synchronize");
-    const t0 = performance.now();
-    for (let i = 0; i < 200; i++) check(op(), name);
-    check(lib.fp4_synchronize(CUDA), "fp4_synchronize");
-    out[name] = (performance.now() - t0) * 1000 / 200;
+    sync();
+    let t0 = performance.now();
+    for (let i = 0; i < N; i++) check(op(), name);
+    sync();
+    eager[name] = (performance.now() - t0) * 1000 / N;
+    check(lib.fp4_graph_begin(CUDA), "fp4_graph_begin");
+    for (let i = 0; i < N; i++) check(op(), name);
+    const out = new BigUint64Array(1);
+    check(lib.fp4_graph_end(CUDA, out), "fp4_graph_end");
+    const g = Deno.UnsafePointer.create(out[0]);
+    check(lib.fp4_graph_launch(CUDA, g), "fp4_graph_launch");
+    sync();
+    const REPLAYS = 5;
+    t0 = performance.now();
+    for (let r = 0; r < REPLAYS; r++) check(lib.fp4_graph_launch(CUDA, g), "fp4_graph_launch");
+    sync();
+    graph[name] = (performance.now() - t0) * 1000 / (N * REPLAYS);
+    check(lib.fp4_graph_destroy(CUDA, g), "fp4_graph_destroy");
   }
-  return out;
+  return { eager, graph };
 }
 
 const ops = opBreakdown();
-console.log(
-  `per-op µs (eager, 200 launches): ${
-    JSON.stringify(ops, (_k, v) => typeof v === "number" ? Number(v.toFixed(1)) : v)
-  }`,
-);
+const round1 = (_k: string, v: unknown) => typeof v === "number" ? Number(v.toFixed(2)) : v;
+console.log(`per-op µs, eager: ${JSON.stringify(ops.eager, round1)}`);
+console.log(`per-op µs, in a graph: ${JSON.stringify(ops.graph, round1)}`);
 
 let torch: Record<string, unknown> | null = null;
 if (args.torch) {
@@ -388,8 +483,10 @@ const result = {
   decodeTokens: TOKENS,
   contextLength: CONTEXT,
   goal: "FP4 decode tokens/s >= 2.5x our BF16 path (batch 1)",
+  pdl: Deno.env.get("FP4LAB_PDL") ?? "on",
   runs,
-  opMicroseconds: ops,
+  opMicroseconds: ops.eager,
+  opGraphMicroseconds: ops.graph,
   torch,
 };
 await Deno.mkdir(args.out!, { recursive: true });

@@ -30,6 +30,9 @@ fp4_status dec_embedding(const int32_t *ids, const void *table, int32_t table_dt
                          int64_t tokens, int64_t vocab, int64_t dim);
 fp4_status dec_rmsnorm(const float *x, const void *w, int32_t w_dtype, void *y, int32_t y_dtype,
                        int64_t rows, int64_t dim, float eps);
+fp4_status dec_add_rmsnorm(float *x, const void *r, int32_t r_dtype, const void *w,
+                           int32_t w_dtype, void *y, int32_t y_dtype, int64_t rows, int64_t dim,
+                           float eps);
 fp4_status dec_linear(const void *x, int32_t x_dtype, const void *w, int32_t w_dtype, void *y,
                       int32_t y_dtype, int64_t rows, int64_t out_features, int64_t in_features);
 fp4_status dec_rope(void *x, int32_t x_dtype, const float *cos, const float *sin,
@@ -37,6 +40,10 @@ fp4_status dec_rope(void *x, int32_t x_dtype, const float *cos, const float *sin
                     int64_t head_dim);
 fp4_status dec_kv_store(const void *x, int32_t x_dtype, void *cache, int32_t cache_dtype,
                         const int32_t *pos, int64_t ctx, int64_t tokens, int64_t width);
+fp4_status dec_rope_kv_store(void *q, void *k, const void *v, int32_t x_dtype, const float *cos,
+                             const float *sin, const int32_t *pos, int64_t ctx, int64_t tokens,
+                             int64_t heads, int64_t kv_heads, int64_t head_dim, void *k_cache,
+                             void *v_cache, int32_t cache_dtype);
 fp4_status dec_attention(const void *q, int32_t q_dtype, const void *k_cache,
                          const void *v_cache, int32_t cache_dtype, void *out, int32_t out_dtype,
                          const int32_t *pos, int64_t ctx, int64_t tokens, int64_t heads,

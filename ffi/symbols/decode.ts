@@ -6,8 +6,8 @@
  * @module
  */
 
-/** Symbols of the decode ABI: embedding, RMSNorm, linear, RoPE, KV store, attention, SwiGLU,
- * residual add, argmax. */
+/** Symbols of the decode ABI: embedding, RMSNorm (alone or after the residual add), linear,
+ * RoPE, KV store (alone or fused with RoPE), attention, SwiGLU, residual add, argmax. */
 export const decodeSymbols = {
   fp4_cublas_status: { parameters: ["buffer", "i32"], result: "i32" },
   fp4_dec_embedding: {
@@ -16,6 +16,22 @@ export const decodeSymbols = {
   },
   fp4_dec_rmsnorm: {
     parameters: ["i32", "pointer", "pointer", "i32", "pointer", "i32", "i64", "i64", "f32"],
+    result: "i32",
+  },
+  fp4_dec_add_rmsnorm: {
+    parameters: [
+      "i32",
+      "pointer",
+      "pointer",
+      "i32",
+      "pointer",
+      "i32",
+      "pointer",
+      "i32",
+      "i64",
+      "i64",
+      "f32",
+    ],
     result: "i32",
   },
   fp4_dec_linear: {
@@ -39,6 +55,27 @@ export const decodeSymbols = {
   },
   fp4_dec_kv_store: {
     parameters: ["i32", "pointer", "i32", "pointer", "i32", "pointer", "i64", "i64", "i64"],
+    result: "i32",
+  },
+  fp4_dec_rope_kv_store: {
+    parameters: [
+      "i32",
+      "pointer",
+      "pointer",
+      "pointer",
+      "i32",
+      "pointer",
+      "pointer",
+      "pointer",
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "pointer",
+      "pointer",
+      "i32",
+    ],
     result: "i32",
   },
   fp4_dec_attention: {

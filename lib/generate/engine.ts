@@ -979,10 +979,19 @@ export class DecodeEngine {
     return t;
   }
 
-  /** Embedding and every layer for the T tokens of the scratch, leaving the residual stream in s.hidden. */
+  /**
+   * Embedding and every layer for the T tokens of the scratch, leaving the residual stream in
+   * s.hidden. Each layer's closing residual add also computes the next layer's input norm.
+   */
   async #layersFor(s: Scratch, T: number): Promise<void> {
     this.#embedRows(s.ids.pointer(), s.hidden.pointer(), T);
-    for (const L of this.#layers) await this.#layer(L, s.hidden.pointer(), s, T);
+    const layers = this.#layers;
+    for (let l = 0; l < layers.length; l++) {
+      await this.#layer(layers[l], s.hidden.pointer(), s, T, undefined, {
+        normed: l > 0,
+        nextNorm: layers[l + 1]?.inputNorm,
+      });
+    }
   }
 
   /** Embedding rows of `T` device ids into the f32 residual stream `hidden`. */
@@ -1007,6 +1016,9 @@ export class DecodeEngine {
    * One decoder layer for the T tokens of the scratch at the positions #pos starts, on the
    * residual stream `hidden` ([T, dim] f32) in place. `onInput` sees the inputs of the layer's
    * q (shared by k and v), o, gate (shared by up) and down projections before any input scheme.
+   * Each residual add runs fused with the norm after it: `fuse.normed` says s.x already holds
+   * this layer's input norm (the previous layer's closing add computed it), and
+   * `fuse.nextNorm` makes the closing add compute the next layer's.
    */
   async #layer(
     L: LayerWeights,
@@ -1014,6 +1026,7 @@ export class DecodeEngine {
     s: Scratch,
     T: number,
     onInput?: BlockInputHook,
+    fuse: { normed: boolean; nextNorm?: Tensor } = { normed: false },
   ): Promise<void> {
     const c = this.model.config;
     const lib = native();
@@ -1021,47 +1034,70 @@ export class DecodeEngine {
     const act = this.activationDtype, A = abiDType(act), C = abiDType(this.cacheDtype);
     const TT = BigInt(T), ctx = BigInt(this.contextLength);
     const dim = c.hiddenSize, eps = c.rmsNormEps;
-    const kvWidth = c.numKvHeads * c.headDim;
     const pos = this.#pos.pointer();
     const wd = (t: Tensor) => abiDType(t.dtype);
     const seen = async (lw: LinearWeights, x: Deno.PointerValue) => {
       if (onInput) await onInput(lw.name, this.#capture(x, T, lw.in));
     };
     const x = s.x.pointer(), q = s.q.pointer(), k = s.k.pointer(), v = s.v.pointer();
-    check(
-      lib.fp4_dec_rmsnorm(
-        dev,
-        hidden,
-        L.inputNorm.pointer(),
-        wd(L.inputNorm),
-        x,
-        A,
-        TT,
-        BigInt(dim),
-        eps,
-      ),
-      "fp4_dec_rmsnorm",
-    );
+    // hidden += s.proj, then s.x = norm(hidden): a residual add and the norm after it.
+    const addNorm = (norm: Tensor) =>
+      check(
+        lib.fp4_dec_add_rmsnorm(
+          dev,
+          hidden,
+          s.proj.pointer(),
+          A,
+          norm.pointer(),
+          wd(norm),
+          x,
+          A,
+          TT,
+          BigInt(dim),
+          eps,
+        ),
+        "fp4_dec_add_rmsnorm",
+      );
+    if (!fuse.normed) {
+      check(
+        lib.fp4_dec_rmsnorm(
+          dev,
+          hidden,
+          L.inputNorm.pointer(),
+          wd(L.inputNorm),
+          x,
+          A,
+          TT,
+          BigInt(dim),
+          eps,
+        ),
+        "fp4_dec_rmsnorm",
+      );
+    }
     await seen(L.q, x);
     await this.#sameInput([L.q, L.k, L.v], x, act, [q, k, v], act, T);
     const hd = BigInt(c.headDim);
-    const cos = this.#cos.pointer(), sin = this.#sin.pointer();
-    check(
-      lib.fp4_dec_rope(dev, q, A, cos, sin, pos, ctx, TT, BigInt(c.numHeads), hd),
-      "fp4_dec_rope",
-    );
-    check(
-      lib.fp4_dec_rope(dev, k, A, cos, sin, pos, ctx, TT, BigInt(c.numKvHeads), hd),
-      "fp4_dec_rope",
-    );
     const kc = L.kCache.pointer(), vc = L.vCache.pointer();
     check(
-      lib.fp4_dec_kv_store(dev, k, A, kc, C, pos, ctx, TT, BigInt(kvWidth)),
-      "fp4_dec_kv_store",
-    );
-    check(
-      lib.fp4_dec_kv_store(dev, v, A, vc, C, pos, ctx, TT, BigInt(kvWidth)),
-      "fp4_dec_kv_store",
+      lib.fp4_dec_rope_kv_store(
+        dev,
+        q,
+        k,
+        v,
+        A,
+        this.#cos.pointer(),
+        this.#sin.pointer(),
+        pos,
+        ctx,
+        TT,
+        BigInt(c.numHeads),
+        BigInt(c.numKvHeads),
+        hd,
+        kc,
+        vc,
+        C,
+      ),
+      "fp4_dec_rope_kv_store",
     );
     check(
       lib.fp4_dec_attention(
@@ -1085,21 +1121,7 @@ export class DecodeEngine {
     );
     await seen(L.o, s.att.pointer());
     await this.#linear(L.o, s.att.pointer(), act, s.proj.pointer(), act, T);
-    check(lib.fp4_dec_add(dev, hidden, s.proj.pointer(), A, BigInt(T * dim)), "fp4_dec_add");
-    check(
-      lib.fp4_dec_rmsnorm(
-        dev,
-        hidden,
-        L.postNorm.pointer(),
-        wd(L.postNorm),
-        x,
-        A,
-        TT,
-        BigInt(dim),
-        eps,
-      ),
-      "fp4_dec_rmsnorm",
-    );
+    addNorm(L.postNorm);
     await seen(L.gate, x);
     await this.#sameInput([L.gate, L.up], x, act, [s.gate.pointer(), s.up.pointer()], act, T);
     check(
@@ -1115,7 +1137,11 @@ export class DecodeEngine {
     );
     await seen(L.down, s.gate.pointer());
     await this.#linear(L.down, s.gate.pointer(), act, s.proj.pointer(), act, T);
-    check(lib.fp4_dec_add(dev, hidden, s.proj.pointer(), A, BigInt(T * dim)), "fp4_dec_add");
+    if (fuse.nextNorm) {
+      addNorm(fuse.nextNorm);
+    } else {
+      check(lib.fp4_dec_add(dev, hidden, s.proj.pointer(), A, BigInt(T * dim)), "fp4_dec_add");
+    }
   }
 
   /**

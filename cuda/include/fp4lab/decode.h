@@ -13,7 +13,12 @@
  * skipped and their outputs written as NaN, since a device-side position cannot be reported
  * without a synchronisation); callers keep *pos + tokens <= ctx.
  *
- * CUDA calls are asynchronous on the default stream, like fp4_gemm; fp4_synchronize waits. */
+ * CUDA calls are asynchronous on the default stream, like fp4_gemm; fp4_synchronize waits. Their
+ * kernels are launched for programmatic dependent launch: each may start while the previous
+ * kernel drains and waits for it on the device before reading anything it may have written,
+ * except the norm weights w of fp4_dec_rmsnorm and fp4_dec_add_rmsnorm, read before the wait:
+ * write those with a copy, not with the kernel just before ($FP4LAB_PDL=off launches every
+ * kernel plainly). */
 #ifndef FP4LAB_DECODE_H
 #define FP4LAB_DECODE_H
 
@@ -28,6 +33,13 @@ FP4_API fp4_status fp4_dec_embedding(int32_t device, const int32_t *ids, const v
 /* y[t, :] = w * x[t, :] / sqrt(mean(x[t, :]^2) + eps); x f32, w f32|bf16, y f32|bf16. */
 FP4_API fp4_status fp4_dec_rmsnorm(int32_t device, const float *x, const void *w, int32_t w_dtype,
                                    void *y, int32_t y_dtype, int64_t rows, int64_t dim, float eps);
+
+/* The residual add and the next norm in one pass: x[t, :] += r[t, :] (x f32, r f32|bf16), then
+ * y = rmsnorm(x) as fp4_dec_rmsnorm; the same values as fp4_dec_add followed by
+ * fp4_dec_rmsnorm. */
+FP4_API fp4_status fp4_dec_add_rmsnorm(int32_t device, float *x, const void *r, int32_t r_dtype,
+                                       const void *w, int32_t w_dtype, void *y, int32_t y_dtype,
+                                       int64_t rows, int64_t dim, float eps);
 
 /* y[r, o] = sum_i x[r, i] * w[o, i]; x f32|bf16 [rows, in], w f32|bf16 [out, in],
  * y f32|bf16 [rows, out]. On CUDA, bf16 x and w go through cuBLAS (cublasGemmEx, f32
@@ -53,6 +65,16 @@ FP4_API fp4_status fp4_dec_rope(int32_t device, void *x, int32_t x_dtype, const 
 FP4_API fp4_status fp4_dec_kv_store(int32_t device, const void *x, int32_t x_dtype, void *cache,
                                     int32_t cache_dtype, const int32_t *pos, int64_t ctx,
                                     int64_t tokens, int64_t width);
+
+/* The attention block's position-dependent writes in one call: fp4_dec_rope of q [tokens,
+ * heads, head_dim] and of k [tokens, kv_heads, head_dim] in place, then fp4_dec_kv_store of k
+ * into k_cache and of v (like k) into v_cache; the same values as those four calls. q, k, v
+ * have x_dtype, the caches cache_dtype. */
+FP4_API fp4_status fp4_dec_rope_kv_store(int32_t device, void *q, void *k, const void *v,
+                                         int32_t x_dtype, const float *cos, const float *sin,
+                                         const int32_t *pos, int64_t ctx, int64_t tokens,
+                                         int64_t heads, int64_t kv_heads, int64_t head_dim,
+                                         void *k_cache, void *v_cache, int32_t cache_dtype);
 
 /* Causal grouped-query attention of new queries over the cache: q [tokens, heads, head_dim]
  * (f32|bf16), k_cache and v_cache [ctx, kv_heads, head_dim] (cache_dtype), out like q

@@ -228,6 +228,24 @@ FP4_API fp4_status fp4_dec_rmsnorm(int32_t device, const float *x, const void *w
   })
 }
 
+FP4_API fp4_status fp4_dec_add_rmsnorm(int32_t device, float *x, const void *r, int32_t r_dtype,
+                                       const void *w, int32_t w_dtype, void *y, int32_t y_dtype,
+                                       int64_t rows, int64_t dim, float eps) {
+  FP4_GUARD({
+    const char *fn = "fp4_dec_add_rmsnorm";
+    if (fp4_status s = check_device(device, fn)) return s;
+    if (fp4_status s = check_dtypes(fn, {r_dtype, w_dtype, y_dtype})) return s;
+    FP4_REQUIRE(rows >= 0 && dim > 0, "%s: bad sizes (rows %lld, dim %lld)", fn, (long long)rows,
+                (long long)dim);
+    FP4_REQUIRE(eps >= 0 && std::isfinite(eps), "%s: eps must be finite and >= 0", fn);
+    if (rows == 0) return FP4_OK;
+    FP4_REQUIRE(x && r && w && y, "%s: null pointer", fn);
+    DEC_DISPATCH(add_cpu(x, r, r_dtype, uint64_t(rows * dim));
+                 rmsnorm_cpu(x, w, w_dtype, y, y_dtype, rows, dim, eps),
+                 fp4::cuda::dec_add_rmsnorm(x, r, r_dtype, w, w_dtype, y, y_dtype, rows, dim, eps))
+  })
+}
+
 FP4_API fp4_status fp4_dec_linear(int32_t device, const void *x, int32_t x_dtype, const void *w,
                                   int32_t w_dtype, void *y, int32_t y_dtype, int64_t rows,
                                   int64_t out_features, int64_t in_features) {
@@ -282,6 +300,36 @@ FP4_API fp4_status fp4_dec_kv_store(int32_t device, const void *x, int32_t x_dty
     }
     DEC_DISPATCH(kv_store_cpu(x, x_dtype, cache, cache_dtype, *pos, tokens, width),
                  fp4::cuda::dec_kv_store(x, x_dtype, cache, cache_dtype, pos, ctx, tokens, width))
+  })
+}
+
+FP4_API fp4_status fp4_dec_rope_kv_store(int32_t device, void *q, void *k, const void *v,
+                                         int32_t x_dtype, const float *cos, const float *sin,
+                                         const int32_t *pos, int64_t ctx, int64_t tokens,
+                                         int64_t heads, int64_t kv_heads, int64_t head_dim,
+                                         void *k_cache, void *v_cache, int32_t cache_dtype) {
+  FP4_GUARD({
+    const char *fn = "fp4_dec_rope_kv_store";
+    if (fp4_status s = check_device(device, fn)) return s;
+    if (fp4_status s = check_dtypes(fn, {x_dtype, cache_dtype})) return s;
+    FP4_REQUIRE(tokens >= 0 && ctx > 0 && heads > 0 && kv_heads > 0 && head_dim > 0 &&
+                    head_dim % 2 == 0,
+                "%s: bad sizes (ctx %lld, tokens %lld, heads %lld, kv_heads %lld, head_dim %lld "
+                "must be even)",
+                fn, (long long)ctx, (long long)tokens, (long long)heads, (long long)kv_heads,
+                (long long)head_dim);
+    if (tokens == 0) return FP4_OK;
+    FP4_REQUIRE(q && k && v && cos && sin && pos && k_cache && v_cache, "%s: null pointer", fn);
+    const int64_t width = kv_heads * head_dim;
+    if (device == FP4_DEVICE_CPU) {
+      if (fp4_status s = check_pos(fn, pos, ctx, tokens)) return s;
+    }
+    DEC_DISPATCH(rope_cpu(q, x_dtype, cos, sin, *pos, tokens, heads, head_dim);
+                 rope_cpu(k, x_dtype, cos, sin, *pos, tokens, kv_heads, head_dim);
+                 kv_store_cpu(k, x_dtype, k_cache, cache_dtype, *pos, tokens, width);
+                 kv_store_cpu(v, x_dtype, v_cache, cache_dtype, *pos, tokens, width),
+                 fp4::cuda::dec_rope_kv_store(q, k, v, x_dtype, cos, sin, pos, ctx, tokens, heads,
+                                              kv_heads, head_dim, k_cache, v_cache, cache_dtype))
   })
 }
 

@@ -4,7 +4,7 @@
 #include "../cuda_backend.hpp"
 #include "../decode_backend.hpp"
 #include "check.cuh"
-#include "stream.cuh"
+#include "decode_launch.cuh"
 
 namespace fp4::cuda {
 namespace {
@@ -21,6 +21,8 @@ int blocks_for(uint64_t n) {
 
 __global__ void embedding_kernel(const int32_t *ids, const void *table, int32_t dtype, float *y,
                                  int64_t tokens, int64_t vocab, int64_t dim) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t n = tokens * dim;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -32,6 +34,8 @@ __global__ void embedding_kernel(const int32_t *ids, const void *table, int32_t 
 
 __global__ void silu_mul_kernel(const void *gate, const void *up, void *out, int32_t dtype,
                                 uint64_t n) {
+  pdl_trigger();
+  pdl_wait();
   for (uint64_t i = blockIdx.x * uint64_t(blockDim.x) + threadIdx.x; i < n;
        i += uint64_t(gridDim.x) * blockDim.x) {
     const float g = load(gate, dtype, int64_t(i));
@@ -42,6 +46,8 @@ __global__ void silu_mul_kernel(const void *gate, const void *up, void *out, int
 }
 
 __global__ void add_kernel(float *y, const void *x, int32_t dtype, uint64_t n) {
+  pdl_trigger();
+  pdl_wait();
   for (uint64_t i = blockIdx.x * uint64_t(blockDim.x) + threadIdx.x; i < n;
        i += uint64_t(gridDim.x) * blockDim.x)
     y[i] += load(x, dtype, int64_t(i));
@@ -52,24 +58,19 @@ __global__ void add_kernel(float *y, const void *x, int32_t dtype, uint64_t n) {
 fp4_status dec_embedding(const int32_t *ids, const void *table, int32_t table_dtype, float *y,
                          int64_t tokens, int64_t vocab, int64_t dim) {
   if (fp4_status s = ensure_device()) return s;
-  embedding_kernel<<<blocks_for(uint64_t(tokens * dim)), kThreads, 0, launch_stream()>>>(ids, table, table_dtype, y,
-                                                                       tokens, vocab, dim);
-  FP4_CU_LAUNCH();
-  return FP4_OK;
+  return launch_decode(embedding_kernel, dim3(blocks_for(uint64_t(tokens * dim))), dim3(kThreads),
+                       1, ids, table, table_dtype, y, tokens, vocab, dim);
 }
 
 fp4_status dec_silu_mul(const void *gate, const void *up, void *out, int32_t dtype, uint64_t n) {
   if (fp4_status s = ensure_device()) return s;
-  silu_mul_kernel<<<blocks_for(n), kThreads, 0, launch_stream()>>>(gate, up, out, dtype, n);
-  FP4_CU_LAUNCH();
-  return FP4_OK;
+  return launch_decode(silu_mul_kernel, dim3(blocks_for(n)), dim3(kThreads), 1, gate, up, out,
+                       dtype, n);
 }
 
 fp4_status dec_add(float *y, const void *x, int32_t x_dtype, uint64_t n) {
   if (fp4_status s = ensure_device()) return s;
-  add_kernel<<<blocks_for(n), kThreads, 0, launch_stream()>>>(y, x, x_dtype, n);
-  FP4_CU_LAUNCH();
-  return FP4_OK;
+  return launch_decode(add_kernel, dim3(blocks_for(n)), dim3(kThreads), 1, y, x, x_dtype, n);
 }
 
 }  // namespace fp4::cuda
