@@ -31,8 +31,8 @@ import {
   type Fp4WeightFormat,
   type Fp4Weights,
 } from "../../lib/kernels/fp4_linear.ts";
-import { LlamaModel, llamaWeightShapes, type Weight } from "../../lib/model/llama.ts";
-import { parseLlamaConfig } from "../../lib/model/config.ts";
+import { llamaWeightShapes } from "../../lib/model/llama.ts";
+import { llama8b, xorshift } from "./llama8b.ts";
 import { Tensor } from "../../lib/tensor.ts";
 import { formatTable } from "../../lib/cli/table.ts";
 import { gitCommit } from "../../lib/pipeline/manifest.ts";
@@ -57,43 +57,9 @@ if (!status.available) {
 }
 const LAYERS = Number(args.layers), TOKENS = Number(args.tokens), PROMPT = 16, CONTEXT = 1024;
 
-const config = parseLlamaConfig({
-  model_type: "llama",
-  hidden_size: 4096,
-  intermediate_size: 14336,
-  num_hidden_layers: LAYERS,
-  num_attention_heads: 32,
-  num_key_value_heads: 8,
-  vocab_size: 128256,
-  max_position_embeddings: 8192,
-  rope_theta: 500000,
-  rms_norm_eps: 1e-5,
-});
-
-/** xorshift32 stream. */
-function xorshift(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return s >>> 0;
-  };
-}
-
-/** `n` bf16 weights drawn from 4096 values uniform in (-amp, amp). */
-function randomBf16(n: number, seed: number, amp: number): Uint16Array {
-  const next = xorshift(seed);
-  const table = new Uint16Array(4096);
-  const f = new Float32Array(1), u = new Uint32Array(f.buffer);
-  for (let i = 0; i < table.length; i++) {
-    f[0] = (next() / 2 ** 32 * 2 - 1) * amp;
-    table[i] = u[0] >>> 16;
-  }
-  const out = new Uint16Array(n);
-  for (let i = 0; i < n; i++) out[i] = table[next() & 4095];
-  return out;
-}
+console.log(`building the ${LAYERS}-layer model's host weights ...`);
+const model = llama8b(LAYERS);
+const config = model.config;
 
 function randomBytes(n: number, seed: number, map: (r: number) => number): Uint8Array {
   const next = xorshift(seed);
@@ -101,25 +67,6 @@ function randomBytes(n: number, seed: number, map: (r: number) => number): Uint8
   for (let i = 0; i < n; i++) out[i] = map(next());
   return out;
 }
-
-// One random array per shape, shared by the layers' host weights; each layer's Weight is its own
-// object, so the engine uploads a device copy per layer (as a real model has).
-console.log(`building the ${LAYERS}-layer model's host weights ...`);
-const byShape = new Map<string, Uint16Array>();
-const weights = new Map<string, Weight>();
-for (const [name, shape] of llamaWeightShapes(config)) {
-  const key = shape.join("x");
-  let data = byShape.get(key);
-  if (!data) {
-    const n = shape.reduce((a, b) => a * b, 1);
-    data = shape.length === 1
-      ? new Uint16Array(n).fill(0x3f80)
-      : randomBf16(n, byShape.size + 1, 1.5 / Math.sqrt(shape[1]));
-    byShape.set(key, data);
-  }
-  weights.set(name, { dtype: "bf16", shape: [...shape], data });
-}
-const model = LlamaModel.fromWeights(config, weights);
 
 /** Random FP4 weights of every quantizable linear, on the device, one copy per layer. */
 function fp4Weights(format: Fp4WeightFormat): Map<string, Fp4Weights> {
