@@ -262,7 +262,8 @@ async function main(): Promise<void> {
       gpu: device === "cuda" ? cudaStatus().name ?? null : null,
     },
     date: new Date().toISOString(),
-    commit: await gitCommit(),
+    // The GPU machine's copy may sit inside another checkout: the commit the caller names wins.
+    commit: Deno.env.get("GIT_COMMIT") ?? await gitCommit(),
     options,
     bf16Ppl: null,
     results: existing?.results ?? [],
