@@ -29,6 +29,7 @@ import { embed, type Linear, matmulWeight, runLayer } from "../model/forward.ts"
 import type { LlamaModel, Weight } from "../model/llama.ts";
 import { type InputScheme, quantizedLinear } from "./act_quant.ts";
 import { blockLinears, HessianCapture, hessianGroup } from "./calibrate.ts";
+import { type CalibrationObjective, ObjectiveCapture, resolveObjective } from "./objective.ts";
 
 /** Quantization methods of {@linkcode quantizeModel}. */
 export const METHODS: readonly GptqMethod[] = ["rtn", "gptq", "mr-gptq"];
@@ -59,6 +60,8 @@ export interface QuantizeModelOptions {
   device?: Device;
   /** Relative GPTQ damping (default lib/gptq's 0.01). */
   damp?: number;
+  /** What GPTQ minimises per layer (objective.ts); default objective.ts `resolveObjective`'s. */
+  objective?: CalibrationObjective;
   /** Called after every window or layer. */
   onProgress?: (p: QuantizeProgress) => void;
   /** Called with each block's Hessians (by group) before its layers are quantized. */
@@ -97,6 +100,8 @@ export interface QuantizedModel {
   hadamard: number;
   /** Calibration windows used (0 for RTN without calibration). */
   calibrationWindows: number;
+  /** The per-layer objective GPTQ minimised (objective.ts). */
+  objective: CalibrationObjective;
   /** Seconds per stage, summed over blocks. */
   timings: { calibrate: number; quantize: number; propagate: number };
 }
@@ -237,6 +242,7 @@ export async function quantizeModel(
   let spec = weightSpec(options.format, method);
   const actSpec = options.actFormat ? resolveSpec(options.actFormat) : null;
   const device = requireDevice(options.device ?? "cpu");
+  const objective = resolveObjective(method, actSpec !== null, options.objective);
   const hadamardBlock = options.hadamard ??
     (method === "mr-gptq" && typeof spec.groupSize === "number" ? spec.groupSize : 0);
   if (!Number.isInteger(hadamardBlock) || hadamardBlock < 0) {
@@ -277,11 +283,20 @@ export async function quantizeModel(
   const timings = { calibrate: 0, quantize: 0, propagate: 0 };
   const progress = options.onProgress ?? (() => {});
   const states = calibration.map((ids) => embed(model, ids));
+  const teachers = objective === "teacher" ? states.map((s) => s.slice()) : null;
 
   for (let b = 0; b < c.numLayers; b++) {
     let t = performance.now();
-    let capture: HessianCapture | null = null;
-    if (states.length > 0) {
+    let capture: HessianCapture | ObjectiveCapture | null = null;
+    if (states.length > 0 && objective !== "weights") {
+      capture = new ObjectiveCapture(model, b, objective, scheme);
+      progress({ stage: "calibrate", block: b, done: 0, total: states.length });
+      for (const [i, s] of states.entries()) {
+        await capture.window(s, teachers?.[i] ?? null);
+        progress({ stage: "calibrate", block: b, done: i + 1, total: states.length });
+      }
+      options.onHessians?.(b, capture.hessians);
+    } else if (states.length > 0) {
       capture = new HessianCapture(model, b);
       progress({ stage: "calibrate", block: b, done: 0, total: states.length });
       for (const [i, s] of states.entries()) {
@@ -303,7 +318,9 @@ export async function quantizeModel(
       const [rows, cols] = w.shape;
       const hessian = capture?.hessians.get(hessianGroup(name)) ?? null;
       const r = await quantizeOne(
-        f32Of(w),
+        capture instanceof ObjectiveCapture
+          ? await capture.target(name, f32Of(w), rows, options.damp)
+          : f32Of(w),
         rows,
         cols,
         hessian,
@@ -346,6 +363,7 @@ export async function quantizeModel(
     method,
     hadamard: hadamardBlock,
     calibrationWindows: calibration.length,
+    objective,
     timings,
   };
 }
