@@ -19,7 +19,7 @@
  * @module
  */
 import { matmulWeight } from "../model/forward.ts";
-import { inverseSpd } from "./linalg.ts";
+import { cholesky } from "./linalg.ts";
 
 // a [m, k] @ b [n, k]^T through the native CPU matmul (f32 products, f32 accumulation).
 function matmulNt(
@@ -38,6 +38,25 @@ function transpose(x: Float32Array, rows: number, cols: number): Float32Array {
     for (let c = 0; c < cols; c++) t[c * rows + r] = x[r * cols + c];
   }
   return t;
+}
+
+// L^-1 for a lower triangular L by forward substitution on the rows of I (row i of the result
+// combines rows k < i, whose nonzeros end at column k): contiguous inner loops, n^3 / 6 products.
+function lowerInverse(l: Float64Array, n: number): Float64Array {
+  const m = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) {
+    const mi = m.subarray(i * n, i * n + i + 1);
+    mi[i] = 1;
+    for (let k = 0; k < i; k++) {
+      const f = l[i * n + k];
+      if (f === 0) continue;
+      const mk = m.subarray(k * n, k * n + k + 1);
+      for (let c = 0; c <= k; c++) mi[c] -= f * mk[c];
+    }
+    const d = l[i * n + i];
+    for (let c = 0; c <= i; c++) mi[c] /= d;
+  }
+  return m;
 }
 
 /**
@@ -136,7 +155,7 @@ export class AsymmetricTarget {
   readonly lambda: number;
   #h: Float64Array;
   #d: Float64Array;
-  #gt: Promise<Float32Array> | null = null;
+  #gt: Float32Array | null = null;
 
   /** From H~ (cols x cols) and D = (2 / n) (X - X~)^T X~ (cols x cols), both row-major. */
   constructor(h: ArrayLike<number>, d: Float64Array, cols: number, damp = 0.01) {
@@ -153,20 +172,23 @@ export class AsymmetricTarget {
     this.#d = d;
   }
 
-  // G^T = (H~ + lambda I)^-1 D^T (f32), so that W* = W + W G = W + matmulNt(W, G^T).
-  #correction(): Promise<Float32Array> {
-    this.#gt ??= (() => {
+  // G^T = (H~ + lambda I)^-1 D^T = M^T (M D^T) with M = L^-1 (f64 Cholesky and triangular
+  // inverse, the two products native in f32), so that W* = W + W G = W + matmulNt(W, G^T).
+  async #correction(): Promise<Float32Array> {
+    if (!this.#gt) {
       const n = this.cols;
       const a = this.#h.slice();
       for (let j = 0; j < n; j++) a[j * n + j] += this.lambda;
-      const inv = inverseSpd(a, n);
-      if (!inv) {
-        return Promise.reject(
-          new Error(`H~ + ${this.lambda} I is not positive definite (bad calibration data?)`),
-        );
+      const l = cholesky(a, n);
+      if (!l) {
+        throw new Error(`H~ + ${this.lambda} I is not positive definite (bad calibration data?)`);
       }
-      return matmulNt(Float32Array.from(inv), Float32Array.from(this.#d), n, n, n);
-    })();
+      const m = lowerInverse(l, n);
+      const mt = new Float32Array(n * n);
+      for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) mt[j * n + i] = m[i * n + j];
+      const md = await matmulNt(Float32Array.from(m), Float32Array.from(this.#d), n, n, n);
+      this.#gt = await matmulNt(mt, transpose(md, n, n), n, n, n);
+    }
     return this.#gt;
   }
 
