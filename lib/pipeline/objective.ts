@@ -35,25 +35,29 @@ export const OBJECTIVES: readonly CalibrationObjective[] = ["weights", "act", "o
 
 /**
  * The objective of a run: `given` when set (RTN ignores it: it has no objective), else the
- * default for the method and scheme: `"weights"` (plain GPTQ). Throws on an unknown name.
+ * default: `"output"` for MR-GPTQ with activation quantization (W4A4), which measured best on
+ * brown-llama-29m (bench/results/accuracy-objective-brown-llama-29m-2026-11-23.md), and
+ * `"weights"` otherwise (GPTQ as published; without activation quantization `"output"` is the
+ * same). Throws on an unknown name.
  *
  * @example
  * ```ts
  * import { resolveObjective } from "./objective.ts";
- * console.assert(resolveObjective("gptq", false) === "weights");
+ * console.assert(resolveObjective("mr-gptq", true) === "output");
+ * console.assert(resolveObjective("gptq", true) === "weights");
  * console.assert(resolveObjective("rtn", true, "teacher") === "weights");
  * ```
  */
 export function resolveObjective(
   method: GptqMethod,
-  _actQuant: boolean,
+  actQuant: boolean,
   given?: CalibrationObjective,
 ): CalibrationObjective {
   if (given !== undefined && !OBJECTIVES.includes(given)) {
     throw new Error(`unknown objective "${given}"; expected one of ${OBJECTIVES.join(", ")}`);
   }
   if (method === "rtn") return "weights";
-  return given ?? "weights";
+  return given ?? (method === "mr-gptq" && actQuant ? "output" : "weights");
 }
 
 /** The GEMM's view of `x` (`[rows, cols]`) under `scheme`, in the original (unrotated) space. */

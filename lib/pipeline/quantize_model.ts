@@ -4,7 +4,10 @@
  * 1. **calibrate**: the calibration windows' residual streams entering the block run through
  *    it with its current weights while {@linkcode HessianCapture} streams the inputs of its
  *    linear layers into Hessians (q/k/v share one, gate/up share one); these are the
- *    unrotated, unquantized inputs (lib/gptq rotates H itself), as in GPTQ and MR-GPTQ;
+ *    unrotated, unquantized inputs (lib/gptq rotates H itself), as in GPTQ and MR-GPTQ. Other
+ *    objectives (objective.ts; MR-GPTQ W4A4 defaults to `"output"`) capture with
+ *    {@linkcode ObjectiveCapture} instead: the Hessian of the inputs the FP4 GEMM sees and
+ *    the least-squares target GPTQ then rounds;
  * 2. **quantize**: every linear of the block is quantized (RTN with lib/formats, GPTQ and
  *    MR-GPTQ with lib/gptq `quantizeLayer`) and its weight replaced by the dequantized values,
  *    kept in the rotated space when there is a rotation (the forward pass then rotates the
@@ -76,7 +79,10 @@ export interface QuantizedLinear {
   quantized: Quantized;
   /** How the forward pass treats the layer's input. */
   scheme: InputScheme;
-  /** trace((W - Q) H (W - Q)^T) in the original space, or NaN without calibration. */
+  /**
+   * trace((W - Q) H (W - Q)^T) in the original space (with the objectives of objective.ts:
+   * (W* - Q) and H~), or NaN without calibration.
+   */
   proxyLoss: number;
   /** Seconds spent quantizing this layer. */
   seconds: number;
