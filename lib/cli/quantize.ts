@@ -28,6 +28,7 @@ import {
   writeManifest,
 } from "../pipeline/manifest.ts";
 import { METHODS, type QuantizedModel, quantizeModel } from "../pipeline/quantize_model.ts";
+import { type CalibrationObjective, OBJECTIVES } from "../pipeline/objective.ts";
 import { formatTable, Progress } from "./table.ts";
 
 const HELP = `deno task quantize --out DIR [options]
@@ -54,6 +55,11 @@ Options:
   --seed N           seed recorded in the manifest (stochastic-rounding presets take seed=N
                      inside the preset) [default: 0]
   --damp X           relative GPTQ damping [default: 0.01]
+  --objective NAME   what GPTQ minimises per layer (lib/pipeline/objective.ts): weights
+                     (||(W - Q) X||), act (||(W - Q) X~||, X~ the rotated, activation-quantized
+                     inputs the FP4 GEMM sees), output (||W X - Q X~||), teacher (||W X_fp -
+                     Q X~||, X_fp from the full-precision model: GPTAQ); all but weights run
+                     on the CPU only [default: weights]
   --eval             evaluate the quantized model's perplexity before exporting
   --data FILE        evaluation text [default: valid.txt in the model folder]
   --eval-windows N   evaluate only the first N windows
@@ -86,6 +92,8 @@ export interface QuantizeRunOptions {
   seed: number;
   /** Relative damping, or null for the default. */
   damp: number | null;
+  /** Per-layer objective, or null for the default. */
+  objective: CalibrationObjective | null;
   /** Evaluate after quantizing. */
   eval: boolean;
   /** Evaluation text. */
@@ -104,6 +112,8 @@ export interface QuantizeRunResult {
   spec: string;
   /** Hadamard block size used. */
   hadamard: number;
+  /** The per-layer objective GPTQ minimised. */
+  objective: CalibrationObjective;
   /** Calibration windows used. */
   calibrationWindows: number;
   /** Proxy loss per quantized layer (NaN shown as null in JSON: RTN without calibration). */
@@ -157,6 +167,7 @@ export function parseQuantizeArgs(
       device: { type: "string", default: "cpu" },
       seed: { type: "string", default: "0" },
       damp: { type: "string" },
+      objective: { type: "string" },
       eval: { type: "boolean", default: false },
       data: { type: "string" },
       "eval-windows": { type: "string" },
@@ -177,6 +188,12 @@ export function parseQuantizeArgs(
   if (damp !== null && !(damp > 0 && Number.isFinite(damp))) {
     throw new Error(`--damp must be a positive number, got "${values.damp}"`);
   }
+  const objective = (values.objective ?? null) as CalibrationObjective | null;
+  if (objective !== null && !OBJECTIVES.includes(objective)) {
+    throw new Error(
+      `--objective must be one of ${OBJECTIVES.join(", ")}, got "${values.objective}"`,
+    );
+  }
   return {
     help,
     json: values.json,
@@ -191,6 +208,7 @@ export function parseQuantizeArgs(
     device: values.device,
     seed: positiveInt(values.seed, "--seed", 0)!,
     damp,
+    objective,
     eval: values.eval,
     data: values.data ?? `${model}/valid.txt`,
     evalWindows: positiveInt(values["eval-windows"], "--eval-windows"),
@@ -254,7 +272,7 @@ export function summaryTable(q: QuantizedModel): string {
  *   await runQuantize({
  *     model: "/nonexistent", out: null, format: "nvfp4", method: "rtn", actFormat: null,
  *     hadamard: null, calib: "/nonexistent/calib.txt", nsamples: 0, device: "cpu", seed: 0,
- *     damp: null, eval: false, data: "", evalWindows: null, force: false,
+ *     damp: null, objective: null, eval: false, data: "", evalWindows: null, force: false,
  *   }, true);
  * } catch (e) {
  *   console.assert((e as Error).message.includes("/nonexistent"));
@@ -311,6 +329,7 @@ export async function runQuantize(
     actFormat: o.actFormat,
     device,
     damp: o.damp ?? undefined,
+    objective: o.objective ?? undefined,
     onProgress: (p) => {
       if (p.done === 0) {
         bar = new Progress(`block ${p.block} ${p.stage.padEnd(9)}`, p.total, quiet);
@@ -374,6 +393,7 @@ export async function runQuantize(
     options: o,
     spec: JSON.stringify({ ...q.spec, seed: q.spec.seed.toString() }),
     hadamard: q.hadamard,
+    objective: q.objective,
     calibrationWindows: q.calibrationWindows,
     proxyLoss,
     proxyLossSum,
@@ -440,6 +460,7 @@ export function quantizeArgv(o: QuantizeRunOptions): string[] {
   a.push("--calib", o.calib, "--nsamples", String(o.nsamples), "--device", o.device);
   a.push("--seed", String(o.seed));
   if (o.damp !== null) a.push("--damp", String(o.damp));
+  if (o.objective !== null) a.push("--objective", o.objective);
   if (o.eval) a.push("--eval");
   a.push("--data", o.data);
   if (o.evalWindows !== null) a.push("--eval-windows", String(o.evalWindows));

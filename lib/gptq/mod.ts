@@ -15,6 +15,7 @@
  * @module
  */
 export * from "./hessian.ts";
+export * from "./asymmetric.ts";
 export * from "./layer.ts";
 export * from "./quantizer.ts";
 export * from "./reference.ts";

@@ -22,6 +22,7 @@ import type { Quantized } from "../formats/quantize.ts";
 import { fp4WeightsOf } from "../kernels/fp4_linear.ts";
 import type { InputScheme } from "./act_quant.ts";
 import { HessianCapture, hessianGroup } from "./calibrate.ts";
+import { type CalibrationObjective, ObjectiveCapture } from "./objective.ts";
 
 /** The block-level operations of sequential quantization over a fixed set of windows. */
 export interface BlockRunner {
@@ -37,6 +38,11 @@ export interface BlockRunner {
    * over every window, the block running with its current weights; `onWindow` after each window.
    */
   calibrate(block: number, onWindow: () => void): Promise<Map<string, Hessian>>;
+  /**
+   * With a calibration objective other than `"weights"` (objective.ts; CPU runner only): the
+   * least-squares target W* that GPTQ rounds for layer `name` of the block last calibrated.
+   */
+  target?(name: string, w: Float32Array, rows: number, damp?: number): Promise<Float32Array>;
   /** Runs every window through block `block` as it now is, giving the next block's inputs. */
   propagate(block: number, onWindow: () => void): Promise<void>;
   /**
@@ -71,21 +77,40 @@ export function cpuBlockRunner(
   model: LlamaModel,
   calibration: readonly Int32Array[],
   linear: Linear,
+  objective: { objective: CalibrationObjective; scheme: InputScheme } | null = null,
 ): BlockRunner {
   const states = calibration.map((ids) => embed(model, ids));
+  const asymmetric = objective !== null && objective.objective !== "weights";
+  // The full-precision model's streams, advanced block by block beside the quantized ones.
+  const teachers = objective?.objective === "teacher" ? states.map((s) => s.slice()) : null;
+  let capture: ObjectiveCapture | null = null;
   return {
     windows: states.length,
     hessianRotation: null,
     async calibrate(block, onWindow) {
-      const capture = new HessianCapture(model, block);
+      if (asymmetric) {
+        capture = new ObjectiveCapture(model, block, objective.objective, objective.scheme);
+        for (const [i, s] of states.entries()) {
+          await capture.window(s, teachers?.[i] ?? null);
+          onWindow();
+        }
+        return capture.hessians;
+      }
+      const hessians = new HessianCapture(model, block);
       for (const s of states) {
         // The block's output is thrown away: only its linears' inputs are wanted here.
-        await runLayer(model, block, s.slice(), { linear: capture.linear });
-        await capture.flush();
+        await runLayer(model, block, s.slice(), { linear: hessians.linear });
+        await hessians.flush();
         onWindow();
       }
-      return capture.hessians;
+      return hessians.hessians;
     },
+    target: asymmetric
+      ? (name, w, rows, damp) => {
+        if (!capture) throw new Error("target: no block has been calibrated");
+        return capture.target(name, w, rows, damp);
+      }
+      : undefined,
     async propagate(block, onWindow) {
       for (const s of states) {
         await runLayer(model, block, s, { linear });

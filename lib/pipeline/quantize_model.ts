@@ -4,7 +4,10 @@
  * 1. **calibrate**: the calibration windows' residual streams entering the block run through
  *    it with its current weights while {@linkcode HessianCapture} streams the inputs of its
  *    linear layers into Hessians (q/k/v share one, gate/up share one); these are the
- *    unrotated, unquantized inputs (lib/gptq rotates H itself), as in GPTQ and MR-GPTQ;
+ *    unrotated, unquantized inputs (lib/gptq rotates H itself), as in GPTQ and MR-GPTQ. Other
+ *    objectives (objective.ts; CPU only, `"weights"` is the default) capture with
+ *    {@linkcode ObjectiveCapture} instead: the Hessian of the inputs the FP4 GEMM sees and
+ *    the least-squares target GPTQ then rounds;
  * 2. **quantize**: every linear of the block is quantized (RTN with lib/formats, GPTQ and
  *    MR-GPTQ with lib/gptq `quantizeLayer`) and its weight replaced by the dequantized values,
  *    kept in the rotated space when there is a rotation (the forward pass then rotates the
@@ -31,6 +34,7 @@ import type { LlamaModel, Weight } from "../model/llama.ts";
 import { type InputScheme, quantizedLinear } from "./act_quant.ts";
 import { cpuBlockRunner, cudaBlockRunner } from "./block_runner.ts";
 import { blockLinears, hessianGroup } from "./calibrate.ts";
+import { type CalibrationObjective, resolveObjective } from "./objective.ts";
 
 /** Quantization methods of {@linkcode quantizeModel}. */
 export const METHODS: readonly GptqMethod[] = ["rtn", "gptq", "mr-gptq"];
@@ -64,6 +68,8 @@ export interface QuantizeModelOptions {
   device?: Device;
   /** Relative GPTQ damping (default lib/gptq's 0.01). */
   damp?: number;
+  /** What GPTQ minimises per layer (objective.ts); default objective.ts `resolveObjective`'s. */
+  objective?: CalibrationObjective;
   /** Called after every window or layer. */
   onProgress?: (p: QuantizeProgress) => void;
   /**
@@ -81,7 +87,10 @@ export interface QuantizedLinear {
   quantized: Quantized;
   /** How the forward pass treats the layer's input. */
   scheme: InputScheme;
-  /** trace((W - Q) H (W - Q)^T) in the original space, or NaN without calibration. */
+  /**
+   * trace((W - Q) H (W - Q)^T) in the original space (with the objectives of objective.ts:
+   * (W* - Q) and H~), or NaN without calibration.
+   */
   proxyLoss: number;
   /** Seconds spent quantizing this layer. */
   seconds: number;
@@ -105,6 +114,8 @@ export interface QuantizedModel {
   hadamard: number;
   /** Calibration windows used (0 for RTN without calibration). */
   calibrationWindows: number;
+  /** The per-layer objective GPTQ minimised (objective.ts). */
+  objective: CalibrationObjective;
   /** Seconds per stage, summed over blocks. */
   timings: { calibrate: number; quantize: number; propagate: number };
 }
@@ -250,6 +261,7 @@ export async function quantizeModel(
   let spec = weightSpec(options.format, method);
   const actSpec = options.actFormat ? resolveSpec(options.actFormat) : null;
   const device = requireDevice(options.device ?? "cpu");
+  const objective = resolveObjective(method, actSpec !== null, options.objective);
   const hadamardBlock = options.hadamard ??
     (method === "mr-gptq" && typeof spec.groupSize === "number" ? spec.groupSize : 0);
   if (!Number.isInteger(hadamardBlock) || hadamardBlock < 0) {
@@ -290,9 +302,14 @@ export async function quantizeModel(
   const timings = { calibrate: 0, quantize: 0, propagate: 0 };
   const progress = options.onProgress ?? (() => {});
   // GPTQ on CUDA takes the Hessians of the rotated inputs, rotated on the device as captured.
+  if (objective !== "weights" && device === "cuda") {
+    throw new Error(
+      `the "${objective}" calibration objective runs on the CPU pipeline only (--device cpu)`,
+    );
+  }
   const runner = device === "cuda"
     ? cudaBlockRunner(model, calibration, method === "rtn" ? null : rotation)
-    : cpuBlockRunner(model, calibration, linear);
+    : cpuBlockRunner(model, calibration, linear, { objective, scheme });
   try {
     for (let b = 0; b < c.numLayers; b++) {
       let t = performance.now();
@@ -317,7 +334,7 @@ export async function quantizeModel(
         const [rows, cols] = w.shape;
         const hessian = hessians?.get(hessianGroup(name)) ?? null;
         const r = await quantizeOne(
-          f32Of(w),
+          runner.target ? await runner.target(name, f32Of(w), rows, options.damp) : f32Of(w),
           rows,
           cols,
           hessian,
@@ -368,6 +385,7 @@ export async function quantizeModel(
     method,
     hadamard: hadamardBlock,
     calibrationWindows: calibration.length,
+    objective,
     timings,
   };
 }
