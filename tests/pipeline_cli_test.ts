@@ -78,7 +78,8 @@ Deno.test("quantize --json exports a model with a manifest that reproduce matche
   );
   assertEquals(r.code, 0, r.stderr);
   const res = lastJson(r.stdout);
-  assertEquals([res.hadamard, res.calibrationWindows, res.evalWindows], [32, 2, 2]);
+  // MR-GPTQ rotates FP4 weights by 16 by default (lib/gptq mrGptqRotation), MXFP4 included.
+  assertEquals([res.hadamard, res.calibrationWindows, res.evalWindows], [16, 2, 2]);
   assert(res.ppl > 1 && Number.isFinite(res.proxyLossSum), JSON.stringify(res));
   assertEquals(Object.keys(res.proxyLoss).length, 14);
   const names = [...Deno.readDirSync(out)].map((e) => e.name).sort();
@@ -91,7 +92,7 @@ Deno.test("quantize --json exports a model with a manifest that reproduce matche
   assert(manifest.inputs.some((i: { path: string }) => i.path.endsWith("model.safetensors")));
   const cfg = JSON.parse(await Deno.readTextFile(`${out}/config.json`));
   assertEquals(cfg.quantization_config.calibration.windows, 2);
-  assertEquals(cfg.quantization_config.rotation.block, 32);
+  assertEquals(cfg.quantization_config.rotation.block, 16);
 
   const again = await run("reproduce", `${out}/manifest.json`, "--json");
   assertEquals(again.code, 0, again.stderr + again.stdout);

@@ -45,8 +45,8 @@ Options:
                      [default: nvfp4]
   --method NAME      rtn | gptq | mr-gptq [default: mr-gptq]
   --act-format P     also quantize the inputs of every quantized linear online (W4A4 etc.)
-  --hadamard N       block Hadamard rotation size, 0 = none [default: the format's group
-                     size for mr-gptq, 0 for rtn and gptq]
+  --hadamard N       block Hadamard rotation size, 0 = none [default for mr-gptq: 16 for
+                     nvfp4 and mxfp4, the group size for other formats; 0 for rtn and gptq]
   --calib FILE       calibration text [default: calib.txt in the model folder]
   --nsamples N       calibration windows of ${WINDOW_TOKENS} tokens [default: ${DEFAULT_CALIBRATION_WINDOWS}]
                      (0: none, rtn only; RTN then reports no proxy loss)

@@ -3,7 +3,7 @@
  *
  * - `"rtn"`: round to nearest with the format's scale rule, optionally after a rotation.
  * - `"gptq"`: GPTQ without rotation (MXFP4 with the OCP scale rule, no MSE search by default).
- * - `"mr-gptq"`: block-Hadamard rotation (default block = the format's group size), GPTQ in the
+ * - `"mr-gptq"`: block-Hadamard rotation (default {@linkcode mrGptqRotation}), GPTQ in the
  *   rotated space, format-specific scales: MXFP4 with MSE-searched E8M0 scales (OCP rule as the
  *   starting point: on brown-llama-29m W4A4 it measured 57.87 ppl against 58.04 for the FP-Quant
  *   `mr-gptq` rule, bench/results/accuracy-brown-llama-29m-2026-11-23.json), NVFP4 with the tensor
@@ -51,7 +51,7 @@ export interface QuantizeLayerOptions {
   format: GptqFormat | SpecInput | QuantSpec;
   /** Method; default `"mr-gptq"`. */
   method?: GptqMethod;
-  /** Hadamard block size, or 0 for none; default: group size for mr-gptq, 0 otherwise. */
+  /** Hadamard block size, or 0 for none; default {@linkcode mrGptqRotation} for mr-gptq, else 0. */
   hadamard?: number;
   /** Seed of the Hadamard's random column signs (lib/formats `hadamard`); default none. */
   hadamardSeed?: number | bigint;
@@ -137,6 +137,28 @@ function layerSpec(options: QuantizeLayerOptions, mr: boolean): QuantSpec {
   return resolveSpec(spec as SpecInput);
 }
 
+/**
+ * MR-GPTQ's default rotation size for `spec` with `groupSize` elements per scale: 16 for the
+ * FP4 (E2M1) formats, the size that measured best on brown-llama-29m W4A4 for NVFP4 (group 16)
+ * and MXFP4 (group 32) alike (MXFP4: 57.48 ppl with 16 against 57.64 with 32, and 57.81 against
+ * 58.04 before the output objective; bench/results/accuracy-objective-brown-llama-29m-2026-11-23.md),
+ * at most the group size; the group size for every other element (not measured).
+ *
+ * @example
+ * ```ts
+ * import { mrGptqRotation } from "./layer.ts";
+ * import { resolveSpec } from "../formats/spec.ts";
+ * console.assert(mrGptqRotation(resolveSpec("mxfp4")) === 16);
+ * console.assert(mrGptqRotation(resolveSpec("int4:g64")) === 64);
+ * ```
+ */
+export function mrGptqRotation(
+  spec: QuantSpec,
+  groupSize: number = typeof spec.groupSize === "number" ? spec.groupSize : 0,
+): number {
+  return spec.element === "e2m1" ? Math.min(16, groupSize) : groupSize;
+}
+
 function hostF32(name: string, t: Tensor): Float32Array {
   if (t.dtype !== "f32") throw new Error(`${name} must be an f32 tensor, got ${t.dtype}`);
   return t.toArray() as Float32Array;
@@ -216,7 +238,7 @@ const prepared = new WeakMap<Hessian, PreparedHessian>();
  * const q = await quantizeLayer(l.w, 8, 64, Float32Array.from(hessianOf(l.x, 128, 64)), {
  *   format: "mxfp4", method: "mr-gptq",
  * });
- * console.assert(q.rotation?.block === 32 && q.codes.length === 512 && q.packedCodes.length === 256);
+ * console.assert(q.rotation?.block === 16 && q.codes.length === 512 && q.packedCodes.length === 256);
  * ```
  */
 export async function quantizeLayer(
@@ -245,7 +267,7 @@ export async function quantizeLayer(
       if (!Number.isFinite(a[i])) throw new Error(`${name} has a non-finite value at ${i}`);
     }
   }
-  const block = options.hadamard ?? (mr ? gs : 0);
+  const block = options.hadamard ?? (mr ? mrGptqRotation(spec, gs) : 0);
   if (
     block && !(Number.isInteger(block) && block >= 2 && block <= 4096 &&
       (block & (block - 1)) === 0 && cols % block === 0)

@@ -28,7 +28,7 @@ import { dequantize, quantize, type Quantized } from "../formats/quantize.ts";
 import { dequantizeOn } from "../formats/native.ts";
 import { type QuantSpec, resolveSpec } from "../formats/spec.ts";
 import type { Hessian } from "../gptq/hessian.ts";
-import { type GptqMethod, quantizeLayer } from "../gptq/layer.ts";
+import { type GptqMethod, mrGptqRotation, quantizeLayer } from "../gptq/layer.ts";
 import { type Linear, matmulWeight } from "../model/forward.ts";
 import type { LlamaModel, Weight } from "../model/llama.ts";
 import { type InputScheme, quantizedLinear } from "./act_quant.ts";
@@ -57,7 +57,7 @@ export interface QuantizeModelOptions {
   format: string;
   /** Method; RTN takes any preset, GPTQ and MR-GPTQ the FP4 presets and int4. */
   method: GptqMethod;
-  /** Hadamard block size, 0 for none; default the format's group size for mr-gptq, else 0. */
+  /** Hadamard block size, 0 for none; default lib/gptq `mrGptqRotation` for mr-gptq, else 0. */
   hadamard?: number;
   /** Activation format (W4A4 etc.): inputs of every quantized linear are quantized online. */
   actFormat?: string | null;
@@ -262,8 +262,7 @@ export async function quantizeModel(
   const actSpec = options.actFormat ? resolveSpec(options.actFormat) : null;
   const device = requireDevice(options.device ?? "cpu");
   const objective = resolveObjective(method, actSpec !== null, options.objective);
-  const hadamardBlock = options.hadamard ??
-    (method === "mr-gptq" && typeof spec.groupSize === "number" ? spec.groupSize : 0);
+  const hadamardBlock = options.hadamard ?? (method === "mr-gptq" ? mrGptqRotation(spec) : 0);
   if (!Number.isInteger(hadamardBlock) || hadamardBlock < 0) {
     throw new Error(`--hadamard must be 0 or a power of two, got ${options.hadamard}`);
   }
