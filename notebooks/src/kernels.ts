@@ -12,8 +12,11 @@ import { DOMParser } from "linkedom";
 const document = new DOMParser().parseFromString("<!DOCTYPE html><html></html>", "text/html");
 // The kernel runs in this folder (notebooks/).
 const results = "../bench/results/";
-// v2: the GEMV and GEMM rewrites (the first version's figures are in fp4_gemm-h100-2026-11-23.json).
-const gemm = JSON.parse(await Deno.readTextFile(results + "fp4_gemm-h100-2026-11-23-v2.json"));
+// The latest of each kernel: the v3 GEMV (batches 1 and 16) and the wgmma GEMM's own run (batches
+// 32, 64, 128; every batch on the new kernel). Earlier versions: fp4_gemm-h100-2026-11-23{,-v2}.json.
+const gemv = JSON.parse(await Deno.readTextFile(results + "fp4_gemm-h100-2026-11-23-v3.json"));
+const wgmma = JSON.parse(await Deno.readTextFile(results + "fp4_gemm128-h100-2026-11-23.json"));
+const gemm = { ...gemv, results: [...gemv.results, ...wgmma.bench.results] };
 interface GemmRow {
   format: string;
   n: number;
@@ -32,9 +35,9 @@ const rows: (GemmRow & { shape: string })[] = gemm.results.map((r: GemmRow) => (
 if (rows.length === 0) throw new Error("no GEMM results in the recorded file");
 ({
   device: gemm.device,
-  date: gemm.date,
-  commit: gemm.commit,
-  copyGBs: Math.round(gemm.copy.gbs),
+  dates: [gemv.date, wgmma.bench.date],
+  commits: [gemv.commit, wgmma.bench.commit],
+  copyGBs: [Math.round(gemv.copy.gbs), Math.round(wgmma.bench.copy.gbs)],
   rows: rows.length,
 });
 // %% [markdown]
@@ -48,7 +51,7 @@ if (rows.length === 0) throw new Error("no GEMM results in the recorded file");
 Plot.plot({
   document,
   width: 760,
-  x: { type: "log", label: "batch", ticks: [1, 16, 128] },
+  x: { type: "log", label: "batch", ticks: [1, 16, 32, 64, 128] },
   y: { type: "log", label: "speedup vs cuBLAS BF16", grid: true },
   color: { legend: true },
   facet: { data: rows, x: "format" },
@@ -94,6 +97,7 @@ const versions = [
   ["baseline", "formats-h100-2026-11-23.json"],
   ["v1", "formats-h100-2026-11-23-v1.json"],
   ["v2", "formats-h100-2026-11-23-v2.json"],
+  ["v3", "formats-h100-2026-11-23-v3.json"],
 ] as const;
 const formats = (await Promise.all(versions.map(async ([version, file]) => {
   const d = JSON.parse(await Deno.readTextFile(results + file));
@@ -117,12 +121,14 @@ Plot.plot({
 // %% [markdown]
 // ## End-to-end decoding of a Llama-3-8B-shaped model
 //
-// `bench/gpu/decode_bench.ts`: batch-1 greedy decoding (128 tokens after a 16-token prompt) with
+// `bench/gpu/decode_bench.ts`: batch-1 greedy decoding (64 tokens after a 16-token prompt) with
 // random weights, BF16 against MXFP4 and NVFP4 weights on the same engine, with and without CUDA
-// graphs; the dashed line is the goal (FP4 at 2.5x our BF16 path). The PyTorch/transformers
-// `generate` reference is printed below the plot.
+// graphs, in the latest recorded run (decode kernels v2 with the v3 GEMV); the dashed line is the
+// goal (FP4 at 2.5x our BF16 path). The PyTorch/transformers `generate` reference, measured in the
+// first recorded run, is printed below the plot.
 // %%
-const decode = JSON.parse(await Deno.readTextFile(results + "decode-h100-2026-11-23.json"));
+const decode = JSON.parse(await Deno.readTextFile(results + "decode-h100-2026-11-23-v3.json"));
+const first = JSON.parse(await Deno.readTextFile(results + "decode-h100-2026-11-23.json"));
 interface DecodeRun {
   weights: string;
   graphs: boolean;
@@ -150,6 +156,6 @@ Plot.plot({
 ({
   device: decode.device,
   commit: decode.commit,
-  pytorchGenerateTokS: Number(decode.torch.tokens_per_s.toFixed(1)),
+  pytorchGenerateTokS: Number(first.torch.tokens_per_s.toFixed(1)),
   fp4OverBf16: Number((Math.max(...decodeRuns.filter((r) => r.weights !== "bf16").map((r) => r.decodeTokS)) / bf16).toFixed(2)),
 });
