@@ -10,7 +10,7 @@ import { parseArgs } from "node:util";
 import { writeFileAtomic } from "../lib/atomic.ts";
 import { cudaStatus, type Device, parseDevice, requireDevice } from "../lib/device.ts";
 import { DecodeEngine } from "../lib/generate/engine.ts";
-import { type Fp4Weights, fp4WeightsOf } from "../lib/kernels/fp4_linear.ts";
+import type { Fp4Weights } from "../lib/kernels/fp4_linear.ts";
 import type { InputScheme } from "../lib/pipeline/act_quant.ts";
 import { describeSpec, resolveSpec } from "../lib/formats/spec.ts";
 import type { GptqMethod } from "../lib/gptq/layer.ts";
@@ -20,7 +20,7 @@ import { HfTokenizer } from "../lib/model/tokenizer.ts";
 import { testModelDir } from "../lib/paths.ts";
 import { calibrationWindows } from "../lib/pipeline/calibrate.ts";
 import { gitCommit } from "../lib/pipeline/manifest.ts";
-import { quantizeModel } from "../lib/pipeline/quantize_model.ts";
+import { engineInputsOf, quantizeModel } from "../lib/pipeline/quantize_model.ts";
 
 /** One row of the table: how the linears are quantized (null format: the BF16 model). */
 interface Config {
@@ -294,7 +294,7 @@ async function main(): Promise<void> {
     );
     let linear = undefined;
     let schemes = new Map<string, InputScheme>();
-    const fp4 = new Map<string, Fp4Weights>();
+    let fp4 = new Map<string, Fp4Weights>();
     let weightSpec: string | null = null;
     let actSpec: string | null = null;
     let hadamard = 0;
@@ -309,11 +309,7 @@ async function main(): Promise<void> {
         device,
       });
       linear = q.linear;
-      schemes = new Map([...q.layers].map(([n, l]) => [n, l.scheme]));
-      for (const [n, l] of q.layers) {
-        const w = fp4WeightsOf(l.quantized);
-        if (w) fp4.set(n, w);
-      }
+      ({ schemes, quantized: fp4 } = engineInputsOf(q));
       weightSpec = describeSpec(q.spec);
       actSpec = q.actSpec ? describeSpec(q.actSpec) : null;
       hadamard = q.hadamard;

@@ -2,7 +2,7 @@
 // GPTQ beats RTN in proxy loss, the online activation transform equals the TypeScript spec, and
 // bad options fail before any work with a clear Error.
 import { assert, assertEquals, assertRejects } from "./assert.ts";
-import { quantizeModel } from "../lib/pipeline/quantize_model.ts";
+import { engineInputsOf, quantizeModel } from "../lib/pipeline/quantize_model.ts";
 import { transformInput } from "../lib/pipeline/act_quant.ts";
 import { fakeQuantize } from "../lib/formats/quantize.ts";
 import { hadamard } from "../lib/formats/hadamard.ts";
@@ -159,4 +159,24 @@ Deno.test("bad options fail with a clear Error before any work", async () => {
   );
   // Nothing was touched by the failed calls.
   assertEquals(model.weight("model.layers.0.self_attn.q_proj.weight").dtype, "bf16");
+});
+
+Deno.test("engineInputsOf: every layer's input scheme, packed weights for the FP4 kernel formats only", async () => {
+  const seed = testSeed();
+  for (const [format, packed] of [["nvfp4", 14], ["mxfp4", 14], ["int4:g32", 0]] as const) {
+    const q = await quantizeModel(tinyModel(seed), [], {
+      format,
+      method: "rtn",
+      actFormat: format,
+    });
+    const { schemes, quantized } = engineInputsOf(q);
+    assertEquals(schemes.size, 14);
+    assertEquals(quantized.size, packed);
+    for (const [name, w] of quantized) {
+      const l = q.layers.get(name)!;
+      assertEquals([w.n, w.k], [...l.quantized.shape]);
+      assertEquals(w.codes.toArray(), l.quantized.codes);
+      assert(schemes.get(name) === l.scheme);
+    }
+  }
 });

@@ -8,7 +8,6 @@
 import { parseArgs } from "node:util";
 import { requireDevice } from "../device.ts";
 import { DecodeEngine } from "../generate/engine.ts";
-import { type Fp4Weights, fp4WeightsOf } from "../kernels/fp4_linear.ts";
 import { resolveSpec } from "../formats/spec.ts";
 import type { GptqMethod } from "../gptq/layer.ts";
 import { LlamaModel } from "../model/llama.ts";
@@ -27,7 +26,12 @@ import {
   TOOL,
   writeManifest,
 } from "../pipeline/manifest.ts";
-import { METHODS, type QuantizedModel, quantizeModel } from "../pipeline/quantize_model.ts";
+import {
+  engineInputsOf,
+  METHODS,
+  type QuantizedModel,
+  quantizeModel,
+} from "../pipeline/quantize_model.ts";
 import { type CalibrationObjective, OBJECTIVES } from "../pipeline/objective.ts";
 import { formatTable, Progress } from "./table.ts";
 
@@ -351,18 +355,8 @@ export async function runQuantize(
     const ebar = new Progress("eval", total, quiet);
     // On CUDA the decode engine scores the windows: MXFP4/NVFP4 layers through the FP4 kernels
     // (others as dequantized weights), input schemes applied on the device.
-    const fp4 = new Map<string, Fp4Weights>();
-    for (const [name, l] of q.layers) {
-      const w = fp4WeightsOf(l.quantized);
-      if (w) fp4.set(name, w);
-    }
     using engine = device === "cuda"
-      ? DecodeEngine.create(model, {
-        device,
-        contextLength: WINDOW_TOKENS,
-        schemes: new Map([...q.layers].map(([name, l]) => [name, l.scheme])),
-        quantized: fp4,
-      })
+      ? DecodeEngine.create(model, { device, contextLength: WINDOW_TOKENS, ...engineInputsOf(q) })
       : undefined;
     const r = await perplexity(model, ids, {
       linear: q.linear,

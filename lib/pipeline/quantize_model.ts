@@ -33,6 +33,7 @@ import { type Linear, matmulWeight } from "../model/forward.ts";
 import type { LlamaModel, Weight } from "../model/llama.ts";
 import { type InputScheme, quantizedLinear } from "./act_quant.ts";
 import { cpuBlockRunner, cudaBlockRunner } from "./block_runner.ts";
+import { type Fp4Weights, fp4WeightsOf } from "../kernels/fp4_linear.ts";
 import { blockLinears, hessianGroup } from "./calibrate.ts";
 import { type CalibrationObjective, resolveObjective } from "./objective.ts";
 
@@ -230,6 +231,37 @@ async function quantizeOne(
     }
   }
   return { quantized, dequantized, proxyLoss: r.proxyLoss };
+}
+
+/**
+ * What a {@linkcode DecodeEngine} over the quantized model (its dequantized weights) takes to run
+ * it as an FP4 engine does: every layer's input scheme, and the packed weights of the layers the
+ * W4A16 kernels run exactly (MXFP4/NVFP4; the others stay dense).
+ *
+ * @example
+ * ```ts
+ * import { engineInputsOf, quantizeModel } from "./quantize_model.ts";
+ * import { LlamaModel, parseLlamaConfig } from "../model/mod.ts";
+ * const model = LlamaModel.random(parseLlamaConfig({
+ *   model_type: "llama", hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
+ *   num_attention_heads: 2, vocab_size: 16,
+ * }));
+ * const q = await quantizeModel(model, [], { format: "nvfp4", method: "rtn" });
+ * const { schemes, quantized } = engineInputsOf(q);
+ * console.assert(schemes.size === 7 && quantized.size === 7);
+ * ```
+ */
+export function engineInputsOf(
+  q: QuantizedModel,
+): { schemes: Map<string, InputScheme>; quantized: Map<string, Fp4Weights> } {
+  const schemes = new Map<string, InputScheme>();
+  const quantized = new Map<string, Fp4Weights>();
+  for (const [name, l] of q.layers) {
+    schemes.set(name, l.scheme);
+    const w = fp4WeightsOf(l.quantized);
+    if (w) quantized.set(name, w);
+  }
+  return { schemes, quantized };
 }
 
 /**
