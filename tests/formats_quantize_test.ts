@@ -58,6 +58,8 @@ Deno.test("presets resolve to the documented formats; modifiers override them", 
     12n,
     100,
   ]);
+  assertEquals(resolveSpec("nvfp4:mse=16,0.6,2").mse, { candidates: 16, minShrink: 0.6, norm: 2 });
+  assertEquals(resolveSpec("nvfp4:mse=8").mse, { candidates: 8, minShrink: 0.2, norm: 2.4 });
   assertEquals(resolveSpec("int4:scale=bf16").scaleFormat, "bf16");
   assertEquals(resolveSpec({ preset: "mxfp4", groupSize: 64 }).groupSize, 64);
   const o = resolveSpec({
@@ -101,6 +103,9 @@ Deno.test("nonsense specs are rejected with an error naming the problem", () => 
     [{ preset: "mxfp4", mse: { candidates: 0 } }, "mse.candidates"],
     [{ preset: "mxfp4", mse: { minShrink: 0 } }, "mse.minShrink"],
     [{ preset: "mxfp4", mse: { norm: NaN } }, "mse.norm"],
+    ["nvfp4:mse=16,x", 'bad "mse=16,x"'],
+    ["nvfp4:mse=1,2,3,4", 'bad "mse=1,2,3,4"'],
+    ["nvfp4:mse=16,1.5", "mse.minShrink"],
   ];
   for (const [spec, msg] of bad) assertThrows(() => resolveSpec(spec), Error, msg);
 });

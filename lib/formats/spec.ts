@@ -199,6 +199,22 @@ function defaultRule(element: ElementName, scaleFormat: ScaleFormatName): ScaleR
   return element === "uint4" || element === "uint8" ? "minmax" : "absmax";
 }
 
+// "16", "16,0.6" or "16,0.6,2": the search's fields in order; resolveMse checks the values.
+function parseMse(text: string, spec: string): Partial<MseSearch> {
+  const parts = text.split(",");
+  if (parts.length > 3 || parts.some((p) => p.trim() === "" || !Number.isFinite(Number(p)))) {
+    throw new Error(
+      `bad "mse=${text}" in quantization spec "${spec}"; expected mse=<candidates>[,<minShrink>[,<norm>]]`,
+    );
+  }
+  const [candidates, minShrink, norm] = parts.map(Number);
+  return {
+    candidates,
+    ...(minShrink === undefined ? {} : { minShrink }),
+    ...(norm === undefined ? {} : { norm }),
+  };
+}
+
 function parseString(text: string): Record<string, unknown> {
   const [name, ...mods] = text.split(":");
   const out: Record<string, unknown> = { preset: name };
@@ -209,12 +225,13 @@ function parseString(text: string): Record<string, unknown> {
     else if (m.startsWith("scale=")) out.scaleFormat = m.slice(6);
     else if (m.startsWith("rule=")) out.scaleRule = m.slice(5);
     else if (m === "mse") out.mse = true;
+    else if (m.startsWith("mse=")) out.mse = parseMse(m.slice(4), text);
     else if (m === "sr") out.rounding = "stochastic";
     else if (/^seed=\d+$/.test(m)) out.seed = BigInt(m.slice(5));
     else {
       throw new Error(
         `unknown modifier "${m}" in quantization spec "${text}"; expected g<N>, channel, tensor, ` +
-          `scale=<fmt>, rule=<rule>, mse, sr or seed=<n>`,
+          `scale=<fmt>, rule=<rule>, mse, mse=<candidates>[,<minShrink>[,<norm>]], sr or seed=<n>`,
       );
     }
   }
