@@ -21,6 +21,7 @@ import { testModelDir } from "../lib/paths.ts";
 import { calibrationWindows } from "../lib/pipeline/calibrate.ts";
 import { gitCommit } from "../lib/pipeline/manifest.ts";
 import { engineInputsOf, quantizeModel } from "../lib/pipeline/quantize_model.ts";
+import type { CalibrationObjective } from "../lib/pipeline/objective.ts";
 
 /** One row of the table: how the linears are quantized (null format: the BF16 model). */
 interface Config {
@@ -34,6 +35,8 @@ interface Config {
   note?: string;
   // The library method run, when `method` names the method it emulates (see below).
   runAs?: GptqMethod;
+  // quantizeModel's calibration objective (lib/pipeline/objective.ts), when not its default.
+  objective?: CalibrationObjective;
 }
 
 const fp4 = (
@@ -78,6 +81,21 @@ const rotations = (format: "nvfp4" | "mxfp4", sizes: number[]): Config[] =>
     })
   );
 
+// The W4A4 recipe that closes half of the RTN gap on brown-llama-29m (bench/notes/accuracy.md):
+// the asymmetric "output" objective for both formats, and for NVFP4 activations whose E4M3
+// block scales come from a 16-candidate MSE search (the online quantizer's choice; the GEMM
+// numerics are unchanged). MXFP4's E8M0 scales gain nothing from the same search.
+const NVFP4_ACT_MSE = "nvfp4:mse=16,0.6,2";
+const recipe = (format: "nvfp4" | "mxfp4", method: GptqMethod): Config =>
+  fp4("W4A4", format, method, {
+    name: `w4a4-${format}-${method}-recipe`,
+    actFormat: format === "nvfp4" ? NVFP4_ACT_MSE : format,
+    objective: method === "rtn" ? undefined : "output",
+    note: method === "rtn"
+      ? "RTN weights with the recipe's activation quantizer"
+      : `objective output${format === "nvfp4" ? `, activations ${NVFP4_ACT_MSE}` : ""}`,
+  });
+
 /** Every configuration, in the order they run by default (most wanted first). */
 const CONFIGS: readonly Config[] = [
   { name: "bf16", scheme: "BF16", format: null, method: null, actFormat: null },
@@ -116,6 +134,11 @@ const CONFIGS: readonly Config[] = [
   }),
   ...rotations("nvfp4", [32, 64, 128]),
   mrSpelled,
+  recipe("nvfp4", "mr-gptq"),
+  recipe("mxfp4", "mr-gptq"),
+  recipe("nvfp4", "rtn"),
+  recipe("nvfp4", "gptq"),
+  recipe("mxfp4", "gptq"),
 ];
 
 /** One measured configuration as stored in the results file. */
@@ -127,6 +150,7 @@ interface Row {
   runAs: GptqMethod | null;
   hadamard: number;
   actFormat: string | null;
+  objective: CalibrationObjective | null;
   weightSpec: string | null;
   actSpec: string | null;
   note: string | null;
@@ -306,6 +330,7 @@ async function main(): Promise<void> {
         method,
         hadamard: c.hadamard,
         actFormat: c.actFormat,
+        objective: c.objective,
         device,
       });
       linear = q.linear;
@@ -335,6 +360,7 @@ async function main(): Promise<void> {
       runAs: c.runAs ?? null,
       hadamard,
       actFormat: c.actFormat,
+      objective: c.objective ?? null,
       weightSpec,
       actSpec,
       note: c.note ?? null,
