@@ -16,6 +16,8 @@ const CASES = [
   { format: "mxfp4", method: "mr-gptq", actFormat: "mxfp4" },
   { format: "nvfp4", method: "gptq", actFormat: "nvfp4" },
   { format: "uint4:g32", method: "rtn", actFormat: null },
+  // The W4A4 recipe of the accuracy table: the activation spec's MSE search must travel too.
+  { format: "nvfp4", method: "mr-gptq", actFormat: "nvfp4:mse=16,0.6,2", objective: "output" },
 ] as const;
 
 for (const c of CASES) {
@@ -58,6 +60,11 @@ for (const c of CASES) {
     }
     const cfg = JSON.parse(await Deno.readTextFile(`${dir}/out/config.json`));
     assertEquals(cfg.quantization_config.method, c.method);
+    assertEquals(cfg.quantization_config.objective, "objective" in c ? c.objective : "weights");
+    assertEquals(
+      cfg.quantization_config.activations?.mse ?? null,
+      c.actFormat?.includes("mse") ? { candidates: 16, minShrink: 0.6, norm: 2 } : null,
+    );
     assertEquals(cfg.hidden_size, 64);
     await Deno.remove(dir, { recursive: true });
   });

@@ -134,6 +134,7 @@ export function quantizationConfig(
     layout: CHECKPOINT_LAYOUT,
     format: options.format ?? null,
     method: q.method,
+    objective: q.objective,
     weights: specJson(q.spec),
     rotation: q.hadamard
       ? { type: "hadamard", block: q.hadamard, seed: null, normalized: true, order: "sylvester" }
