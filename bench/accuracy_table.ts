@@ -139,6 +139,11 @@ const CONFIGS: readonly Config[] = [
   recipe("nvfp4", "rtn"),
   recipe("nvfp4", "gptq"),
   recipe("mxfp4", "gptq"),
+  fp4("W4A4", "nvfp4", "mr-gptq", {
+    name: "w4a4-nvfp4-mr-gptq-actmse",
+    actFormat: NVFP4_ACT_MSE,
+    note: `the recipe's activations with the published objective (runs on CUDA too)`,
+  }),
 ];
 
 /** One measured configuration as stored in the results file. */
