@@ -29,6 +29,9 @@ const cases: [string, HadamardOptions | null][] = [
   ["mxfp4", { block: 128, seed: 7 }],
   ["nvfp4", { block: 128 }],
   ["int4:g16", { block: 64 }],
+  // The W4A4 recipe's NVFP4 activations: block scales from an MSE search (generic kernels).
+  ["nvfp4:mse=16,0.6,2", null],
+  ["nvfp4:mse=16,0.6,2", { block: 16 }],
 ];
 
 for (const device of devices) {
