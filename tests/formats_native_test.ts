@@ -157,6 +157,10 @@ const SPECS: SpecInput[] = [
   "uint4:g32:mse",
   "int8:mse",
   "fp8:mse",
+  // Growing factors: NVFP4's block max mapped to 6 or 4, MXFP4's OCP exponent or one above.
+  "nvfp4:mse=2,2,2",
+  "mxfp4:mse=2,3,2",
+  "int4:g16:mse=5,1.8",
   "nvfp4:scale=ue5m3:g16",
   "mxfp4:g2",
   "int4:g3",

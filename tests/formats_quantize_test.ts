@@ -105,7 +105,7 @@ Deno.test("nonsense specs are rejected with an error naming the problem", () => 
     [{ preset: "mxfp4", mse: { norm: NaN } }, "mse.norm"],
     ["nvfp4:mse=16,x", 'bad "mse=16,x"'],
     ["nvfp4:mse=1,2,3,4", 'bad "mse=1,2,3,4"'],
-    ["nvfp4:mse=16,1.5", "mse.minShrink"],
+    ["nvfp4:mse=16,4.5", "mse.minShrink"],
   ];
   for (const [spec, msg] of bad) assertThrows(() => resolveSpec(spec), Error, msg);
 });
@@ -302,6 +302,27 @@ function groupErrors(x: Float32Array, q: Quantized, norm: number): number[] {
   for (let i = 0; i < x.length; i++) out[Math.floor(i / glen)] += Math.abs(x[i] - y[i]) ** norm;
   return out;
 }
+
+Deno.test("a growing search (factors above 1) is never worse than the plain rule, and does grow", () => {
+  // nvfp4: the block max mapped to 6 or to 4; mxfp4: the OCP exponent or the one above it.
+  for (const [name, grown] of [["nvfp4:mse=2,2,2", 1.5], ["mxfp4:mse=2,3,2", 2]] as const) {
+    const base = name.split(":")[0];
+    const x = randomMatrix(16, 128);
+    const plainQ = quantize(x, [16, 128], base);
+    const q = quantize(x, [16, 128], name);
+    const plain = groupErrors(x, plainQ, 2);
+    const searched = groupErrors(x, q, 2);
+    const plainS = groupScales(plainQ), searchedS = groupScales(q);
+    let larger = 0;
+    for (let g = 0; g < plain.length; g++) {
+      assert(searched[g] <= plain[g] * (1 + 1e-9), `${name} group ${g}`);
+      const a = plainS[g], b = searchedS[g];
+      assert(b === a || b > a * (grown * 0.85), `${name} group ${g}: scale ${b} vs ${a}`);
+      if (b > a) larger++;
+    }
+    assert(larger > 0, `${name}: no group took the larger scale`);
+  }
+});
 
 Deno.test("MSE scale search is never worse than the plain rule, group by group", () => {
   for (const name of ["mxfp4", "nvfp4", "int4:g32", "uint4:g32", "mxfp8", "mxfp4:rule=mr-gptq"]) {

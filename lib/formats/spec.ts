@@ -25,11 +25,16 @@ export type ElementName =
 /** How a group's scale is chosen from its values (docs/FORMATS.md §5.5). */
 export type ScaleRule = "ocp" | "ceil" | "round" | "mr-gptq" | "absmax" | "minmax";
 
-/** MSE scale search: shrink factors 1 - k (1 - minShrink) / candidates, error sum |d|^norm. */
+/**
+ * MSE scale search: factors 1 - k (1 - minShrink) / candidates of the rule's scale, error sum
+ * |d|^norm. A minShrink above 1 makes the factors grow instead (coarser grid, less clipping):
+ * `{ candidates: 2, minShrink: 2 }` tries 1 and 1.5, i.e. an NVFP4 block's largest value mapped
+ * to 6 or to 4.
+ */
 export interface MseSearch {
   /** Number of shrink factors tried, k = 0..candidates-1. */
   readonly candidates: number;
-  /** The shrink factor approached by the last candidate (0 < minShrink <= 1). */
+  /** The factor approached by the last candidate (0 < minShrink <= 4; above 1 grows). */
   readonly minShrink: number;
   /** Exponent of the error norm. */
   readonly norm: number;
@@ -351,8 +356,8 @@ function resolveMse(m: boolean | Partial<MseSearch> | null | undefined): MseSear
   if (!(Number.isInteger(r.candidates) && r.candidates >= 1 && r.candidates <= 10000)) {
     throw new Error(`mse.candidates must be an integer in 1..10000, got ${r.candidates}`);
   }
-  if (!(r.minShrink > 0 && r.minShrink <= 1)) {
-    throw new Error(`mse.minShrink must be in (0, 1], got ${r.minShrink}`);
+  if (!(r.minShrink > 0 && r.minShrink <= 4)) {
+    throw new Error(`mse.minShrink must be in (0, 4], got ${r.minShrink}`);
   }
   if (!(Number.isFinite(r.norm) && r.norm > 0)) {
     throw new Error(`mse.norm must be finite and > 0, got ${r.norm}`);

@@ -62,7 +62,7 @@ typedef struct fp4_quant_spec {
   int32_t rounding;       /* 0 round to nearest even, 1 stochastic */
   int32_t mse_candidates; /* 0: no MSE search; else 1..10000 */
   int32_t reserved;       /* must be 0 */
-  double mse_min_shrink;  /* (0, 1] */
+  double mse_min_shrink;  /* (0, 4]; above 1 the candidates grow the scale */
   double mse_norm;        /* finite, > 0 */
   uint64_t seed;          /* Philox key of stochastic rounding */
 } fp4_quant_spec;

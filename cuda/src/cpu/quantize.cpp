@@ -68,8 +68,8 @@ fp4_status validate(const char *fn, const fp4_quant_spec *s, uint64_t rows, uint
   FP4_REQUIRE(s->mse_candidates >= 0 && s->mse_candidates <= 10000,
               "%s: mse_candidates must be in 0..10000, got %d", fn, s->mse_candidates);
   if (s->mse_candidates > 0) {
-    FP4_REQUIRE(s->mse_min_shrink > 0 && s->mse_min_shrink <= 1,
-                "%s: mse_min_shrink must be in (0, 1], got %g", fn, s->mse_min_shrink);
+    FP4_REQUIRE(s->mse_min_shrink > 0 && s->mse_min_shrink <= 4,
+                "%s: mse_min_shrink must be in (0, 4], got %g", fn, s->mse_min_shrink);
     FP4_REQUIRE(std::isfinite(s->mse_norm) && s->mse_norm > 0,
                 "%s: mse_norm must be finite and > 0, got %g", fn, s->mse_norm);
   }
