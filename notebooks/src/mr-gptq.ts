@@ -251,3 +251,39 @@ const studyView = study.length > 1
   ? table(study.map((r) => ({ configuration: r.name, ppl: r.ppl, "Δ vs BF16": r.deltaVsBf16 })))
   : Deno.jupyter.md`The W8A8 / INT4 rows did not run.`;
 studyView;
+// %% [markdown]
+// ## The W4A4 recipe under the full protocol
+//
+// `bench/results/accuracy-cpu-brown-llama-29m-2026-11-23-recipe.json`: 128 calibration windows
+// and the whole `valid.txt`, on the CPU. The recipe adds two things to MR-GPTQ under W4A4: GPTQ
+// rounds towards the least-squares target of the `output` objective (||W x − Q x̃|| with x̃ the
+// input the FP4 GEMM sees), and the online activation quantizer picks each block's scale by
+// squared error between the format's rule and one larger scale (NVFP4: the block's largest value
+// mapped to 6 or to 4; MXFP4: the OCP exponent or the next). The gap is measured against RTN with
+// the formats' plain absmax activations (the issue's reference rows), and, as a control, against
+// RTN with the recipe's own activations.
+// %%
+const recipePath =
+  `${Deno.cwd()}/../bench/results/accuracy-cpu-brown-llama-29m-2026-11-23-recipe.json`;
+const recipeRows = new Map(
+  (JSON.parse(await Deno.readTextFile(recipePath)) as Results).results.map((r) => [r.name, r]),
+);
+const need = (name: string) => {
+  const r = recipeRows.get(name);
+  if (!r) throw new Error(`${recipePath} has no row ${name}`);
+  return r.ppl;
+};
+const fullBf16 = need("bf16");
+table((["nvfp4", "mxfp4"] as const).flatMap((format) => {
+  const rtn = need(`w4a4-${format}-rtn`), rtnSearch = need(`w4a4-${format}-rtn-recipe`);
+  return ["gptq-recipe", "mr-gptq-recipe", "mr-gptq-actsearch"].map((m) => {
+    const ppl = need(`w4a4-${format}-${m}`);
+    return {
+      format,
+      configuration: m,
+      ppl,
+      "gap closed (vs RTN)": (rtn - ppl) / (rtn - fullBf16),
+      "gap closed (vs RTN, same activations)": (rtnSearch - ppl) / (rtnSearch - fullBf16),
+    };
+  });
+}));
