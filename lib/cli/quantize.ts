@@ -49,8 +49,8 @@ Options:
                      [default: nvfp4]
   --method NAME      rtn | gptq | mr-gptq [default: mr-gptq]
   --act-format P     also quantize the inputs of every quantized linear online (W4A4 etc.);
-                     nvfp4:mse=2,2,2 / mxfp4:mse=2,3,2 pick each block's scale by squared error
-                     between the format's rule and one larger scale (the W4A4 recipe below)
+                     nvfp4:mse=4,2,2 / mxfp4:mse=2,3,2 pick each block's scale by squared error
+                     among the format's rule and larger ones (the W4A4 recipe below)
   --hadamard N       block Hadamard rotation size, 0 = none [default for mr-gptq: 16 for
                      nvfp4 and mxfp4, the group size for other formats; 0 for rtn and gptq]
   --calib FILE       calibration text [default: calib.txt in the model folder]
@@ -73,9 +73,9 @@ Options:
   --json             print a machine-readable result as the last line
   -h, --help         show this help
 
-W4A4 recipe (bench/notes/accuracy.md; on brown-llama-29m it closes more than half of the RTN
-gap to BF16 in both formats; CPU pipeline, as --objective output is CPU-only):
-  --method mr-gptq --objective output --format nvfp4 --act-format nvfp4:mse=2,2,2
+W4A4 recipe (what it closes of the RTN gap on brown-llama-29m: bench/notes/accuracy.md; CPU
+pipeline, as --objective output is CPU-only):
+  --method mr-gptq --objective output --format nvfp4 --act-format nvfp4:mse=4,2,2
   --method mr-gptq --objective output --format mxfp4 --act-format mxfp4:mse=2,3,2
 `;
 
