@@ -258,32 +258,36 @@ studyView;
 // and the whole `valid.txt`, on the CPU. The recipe adds two things to MR-GPTQ under W4A4: GPTQ
 // rounds towards the least-squares target of the `output` objective (||W x − Q x̃|| with x̃ the
 // input the FP4 GEMM sees), and the online activation quantizer picks each block's scale by
-// squared error between the format's rule and one larger scale (NVFP4: the block's largest value
-// mapped to 6 or to 4; MXFP4: the OCP exponent or the next). The gap is measured against RTN with
-// the formats' plain absmax activations (the issue's reference rows), and, as a control, against
-// RTN with the recipe's own activations.
+// squared error among the format's rule and larger scales (NVFP4: the absmax scale times 1,
+// 1.25, 1.5 or 1.75, or only 1 and 1.5 in the `-46` row; MXFP4: the OCP exponent or the next).
+// The gap is measured against RTN with the formats' plain absmax activations (the issue's
+// reference rows), and, as a control, against RTN with the recipe's own activations; rows that
+// did not run show as "–".
 // %%
 const recipePath =
   `${Deno.cwd()}/../bench/results/accuracy-cpu-brown-llama-29m-2026-11-23-recipe.json`;
-const recipeRows = new Map(
-  (JSON.parse(await Deno.readTextFile(recipePath)) as Results).results.map((r) => [r.name, r]),
-);
-const need = (name: string) => {
-  const r = recipeRows.get(name);
-  if (!r) throw new Error(`${recipePath} has no row ${name}`);
-  return r.ppl;
-};
-const fullBf16 = need("bf16");
+const recipeFile = JSON.parse(await Deno.readTextFile(recipePath)) as Results;
+const recipeRows = new Map(recipeFile.results.map((r) => [r.name, r]));
+// The BF16 row of the same run, else the issue's PyTorch reference (54.43).
+const fullBf16 = recipeRows.get("bf16")?.ppl ?? 54.43;
+const share = (rtn: number | undefined, ppl: number) =>
+  rtn === undefined ? null : (rtn - ppl) / (rtn - fullBf16);
 table((["nvfp4", "mxfp4"] as const).flatMap((format) => {
-  const rtn = need(`w4a4-${format}-rtn`), rtnSearch = need(`w4a4-${format}-rtn-recipe`);
-  return ["gptq-recipe", "mr-gptq-recipe", "mr-gptq-actsearch"].map((m) => {
-    const ppl = need(`w4a4-${format}-${m}`);
-    return {
+  const rtn = recipeRows.get(`w4a4-${format}-rtn`)?.ppl;
+  const rtnSearch = recipeRows.get(`w4a4-${format}-rtn-recipe`) as
+    | (Row & { actFormat: string })
+    | undefined;
+  return recipeFile.results
+    .filter((r) => r.format === format && r.method !== "rtn" && r.name.includes("-gptq-"))
+    .map((r) => ({
       format,
-      configuration: m,
-      ppl,
-      "gap closed (vs RTN)": (rtn - ppl) / (rtn - fullBf16),
-      "gap closed (vs RTN, same activations)": (rtnSearch - ppl) / (rtnSearch - fullBf16),
-    };
-  });
+      configuration: r.name,
+      activations: (r as Row & { actFormat: string }).actFormat,
+      ppl: r.ppl,
+      "gap closed (vs RTN)": share(rtn, r.ppl),
+      "gap closed (vs RTN, same activations)":
+        rtnSearch?.actFormat === (r as Row & { actFormat: string }).actFormat
+          ? share(rtnSearch.ppl, r.ppl)
+          : null,
+    }));
 }));
