@@ -32,7 +32,7 @@ export type ScaleRule = "ocp" | "ceil" | "round" | "mr-gptq" | "absmax" | "minma
  * to 6 or to 4.
  */
 export interface MseSearch {
-  /** Number of shrink factors tried, k = 0..candidates-1. */
+  /** Number of factors tried, k = 0..candidates-1. */
   readonly candidates: number;
   /** The factor approached by the last candidate (0 < minShrink <= 4; above 1 grows). */
   readonly minShrink: number;
