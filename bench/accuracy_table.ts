@@ -22,9 +22,10 @@ import { calibrationWindows } from "../lib/pipeline/calibrate.ts";
 import { gitCommit } from "../lib/pipeline/manifest.ts";
 import { engineInputsOf, quantizeModel } from "../lib/pipeline/quantize_model.ts";
 import type { CalibrationObjective } from "../lib/pipeline/objective.ts";
+import type { Linear } from "../lib/model/forward.ts";
 
 /** One row of the table: how the linears are quantized (null format: the BF16 model). */
-interface Config {
+export interface Config {
   name: string;
   scheme: "BF16" | "W4A16" | "W4A4" | "W8A8" | "W4A16-INT4";
   format: string | null;
@@ -37,9 +38,12 @@ interface Config {
   runAs?: GptqMethod;
   // quantizeModel's calibration objective (lib/pipeline/objective.ts), when not its default.
   objective?: CalibrationObjective;
+  // GPTQ's relative damping, when not quantizeModel's default.
+  damp?: number;
 }
 
-const fp4 = (
+/** A row quantizing to an FP4 preset, named `<scheme>-<format>-<method>` unless `extra` says. */
+export const fp4Config = (
   scheme: "W4A16" | "W4A4",
   format: "nvfp4" | "mxfp4",
   method: GptqMethod,
@@ -56,7 +60,7 @@ const fp4 = (
 // MR-GPTQ with the OCP E8M0 scale rule: lib/gptq's mr-gptq differs from gptq only in its
 // defaults (rotation = group size, rule mr-gptq for E8M0, MSE search), and quantizeModel does
 // not pass a rule, so the row runs gptq with those defaults spelled out but rule=ocp.
-const mrOcp: Config = fp4("W4A4", "mxfp4", "mr-gptq", {
+const mrOcp: Config = fp4Config("W4A4", "mxfp4", "mr-gptq", {
   name: "w4a4-mxfp4-mr-gptq-rule-ocp",
   format: "mxfp4:rule=ocp:mse",
   hadamard: 32,
@@ -64,7 +68,7 @@ const mrOcp: Config = fp4("W4A4", "mxfp4", "mr-gptq", {
   note: "scale rule comparison: OCP E8M0 rule instead of mr-gptq's (run as gptq + H32 + mse)",
 });
 // The same spelled-out path with mr-gptq's own rule: must reproduce w4a4-mxfp4-mr-gptq.
-const mrSpelled: Config = fp4("W4A4", "mxfp4", "mr-gptq", {
+const mrSpelled: Config = fp4Config("W4A4", "mxfp4", "mr-gptq", {
   name: "w4a4-mxfp4-mr-gptq-rule-mr-gptq-spelled",
   format: "mxfp4:rule=mr-gptq:mse",
   hadamard: 32,
@@ -74,7 +78,7 @@ const mrSpelled: Config = fp4("W4A4", "mxfp4", "mr-gptq", {
 
 const rotations = (format: "nvfp4" | "mxfp4", sizes: number[]): Config[] =>
   sizes.map((h) =>
-    fp4("W4A4", format, "mr-gptq", {
+    fp4Config("W4A4", format, "mr-gptq", {
       name: `w4a4-${format}-mr-gptq-h${h}`,
       hadamard: h,
       note: `rotation size comparison: Hadamard block ${h}`,
@@ -92,7 +96,7 @@ const recipe = (
   method: GptqMethod,
   objective: CalibrationObjective = "output",
 ): Config =>
-  fp4("W4A4", format, method, {
+  fp4Config("W4A4", format, method, {
     name: `w4a4-${format}-${method}-${objective === "output" ? "recipe" : "actsearch"}`,
     actFormat: ACT_SEARCH[format],
     objective: method === "rtn" ? undefined : objective,
@@ -104,18 +108,18 @@ const recipe = (
 /** Every configuration, in the order they run by default (most wanted first). */
 const CONFIGS: readonly Config[] = [
   { name: "bf16", scheme: "BF16", format: null, method: null, actFormat: null },
-  fp4("W4A4", "nvfp4", "rtn"),
-  fp4("W4A4", "nvfp4", "gptq"),
-  fp4("W4A4", "nvfp4", "mr-gptq"),
-  fp4("W4A4", "mxfp4", "rtn"),
-  fp4("W4A4", "mxfp4", "gptq"),
-  fp4("W4A4", "mxfp4", "mr-gptq"),
+  fp4Config("W4A4", "nvfp4", "rtn"),
+  fp4Config("W4A4", "nvfp4", "gptq"),
+  fp4Config("W4A4", "nvfp4", "mr-gptq"),
+  fp4Config("W4A4", "mxfp4", "rtn"),
+  fp4Config("W4A4", "mxfp4", "gptq"),
+  fp4Config("W4A4", "mxfp4", "mr-gptq"),
   mrOcp,
   ...rotations("mxfp4", [16, 64, 128]),
-  fp4("W4A16", "nvfp4", "rtn"),
-  fp4("W4A16", "nvfp4", "mr-gptq"),
-  fp4("W4A16", "mxfp4", "rtn"),
-  fp4("W4A16", "mxfp4", "mr-gptq"),
+  fp4Config("W4A16", "nvfp4", "rtn"),
+  fp4Config("W4A16", "nvfp4", "mr-gptq"),
+  fp4Config("W4A16", "mxfp4", "rtn"),
+  fp4Config("W4A16", "mxfp4", "mr-gptq"),
   { name: "w8a8-fp8-rtn", scheme: "W8A8", format: "fp8", method: "rtn", actFormat: "fp8" },
   { name: "w8a8-int8-rtn", scheme: "W8A8", format: "int8", method: "rtn", actFormat: "int8" },
   {
@@ -125,14 +129,14 @@ const CONFIGS: readonly Config[] = [
     method: "rtn",
     actFormat: null,
   },
-  fp4("W4A16", "nvfp4", "gptq"),
-  fp4("W4A16", "mxfp4", "gptq"),
-  fp4("W4A4", "nvfp4", "rtn", {
+  fp4Config("W4A16", "nvfp4", "gptq"),
+  fp4Config("W4A16", "mxfp4", "gptq"),
+  fp4Config("W4A4", "nvfp4", "rtn", {
     name: "w4a4-nvfp4-rtn-h16",
     hadamard: 16,
     note: "RTN with rotation",
   }),
-  fp4("W4A4", "mxfp4", "rtn", {
+  fp4Config("W4A4", "mxfp4", "rtn", {
     name: "w4a4-mxfp4-rtn-h32",
     hadamard: 32,
     note: "RTN with rotation",
@@ -236,6 +240,94 @@ async function save(path: string, file: ResultsFile): Promise<void> {
   });
 }
 
+/** A configuration's quantized model, ready to score. */
+export interface QuantizedRun {
+  model: LlamaModel;
+  linear: Linear | undefined;
+  schemes: Map<string, InputScheme>;
+  fp4: Map<string, Fp4Weights>;
+  weightSpec: string | null;
+  actSpec: string | null;
+  hadamard: number;
+  calibrationWindows: number;
+}
+
+/**
+ * Quantizes a copy of `base` under `c` on `device` (calibrating on `windows`); `base` is left
+ * untouched (quantizeModel replaces weights in its model, never writes into the arrays, so a
+ * fresh model over the same BF16 arrays is an untouched copy).
+ */
+export async function quantizeConfig(
+  base: LlamaModel,
+  c: Config,
+  windows: Int32Array[],
+  device: Device,
+): Promise<QuantizedRun> {
+  const names = [...llamaWeightShapes(base.config).keys()];
+  const model = LlamaModel.fromWeights(
+    base.config,
+    new Map<string, Weight>(names.map((n) => [n, base.weight(n)])),
+  );
+  const run: QuantizedRun = {
+    model,
+    linear: undefined,
+    schemes: new Map(),
+    fp4: new Map(),
+    weightSpec: null,
+    actSpec: null,
+    hadamard: 0,
+    calibrationWindows: 0,
+  };
+  if (!c.format || !c.method) return run;
+  const method = c.runAs ?? c.method;
+  const q = await quantizeModel(model, method === "rtn" ? [] : windows, {
+    format: c.format,
+    method,
+    hadamard: c.hadamard,
+    actFormat: c.actFormat,
+    objective: c.objective,
+    damp: c.damp,
+    device,
+  });
+  const { schemes, quantized } = engineInputsOf(q);
+  return {
+    ...run,
+    linear: q.linear,
+    schemes,
+    fp4: quantized,
+    weightSpec: describeSpec(q.spec),
+    actSpec: q.actSpec ? describeSpec(q.actSpec) : null,
+    hadamard: q.hadamard,
+    calibrationWindows: q.calibrationWindows,
+  };
+}
+
+/**
+ * Perplexity of a quantized run on `ids` (the first `maxWindows` windows): on CUDA through the
+ * decode engine (packed MXFP4/NVFP4 through the FP4 kernels, as `quantize --device cuda --eval`
+ * does), on the CPU through lib/model's forward pass with the run's linear hook.
+ */
+export async function scoreRun(
+  q: QuantizedRun,
+  ids: Int32Array,
+  device: Device,
+  maxWindows?: number,
+): Promise<{ ppl: number; windows: number }> {
+  using engine = device === "cuda"
+    ? DecodeEngine.create(q.model, {
+      device,
+      contextLength: 512,
+      schemes: q.schemes,
+      quantized: q.fp4,
+    })
+    : undefined;
+  return await perplexity(q.model, ids, {
+    linear: q.linear,
+    maxWindows,
+    scoreWindow: engine ? (w) => engine.nll(w) : undefined,
+  });
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     args: Deno.args,
@@ -316,7 +408,6 @@ async function main(): Promise<void> {
     throw new Error(`${calib} has only ${windows.length} windows; asked for ${nsamples}`);
   }
   const evalIds = tokenizer.encode(await Deno.readTextFile(data));
-  const names = [...llamaWeightShapes(base.config).keys()];
 
   for (const c of wanted) {
     if (done.has(c.name)) {
@@ -324,47 +415,9 @@ async function main(): Promise<void> {
       continue;
     }
     const t0 = performance.now();
-    // quantizeModel replaces weights in its model (never writes into the arrays), so a fresh
-    // model over the same BF16 arrays is an untouched copy.
-    const model = LlamaModel.fromWeights(
-      base.config,
-      new Map<string, Weight>(names.map((n) => [n, base.weight(n)])),
-    );
-    let linear = undefined;
-    let schemes = new Map<string, InputScheme>();
-    let fp4 = new Map<string, Fp4Weights>();
-    let weightSpec: string | null = null;
-    let actSpec: string | null = null;
-    let hadamard = 0;
-    let calibrationWindowsUsed = 0;
-    if (c.format && c.method) {
-      const method = c.runAs ?? c.method;
-      const q = await quantizeModel(model, method === "rtn" ? [] : windows, {
-        format: c.format,
-        method,
-        hadamard: c.hadamard,
-        actFormat: c.actFormat,
-        objective: c.objective,
-        device,
-      });
-      linear = q.linear;
-      ({ schemes, quantized: fp4 } = engineInputsOf(q));
-      weightSpec = describeSpec(q.spec);
-      actSpec = q.actSpec ? describeSpec(q.actSpec) : null;
-      hadamard = q.hadamard;
-      calibrationWindowsUsed = q.calibrationWindows;
-    }
+    const q = await quantizeConfig(base, c, windows, device);
     const t1 = performance.now();
-    // On CUDA the decode engine scores (packed MXFP4/NVFP4 through the FP4 kernels), as
-    // `quantize --device cuda --eval` does.
-    using engine = device === "cuda"
-      ? DecodeEngine.create(model, { device, contextLength: 512, schemes, quantized: fp4 })
-      : undefined;
-    const r = await perplexity(model, evalIds, {
-      linear,
-      maxWindows: evalWindows,
-      scoreWindow: engine ? (w) => engine.nll(w) : undefined,
-    });
+    const r = await scoreRun(q, evalIds, device, evalWindows);
     const t2 = performance.now();
     const row: Row = {
       name: c.name,
@@ -372,15 +425,15 @@ async function main(): Promise<void> {
       format: c.format,
       method: c.method,
       runAs: c.runAs ?? null,
-      hadamard,
+      hadamard: q.hadamard,
       actFormat: c.actFormat,
       objective: c.objective ?? null,
-      weightSpec,
-      actSpec,
+      weightSpec: q.weightSpec,
+      actSpec: q.actSpec,
       note: c.note ?? null,
       ppl: round(r.ppl, 4),
       deltaVsBf16: null,
-      calibrationWindows: calibrationWindowsUsed,
+      calibrationWindows: q.calibrationWindows,
       evalWindows: r.windows,
       seconds: {
         quantize: round((t1 - t0) / 1000, 1),

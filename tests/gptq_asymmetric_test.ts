@@ -7,6 +7,9 @@ import { AsymmetricTarget, CrossCovariance } from "../lib/gptq/asymmetric.ts";
 import { quantizeLayer } from "../lib/gptq/layer.ts";
 import { hessianOf, syntheticLayer } from "../lib/gptq/synthetic.ts";
 import { gaussian, seededRandom } from "../lib/random.ts";
+import { checkAsync, native } from "../ffi/library.ts";
+import { cudaStatus } from "../lib/device.ts";
+import { Tensor } from "../lib/tensor.ts";
 
 const seed = (Math.random() * 2 ** 31) >>> 0;
 const tag = `(seed ${seed})`;
@@ -93,6 +96,97 @@ Deno.test("CrossCovariance: streamed batches equal (2/n) A^T B in float64", asyn
   const bad = new Float32Array(40);
   bad[3] = Infinity;
   await assertRejects(() => c.add(bad, new Float32Array(40), 1), Error, "non-finite");
+});
+
+// Streams `a` and `b` ([n, cols]) in batches into fp4_gptq_cross_add on `device` (CPU: the
+// native entry point directly, the CPU twin of the CUDA kernel; CUDA: through CrossCovariance,
+// which keeps D on the device); returns D.
+async function nativeCross(
+  device: "cpu" | "cuda",
+  a: Float32Array,
+  b: Float32Array,
+  batches: number[],
+  cols: number,
+): Promise<Float64Array> {
+  if (device === "cuda") {
+    using c = new CrossCovariance(cols, { device });
+    let at = 0;
+    for (const n of batches) {
+      await c.add(
+        a.subarray(at * cols, (at + n) * cols),
+        b.subarray(at * cols, (at + n) * cols),
+        n,
+      );
+      at += n;
+    }
+    return c.matrix();
+  }
+  using d = Tensor.from(new Float32Array(cols * cols), [cols, cols]);
+  let at = 0;
+  for (const n of batches) {
+    using ta = Tensor.from(a.slice(at * cols, (at + n) * cols), [n, cols]);
+    using tb = Tensor.from(b.slice(at * cols, (at + n) * cols), [n, cols]);
+    await checkAsync(
+      native().fp4_gptq_cross_add(
+        0,
+        d.pointer(),
+        ta.pointer(),
+        tb.pointer(),
+        BigInt(n),
+        BigInt(cols),
+        BigInt(at),
+      ),
+      "fp4_gptq_cross_add",
+      [d, ta, tb],
+    );
+    at += n;
+  }
+  return Float64Array.from(d.toArray() as Float32Array);
+}
+
+for (const device of ["cpu", "cuda"] as const) {
+  Deno.test({
+    name: `fp4_gptq_cross_add on ${device}: (2/n) A^T B within the f32 summation bound`,
+    ignore: device === "cuda" && !cudaStatus().available,
+    fn: async () => {
+      // 200 features: a partial 128-wide tile on CUDA; A and B unrelated, so D is not symmetric.
+      const cols = 200, batches = [700, 300], n = 1000;
+      const a = problem(1, cols, n, 0.9, 0.1).e;
+      const g = gaussian(seededRandom(seed + 7));
+      const b = Float32Array.from({ length: n * cols }, () => g() * (1 + 3 * Math.random()));
+      const got = await nativeCross(device, a, b, batches, cols);
+      const want = crossOf(a, b, n, cols);
+      const absSum = crossOf(a.map(Math.abs), b.map(Math.abs), n, cols);
+      // f32 sums of `batch` products plus the running-mean merge, per entry:
+      // (batch + 8) * 2^-24 * (2/n) sum_t |a_ti b_tj| + 8 * 2^-24 * |D_ij|.
+      let worst = 0, asym = 0;
+      for (let i = 0; i < cols * cols; i++) {
+        const bound = (Math.max(...batches) + 8) * 2 ** -24 * absSum[i] +
+          8 * 2 ** -24 * Math.abs(want[i]);
+        worst = Math.max(worst, Math.abs(got[i] - want[i]) / bound);
+        const t = (i % cols) * cols + Math.floor(i / cols);
+        asym = Math.max(asym, Math.abs(got[i] - got[t]));
+      }
+      assert(worst <= 1, `error exceeds the f32 bound by ${worst} ${tag}`);
+      assert(asym > 0, `D came out symmetric: the cross product was not computed ${tag}`);
+    },
+  });
+}
+
+Deno.test("fp4_gptq_cross_add: NaN and bad shapes fail and leave D untouched", async () => {
+  const d0 = Float32Array.from({ length: 16 }, () => Math.random());
+  using d = Tensor.from(d0.slice(), [4, 4]);
+  using a = Tensor.from(new Float32Array([1, 2, NaN, 4]), [1, 4]);
+  using b = Tensor.from(new Float32Array([1, 2, 3, 4]), [1, 4]);
+  const call = (rows: bigint, cols: bigint) =>
+    checkAsync(
+      native().fp4_gptq_cross_add(0, d.pointer(), a.pointer(), b.pointer(), rows, cols, 1n),
+      "fp4_gptq_cross_add",
+      [d, a, b],
+    );
+  await assertRejects(() => call(1n, 4n), Error, "NaN or Inf");
+  await assertRejects(() => call(0n, 4n), Error, "invalid shape");
+  assert((d.toArray() as Float32Array).every((v, i) => v === d0[i]), "D changed");
 });
 
 Deno.test("AsymmetricTarget: W* equals the float64 least-squares solution from X and X~", async () => {

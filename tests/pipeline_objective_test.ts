@@ -10,6 +10,11 @@ import { inverseHadamard } from "../lib/formats/hadamard.ts";
 import { resolveSpec } from "../lib/formats/spec.ts";
 import { hessianOf } from "../lib/gptq/synthetic.ts";
 import { embed, nativeLinear, runLayer } from "../lib/model/forward.ts";
+import { cudaStatus } from "../lib/device.ts";
+import type { Device } from "../lib/device.ts";
+import { toFloat32 } from "../lib/dtype.ts";
+import { cpuBlockRunner, cudaBlockRunner } from "../lib/pipeline/block_runner.ts";
+import { quantizedLinear } from "../lib/pipeline/act_quant.ts";
 import { testSeed, tinyModel, tokenWindows } from "./pipeline_fixture.ts";
 
 const Q = "model.layers.0.self_attn.q_proj";
@@ -20,6 +25,7 @@ async function weightsOf(
   objective: CalibrationObjective,
   actFormat: string | null,
   onHessians?: (block: number, h: ReadonlyMap<string, { matrix(): Float32Array }>) => void,
+  device: Device = "cpu",
 ): Promise<Map<string, Float32Array>> {
   const model = tinyModel(seed);
   const q = await quantizeModel(model, windows, {
@@ -28,6 +34,7 @@ async function weightsOf(
     actFormat,
     objective,
     onHessians,
+    device,
   });
   assertEquals(q.objective, objective);
   return new Map(
@@ -99,6 +106,52 @@ Deno.test("teacher equals output for block 0's q/k/v and differs after them", as
     later.every(([n, w]) => w.some((v, i) => v !== teacher.get(n)![i])),
     "the full-precision stream left a layer after q/k/v of block 0 unchanged",
   );
+});
+
+Deno.test({
+  name: "CUDA runner's \"output\" target W* matches the CPU runner's within bf16 rounding",
+  ignore: !cudaStatus().available,
+  fn: async () => {
+    const seed = testSeed();
+    const windows = tokenWindows(seed, 3, 128);
+    const model = tinyModel(seed);
+    const scheme = { rotation: { block: 16 }, act: resolveSpec("nvfp4") };
+    const objective = { objective: "output" as const, scheme };
+    const cpu = cpuBlockRunner(model, windows, quantizedLinear(model, new Map()), objective);
+    using cuda = cudaBlockRunner(model, windows, scheme.rotation, objective);
+    await cpu.calibrate(0, () => {});
+    const hs = await cuda.calibrate(0, () => {});
+    for (const name of [Q, "model.layers.0.mlp.down_proj"]) {
+      const w = model.weight(`${name}.weight`);
+      const [rows] = w.shape;
+      const w32 = toFloat32(w.data, w.dtype);
+      const want = await cpu.target!(name, w32, rows);
+      const got = await cuda.target!(name, w32, rows);
+      // The signal is W* - W; the GPU's inputs differ from the CPU's by bf16 rounding (2^-9).
+      let diff = 0, shift = 0;
+      for (let i = 0; i < want.length; i++) {
+        diff += (got[i] - want[i]) ** 2;
+        shift += (want[i] - w32[i]) ** 2;
+      }
+      const rel = Math.sqrt(diff / shift);
+      console.log(`${name}: |W*_cuda - W*_cpu| / |W*_cpu - W| = ${rel.toExponential(2)}`);
+      assert(shift > 0 && rel < 0.1, `${name}: relative difference ${rel} (seed ${seed})`);
+    }
+    for (const h of hs.values()) h.dispose();
+  },
+});
+
+Deno.test({
+  name: 'CUDA pipeline: "teacher" is refused with a clear Error',
+  ignore: !cudaStatus().available,
+  fn: async () => {
+    const seed = testSeed();
+    await assertRejects(
+      () => weightsOf(seed, tokenWindows(seed, 1, 16), "teacher", "nvfp4", undefined, "cuda"),
+      Error,
+      "CPU pipeline only",
+    );
+  },
 });
 
 Deno.test("an unknown objective fails before any work", async () => {

@@ -44,6 +44,10 @@ namespace fp4::cuda {
 // fp4_gptq_hessian_add on device memory (arguments validated by the entry point).
 fp4_status gptq_hessian_add(float *h, const float *x, int64_t rows, int64_t cols, int64_t seen);
 
+// fp4_gptq_cross_add on device memory (arguments validated by the entry point).
+fp4_status gptq_cross_add(float *d, const float *a, const float *b, int64_t rows, int64_t cols,
+                          int64_t seen);
+
 // h <- beta * h + alpha * x^T x (full symmetric [cols, cols], written from the lower triangle
 // of tiles) for device x [rows, cols]; beta == 0 does not read h. No input checks, no sync.
 fp4_status syrk_f32(const float *x, int64_t rows, int64_t cols, float *h, float alpha, float beta);

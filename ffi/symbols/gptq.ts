@@ -19,6 +19,11 @@ export const gptqSymbols = {
     result: "i32",
     nonblocking: true,
   },
+  fp4_gptq_cross_add: {
+    parameters: ["i32", "pointer", "pointer", "pointer", "i64", "i64", "i64"],
+    result: "i32",
+    nonblocking: true,
+  },
   fp4_gptq_solve: {
     parameters: [
       "i32", // device

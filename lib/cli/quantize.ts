@@ -64,8 +64,8 @@ Options:
   --objective NAME   what GPTQ minimises per layer (lib/pipeline/objective.ts): weights
                      (||(W - Q) X||), act (||(W - Q) X~||, X~ the rotated, activation-quantized
                      inputs the FP4 GEMM sees), output (||W X - Q X~||), teacher (||W X_fp -
-                     Q X~||, X_fp from the full-precision model: GPTAQ); all but weights run
-                     on the CPU only [default: weights]
+                     Q X~||, X_fp from the full-precision model: GPTAQ); teacher runs on
+                     the CPU only [default: weights]
   --eval             evaluate the quantized model's perplexity before exporting
   --data FILE        evaluation text [default: valid.txt in the model folder]
   --eval-windows N   evaluate only the first N windows

@@ -18,7 +18,10 @@
  *
  * @module
  */
+import { checkAsync, native } from "../../ffi/library.ts";
+import { type Device, deviceId, requireDevice } from "../device.ts";
 import { matmulWeight } from "../model/forward.ts";
+import { Tensor } from "../tensor.ts";
 import { cholesky } from "./linalg.ts";
 
 // a [m, k] @ b [n, k]^T through the native CPU matmul (f32 products, f32 accumulation).
@@ -61,7 +64,10 @@ function lowerInverse(l: Float64Array, n: number): Float64Array {
 
 /**
  * Streams pairs of calibration batches into the cross product (2 / n) A^T B (cols x cols, the
- * scale of lib/gptq `Hessian`), on the CPU: f32 products per batch, summed over batches in f64.
+ * scale of lib/gptq `Hessian`). On the CPU: f32 products per batch through the native matmul,
+ * summed over batches in f64. On CUDA: D stays in device memory as an f32 running mean, each
+ * batch added by `fp4_gptq_cross_add` (the Hessian's tiled kernel over every tile), and the
+ * batches may be device tensors.
  *
  * @example
  * ```ts
@@ -74,15 +80,20 @@ function lowerInverse(l: Float64Array, n: number): Float64Array {
 export class CrossCovariance {
   /** Features of both inputs (the product is cols x cols). */
   readonly cols: number;
-  #sum: Float64Array;
+  /** Where the accumulation runs and D lives. */
+  readonly device: Device;
+  #sum: Float64Array | null = null;
+  #d: Tensor | null = null;
   #samples = 0;
   #pending: Promise<void> = Promise.resolve();
 
-  /** An empty accumulator for `cols` features. */
-  constructor(cols: number) {
+  /** An empty accumulator for `cols` features, on `options.device` (default the CPU). */
+  constructor(cols: number, options: { device?: Device } = {}) {
     if (!Number.isSafeInteger(cols) || cols < 1) throw new Error(`invalid in-features ${cols}`);
     this.cols = cols;
-    this.#sum = new Float64Array(cols * cols);
+    this.device = requireDevice(options.device ?? "cpu");
+    if (this.device === "cpu") this.#sum = new Float64Array(cols * cols);
+    else this.#d = Tensor.zeros([cols, cols], "f32", this.device);
   }
 
   /** Calibration rows added so far. */
@@ -91,18 +102,29 @@ export class CrossCovariance {
   }
 
   /**
-   * Adds `rows` paired rows (`a`, `b`: rows x cols, row-major f32). Calls are serialized; the
-   * promise settles when the batch is in the sum. Non-finite inputs reject.
+   * Adds `rows` paired rows (`a`, `b`: rows x cols, row-major f32; on CUDA also f32 Tensors on
+   * any device). Calls are serialized; the promise settles when the batch is in the sum.
+   * Non-finite inputs reject.
    */
-  add(a: Float32Array, b: Float32Array, rows: number): Promise<void> {
+  add(a: Float32Array | Tensor, b: Float32Array | Tensor, rows: number): Promise<void> {
     const n = rows * this.cols;
-    if (!Number.isSafeInteger(rows) || rows < 1 || a.length !== n || b.length !== n) {
+    const size = (x: Float32Array | Tensor) => x instanceof Tensor ? x.size : x.length;
+    if (!Number.isSafeInteger(rows) || rows < 1 || size(a) !== n || size(b) !== n) {
       return Promise.reject(
         new Error(
           `a batch of ${rows} rows x ${this.cols} features needs ${n} values per side, got ` +
-            `${a.length} and ${b.length}`,
+            `${size(a)} and ${size(b)}`,
         ),
       );
+    }
+    for (const x of [a, b]) {
+      if (x instanceof Tensor && x.dtype !== "f32") {
+        return Promise.reject(new Error(`calibration rows must be f32, got ${x.dtype}`));
+      }
+    }
+    if (this.#d) return this.#addNative(a, b, rows);
+    if (a instanceof Tensor || b instanceof Tensor) {
+      return Promise.reject(new Error("a CPU cross product takes host arrays"));
     }
     for (const x of [a, b]) {
       for (let i = 0; i < n; i++) {
@@ -112,6 +134,7 @@ export class CrossCovariance {
       }
     }
     this.#samples += rows;
+    const sum = this.#sum!;
     const run = this.#pending.then(async () => {
       const p = await matmulNt(
         transpose(a, rows, this.cols),
@@ -120,7 +143,38 @@ export class CrossCovariance {
         this.cols,
         rows,
       );
-      for (let i = 0; i < p.length; i++) this.#sum[i] += p[i];
+      for (let i = 0; i < p.length; i++) sum[i] += p[i];
+    });
+    this.#pending = run.catch(() => {});
+    return run;
+  }
+
+  #addNative(a: Float32Array | Tensor, b: Float32Array | Tensor, rows: number): Promise<void> {
+    const seen = this.#samples;
+    this.#samples += rows;
+    const d = this.#d!;
+    const run = this.#pending.then(async () => {
+      const on = (x: Float32Array | Tensor) =>
+        (x instanceof Tensor ? x : Tensor.from(x, [rows, this.cols])).to(this.device);
+      const ad = on(a), bd = on(b);
+      try {
+        await checkAsync(
+          native().fp4_gptq_cross_add(
+            deviceId(this.device),
+            d.pointer(),
+            ad.pointer(),
+            bd.pointer(),
+            BigInt(rows),
+            BigInt(this.cols),
+            BigInt(seen),
+          ),
+          "fp4_gptq_cross_add",
+          [ad, bd, d],
+        );
+      } finally {
+        if (ad !== a) ad.dispose();
+        if (bd !== b) bd.dispose();
+      }
     });
     this.#pending = run.catch(() => {});
     return run;
@@ -129,8 +183,19 @@ export class CrossCovariance {
   /** (2 / n) A^T B (cols x cols, row-major float64); throws when nothing was added. */
   matrix(): Float64Array {
     if (this.#samples === 0) throw new Error("the cross product has no calibration rows yet");
+    if (this.#d) return Float64Array.from(this.#d.toArray() as Float32Array);
     const k = 2 / this.#samples;
-    return this.#sum.map((v) => v * k);
+    return this.#sum!.map((v) => v * k);
+  }
+
+  /** Frees D's device memory (nothing to free on the CPU). */
+  dispose(): void {
+    this.#d?.dispose();
+  }
+
+  /** Same as `dispose()`, for `using`. */
+  [Symbol.dispose](): void {
+    this.dispose();
   }
 }
 

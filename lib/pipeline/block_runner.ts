@@ -11,8 +11,10 @@
  */
 import { checkAsync, native } from "../../ffi/library.ts";
 import { deviceId } from "../device.ts";
-import { abiDType } from "../dtype.ts";
-import type { HadamardOptions } from "../formats/hadamard.ts";
+import { abiDType, toFloat32 } from "../dtype.ts";
+import { hadamard, type HadamardOptions, inverseHadamard } from "../formats/hadamard.ts";
+import { disposeQuantized, fakeQuantizeOn } from "../formats/native.ts";
+import { AsymmetricTarget, CrossCovariance } from "../gptq/asymmetric.ts";
 import { DecodeEngine } from "../generate/engine.ts";
 import { Hessian } from "../gptq/hessian.ts";
 import { embed, type Linear, runLayer } from "../model/forward.ts";
@@ -21,7 +23,7 @@ import type { Tensor } from "../tensor.ts";
 import type { Quantized } from "../formats/quantize.ts";
 import { fp4WeightsOf } from "../kernels/fp4_linear.ts";
 import type { InputScheme } from "./act_quant.ts";
-import { HessianCapture, hessianGroup } from "./calibrate.ts";
+import { blockLinears, HessianCapture, hessianGroup } from "./calibrate.ts";
 import { type CalibrationObjective, ObjectiveCapture } from "./objective.ts";
 
 /** The block-level operations of sequential quantization over a fixed set of windows. */
@@ -39,8 +41,9 @@ export interface BlockRunner {
    */
   calibrate(block: number, onWindow: () => void): Promise<Map<string, Hessian>>;
   /**
-   * With a calibration objective other than `"weights"` (objective.ts; CPU runner only): the
-   * least-squares target W* that GPTQ rounds for layer `name` of the block last calibrated.
+   * With a calibration objective other than `"weights"` (objective.ts): the weights GPTQ rounds
+   * for layer `name` of the block last calibrated (`w` itself for `"act"`, else the least-squares
+   * target W*), in the original space.
    */
   target?(name: string, w: Float32Array, rows: number, damp?: number): Promise<Float32Array>;
   /** Runs every window through block `block` as it now is, giving the next block's inputs. */
@@ -130,6 +133,15 @@ export function cpuBlockRunner(
  * it is quantized with its input scheme: as packed MXFP4/NVFP4 for the W4A16 kernels (exact
  * dequantization, f32 accumulation), other formats as dequantized f32 weights.
  *
+ * With the `"act"` or `"output"` objective (objective.ts; `"teacher"` runs on the CPU runner
+ * only), calibration runs the block's full-precision weights on the inputs its FP4 GEMMs will
+ * see, as the CPU runner does: each linear computes with the rotated weight W R^T on the
+ * transformed input Q_a(R x). The Hessians are those of Q_a(R x) (in the rotated space, like
+ * every Hessian of this runner), and for `"output"` the cross product C = (2 / n) (R x)^T Q_a(R x)
+ * accumulates beside them on the device; the target takes D = C - H~, which is
+ * (2 / n) (R x - Q_a(R x))^T Q_a(R x), solves W*_r = W_r + W_r D (H~ + lambda I)^-1 in the rotated
+ * space, and rotates it back (R is orthogonal, so the objective is the CPU runner's).
+ *
  * @example
  * ```ts
  * import { cudaBlockRunner } from "./block_runner.ts";
@@ -150,7 +162,18 @@ export function cudaBlockRunner(
   model: LlamaModel,
   calibration: readonly Int32Array[],
   rotation: HadamardOptions | null = null,
+  objective: { objective: CalibrationObjective; scheme: InputScheme } | null = null,
 ): BlockRunner & Disposable {
+  if (objective?.objective === "teacher") {
+    throw new Error('the "teacher" calibration objective runs on the CPU pipeline only');
+  }
+  if (objective && objective.objective !== "weights" && objective.scheme.rotation !== rotation) {
+    throw new Error("cudaBlockRunner: the objective's input scheme must rotate by `rotation`");
+  }
+  const gemmView = objective !== null && objective.objective !== "weights";
+  const cross = new Map<string, CrossCovariance>();
+  const targets = new Map<string, AsymmetricTarget>();
+  let hessians = new Map<string, Hessian>();
   const longest = Math.max(1, ...calibration.map((ids) => ids.length));
   const engine = DecodeEngine.create(model, {
     device: "cuda",
@@ -158,7 +181,13 @@ export function cudaBlockRunner(
     graphs: false,
   });
   const states: Tensor[] = [];
+  const dropCross = () => {
+    for (const c of cross.values()) c.dispose();
+    cross.clear();
+    targets.clear();
+  };
   const dispose = () => {
+    dropCross();
     for (const s of states) s.dispose();
     engine.dispose();
   };
@@ -192,27 +221,75 @@ export function cudaBlockRunner(
     windows: states.length,
     hessianRotation: rotation,
     async calibrate(block, onWindow) {
-      const hessians = new Map<string, Hessian>();
+      hessians = new Map<string, Hessian>();
+      dropCross();
+      const scheme = objective?.scheme;
+      if (gemmView) {
+        // The block's full-precision layers, computing on what their FP4 GEMMs will see.
+        for (const name of blockLinears(block)) {
+          const w = model.weight(`${name}.weight`);
+          const [rows, cols] = w.shape;
+          const f32 = toFloat32(w.data, w.dtype);
+          const data = rotation ? hadamard(f32, [rows, cols], rotation) : f32;
+          engine.setLinear(name, { dtype: "f32", shape: [rows, cols], data }, scheme);
+        }
+      }
       try {
         for (const s of states) {
           await engine.runBlock(block, s, async (name, x) => {
             const group = hessianGroup(name);
+            const [rows, cols] = x.shape;
             let h = hessians.get(group);
             if (!h) {
-              h = new Hessian(x.shape[1], { device: "cuda" });
+              h = new Hessian(cols, { device: "cuda" });
               hessians.set(group, h);
             }
-            if (rotation) await rotate(x);
-            await h.add(x, x.shape[0]);
+            const fake = gemmView && scheme?.act
+              ? fakeQuantizeOn("cuda", x, scheme.act, rotation)
+              : null;
+            try {
+              if (rotation) await rotate(x);
+              const xq = fake?.y ?? x;
+              await h.add(xq, rows);
+              if (objective?.objective === "output") {
+                let c = cross.get(group);
+                if (!c) cross.set(group, c = new CrossCovariance(cols, { device: "cuda" }));
+                await c.add(x, xq, rows);
+              }
+            } finally {
+              if (fake) {
+                fake.y.dispose();
+                disposeQuantized(fake.q);
+              }
+            }
           });
           onWindow();
         }
       } catch (e) {
         for (const h of hessians.values()) h.dispose();
+        dropCross();
         throw e;
       }
       return hessians;
     },
+    target: gemmView
+      ? async (name, w, rows, damp = 0.01) => {
+        if (objective.objective === "act") return w;
+        const group = hessianGroup(name);
+        const h = hessians.get(group), c = cross.get(group);
+        if (!h || !c) throw new Error(`no calibration inputs were seen for ${name}`);
+        const cols = h.cols;
+        let t = targets.get(group);
+        if (!t) {
+          const hm = h.matrix(), d = c.matrix();
+          for (let i = 0; i < d.length; i++) d[i] -= hm[i];
+          targets.set(group, t = new AsymmetricTarget(hm, d, cols, damp));
+        }
+        if (!rotation) return await t.apply(w, rows);
+        const wr = await t.apply(hadamard(w, [rows, cols], rotation), rows);
+        return inverseHadamard(wr, [rows, cols], rotation);
+      }
+      : undefined,
     async propagate(block, onWindow) {
       for (const s of states) {
         await engine.runBlock(block, s);

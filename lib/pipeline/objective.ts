@@ -35,7 +35,7 @@ export const OBJECTIVES: readonly CalibrationObjective[] = ["weights", "act", "o
 
 /**
  * The objective of a run: `given` when set (RTN ignores it: it has no objective), else
- * `"weights"` (GPTQ as published), on every device: the others run on the CPU pipeline only.
+ * `"weights"` (GPTQ as published); `"teacher"` runs on the CPU pipeline only.
  * `"output"` measured best for MR-GPTQ W4A4 on brown-llama-29m
  * (bench/results/accuracy-objective-brown-llama-29m-2026-11-23.md). Throws on an unknown name.
  *

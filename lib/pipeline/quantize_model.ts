@@ -5,8 +5,8 @@
  *    it with its current weights while {@linkcode HessianCapture} streams the inputs of its
  *    linear layers into Hessians (q/k/v share one, gate/up share one); these are the
  *    unrotated, unquantized inputs (lib/gptq rotates H itself), as in GPTQ and MR-GPTQ. Other
- *    objectives (objective.ts; CPU only, `"weights"` is the default) capture with
- *    {@linkcode ObjectiveCapture} instead: the Hessian of the inputs the FP4 GEMM sees and
+ *    objectives (objective.ts; `"weights"` is the default; `"teacher"` on the CPU only) capture
+ *    with {@linkcode ObjectiveCapture} (CUDA: the same inside the block runner) instead: the Hessian of the inputs the FP4 GEMM sees and
  *    the least-squares target GPTQ then rounds;
  * 2. **quantize**: every linear of the block is quantized (RTN with lib/formats, GPTQ and
  *    MR-GPTQ with lib/gptq `quantizeLayer`) and its weight replaced by the dequantized values,
@@ -332,14 +332,17 @@ export async function quantizeModel(
   const layers = new Map<string, QuantizedLinear>();
   const timings = { calibrate: 0, quantize: 0, propagate: 0 };
   const progress = options.onProgress ?? (() => {});
-  // GPTQ on CUDA takes the Hessians of the rotated inputs, rotated on the device as captured.
-  if (objective !== "weights" && device === "cuda") {
+  if (objective === "teacher" && device === "cuda") {
     throw new Error(
-      `the "${objective}" calibration objective runs on the CPU pipeline only (--device cpu)`,
+      'the "teacher" calibration objective runs on the CPU pipeline only (--device cpu)',
     );
   }
+  // GPTQ on CUDA takes the Hessians of the rotated inputs, rotated on the device as captured.
   const runner = device === "cuda"
-    ? cudaBlockRunner(model, calibration, method === "rtn" ? null : rotation)
+    ? cudaBlockRunner(model, calibration, method === "rtn" ? null : rotation, {
+      objective,
+      scheme,
+    })
     : cpuBlockRunner(model, calibration, linear, { objective, scheme });
   try {
     for (let b = 0; b < c.numLayers; b++) {

@@ -21,6 +21,16 @@
 FP4_API fp4_status fp4_gptq_hessian_add(int32_t device, float *h, const float *x, int64_t rows,
                                         int64_t cols, int64_t seen);
 
+/* Streams one batch of paired rows into a cross product kept as a running mean, the
+ * asymmetric objective's D (lib/gptq/asymmetric.ts):
+ *   D <- (seen / (seen + rows)) * D + (2 / (seen + rows)) * A^T B
+ * d: [cols, cols] f32 (general, updated in place); a, b: [rows, cols] f32 (row t of both are
+ * the same token); `seen` = rows already in D. Products accumulate in f32 over the batch (CUDA:
+ * the tiled kernel of fp4_gptq_hessian_add over every tile). NaN/Inf in a or b fails with
+ * FP4_ERR_NUMERIC, D untouched. */
+FP4_API fp4_status fp4_gptq_cross_add(int32_t device, float *d, const float *a, const float *b,
+                                      int64_t rows, int64_t cols, int64_t seen);
+
 /* GPTQ solve with fixed group scales.
  *   w:       [rows, cols] f32; in: weights (out x in); out: the dequantized weights.
  *   h:       [cols, cols] f32 Hessian, undamped (read only).

@@ -122,6 +122,43 @@ static fp4_status hessian_add(int32_t device, float *h, const float *x, int64_t 
   return FP4_OK;
 }
 
+static fp4_status cross_add(int32_t device, float *d, const float *a, const float *b,
+                            int64_t rows, int64_t cols, int64_t seen) {
+  FP4_REQUIRE(d && a && b, "fp4_gptq_cross_add: null pointer");
+  FP4_REQUIRE(rows > 0 && cols > 0 && cols <= (int64_t(1) << 20),
+              "fp4_gptq_cross_add: invalid shape %lld x %lld", (long long)rows, (long long)cols);
+  FP4_REQUIRE(seen >= 0, "fp4_gptq_cross_add: negative sample count %lld", (long long)seen);
+  FP4_REQUIRE(device == FP4_DEVICE_CPU || device == FP4_DEVICE_CUDA,
+              "fp4_gptq_cross_add: unknown device %d", device);
+  if (device == FP4_DEVICE_CUDA) {
+    FP4_CUDA_ONLY(return fp4::cuda::gptq_cross_add(d, a, b, rows, cols, seen));
+  }
+  if (!all_finite(a, rows * cols) || !all_finite(b, rows * cols))
+    return fp4::fail(FP4_ERR_NUMERIC, "fp4_gptq_cross_add: the batch has NaN or Inf values");
+  const float beta = float(double(seen) / double(seen + rows));
+  const float alpha = float(2.0 / double(seen + rows));
+  // Row i of A^T B gathers a[t][i] * b[t][:] over the tokens t, in tiles of 256 tokens as in
+  // hessian_add; unlike the Hessian, every (i, j) is computed.
+  std::vector<float> s(size_t(cols) * size_t(cols), 0.0f);
+  const int64_t tile = 256;
+  for (int64_t t0 = 0; t0 < rows; t0 += tile) {
+    const int64_t t1 = std::min(rows, t0 + tile);
+#pragma omp parallel for schedule(dynamic, 16)
+    for (int64_t i = 0; i < cols; i++) {
+      float *si = s.data() + i * cols;
+      for (int64_t t = t0; t < t1; t++) {
+        const float ai = a[t * cols + i];
+        if (ai == 0.0f) continue;
+        const float *bt = b + t * cols;
+        for (int64_t j = 0; j < cols; j++) si[j] += ai * bt[j];
+      }
+    }
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < cols * cols; i++) d[i] = beta * d[i] + alpha * s[i];
+  return FP4_OK;
+}
+
 // d^T H d for one row's difference d (f64) and H [n, n] (f32), in f64; zero entries of d skip
 // their row of H (dead inputs and exactly quantized weights are common).
 double row_proxy_loss(const double *d, const float *h, int64_t n) {
@@ -233,6 +270,11 @@ static fp4_status solve(int32_t device, float *w, const float *h, int64_t rows, 
 FP4_API fp4_status fp4_gptq_hessian_add(int32_t device, float *h, const float *x, int64_t rows,
                                         int64_t cols, int64_t seen) {
   FP4_GUARD({ return hessian_add(device, h, x, rows, cols, seen); })
+}
+
+FP4_API fp4_status fp4_gptq_cross_add(int32_t device, float *d, const float *a, const float *b,
+                                      int64_t rows, int64_t cols, int64_t seen) {
+  FP4_GUARD({ return cross_add(device, d, a, b, rows, cols, seen); })
 }
 
 FP4_API fp4_status fp4_gptq_solve(int32_t device, float *w, const float *h, int64_t rows,

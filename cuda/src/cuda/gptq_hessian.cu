@@ -1,18 +1,19 @@
-// CUDA Hessian accumulation for GPTQ: h <- beta * h + alpha * x^T x (a SYRK), the twin of
-// hessian_add in cuda/src/cpu/gptq.cpp.
+// CUDA Gram products for GPTQ, the twins of hessian_add and cross_add in cuda/src/cpu/gptq.cpp:
+// the Hessian h <- beta * h + alpha * x^T x (a SYRK) and the asymmetric objective's cross
+// product d <- beta * d + alpha * a^T b (a GEMM with both operands transposed).
 //
-// Layout: x [rows, cols] f32 row-major on the device (rows = calibration tokens); h [cols, cols]
-// f32, full symmetric. One CTA of 256 threads per 128 x 128 tile (bi, bj) with bj <= bi of the
-// lower triangle; tokens go through shared memory 8 at a time (both operands are slices of x
-// along its contiguous dimension, so loads are coalesced and need no transpose), the next slice
+// Layout: x, a, b [rows, cols] f32 row-major on the device (rows = calibration tokens); h, d
+// [cols, cols] f32. One CTA of 256 threads per 128 x 128 output tile (bi, bj): for the Hessian
+// only the tiles bj <= bi of the lower triangle (each written with its mirror), for the cross
+// product all of them. Tokens go through shared memory 8 at a time (both operands are slices
+// along the contiguous dimension, so loads are coalesced and need no transpose), the next slice
 // is prefetched into registers while the current one is multiplied. Each thread owns an 8 x 8
 // block of the tile (rows ty*4+{0..3} and 64+ty*4+{0..3}, likewise columns) and accumulates with
-// fused multiply-adds in f32 over the whole batch, then writes beta * h + alpha * acc to (i, j)
-// and its mirror (j, i).
-// Bytes moved per batch: each tile reads 2 * 128 * rows floats of x (from L2 after the first
-// tile of a column block) and writes 2 * 128^2 floats of h; flops: rows * cols^2 (tiles on the
-// diagonal do a full 128 x 128 product, so 2 * rows * 128^2 per tile). Throughput is bound by the
-// FMA pipes: ~8 FMAs per shared-memory float loaded.
+// fused multiply-adds in f32 over the whole batch, then writes beta * h + alpha * acc.
+// Bytes moved per batch: each tile reads 2 * 128 * rows floats (from L2 after the first tile
+// of a column block) and writes 128^2 floats (twice for mirrored Hessian tiles); flops:
+// 2 * rows * 128^2 per tile. Throughput is bound by the FMA pipes: ~8 FMAs per shared-memory
+// float loaded.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -30,15 +31,24 @@ constexpr int kTile = 128;
 constexpr int kK = 8;
 constexpr int kThreads = 256;
 
+// kSym: x^T x from the lower triangle of tiles (a == b); otherwise a^T b over every tile.
+template <bool kSym>
 __global__ void __launch_bounds__(kThreads, 2)
-    syrk_kernel(const float *__restrict__ x, int64_t rows, int64_t cols, float *__restrict__ h,
-                float alpha, float beta) {
-  // Tile index -> (bi, bj), bj <= bi, row-major over the lower triangle.
+    gram_kernel(const float *__restrict__ a, const float *__restrict__ b, int64_t rows,
+                int64_t cols, float *__restrict__ h, float alpha, float beta) {
   const int64_t t = blockIdx.x;
-  int64_t bi = int64_t((sqrt(8.0 * double(t) + 1.0) - 1.0) / 2.0);
-  while (bi * (bi + 1) / 2 > t) bi--;
-  while ((bi + 1) * (bi + 2) / 2 <= t) bi++;
-  const int64_t bj = t - bi * (bi + 1) / 2;
+  int64_t bi, bj;
+  if constexpr (kSym) {
+    // Tile index -> (bi, bj), bj <= bi, row-major over the lower triangle.
+    bi = int64_t((sqrt(8.0 * double(t) + 1.0) - 1.0) / 2.0);
+    while (bi * (bi + 1) / 2 > t) bi--;
+    while ((bi + 1) * (bi + 2) / 2 <= t) bi++;
+    bj = t - bi * (bi + 1) / 2;
+  } else {
+    const int64_t nb = (cols + kTile - 1) / kTile;
+    bi = t / nb;
+    bj = t % nb;
+  }
   const int64_t i0 = bi * kTile, j0 = bj * kTile;
 
   __shared__ __align__(16) float As[kK][kTile];
@@ -53,8 +63,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     for (int l = 0; l < 4; l++) {
       const int64_t k = k0 + lk + 2 * l;
       const bool in = k < rows;
-      ra[l] = in && ai ? x[k * cols + i0 + lc] : 0.0f;
-      rb[l] = in && bjv ? x[k * cols + j0 + lc] : 0.0f;
+      ra[l] = in && ai ? a[k * cols + i0 + lc] : 0.0f;
+      rb[l] = in && bjv ? b[k * cols + j0 + lc] : 0.0f;
     }
   };
   float acc[8][8];
@@ -94,11 +104,11 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
     for (int n = 0; n < 8; n++) {
       const int64_t j = j0 + (n < 4 ? tx * 4 + n : 64 + tx * 4 + n - 4);
-      if (i >= cols || j >= cols || j > i) continue;
+      if (i >= cols || j >= cols || (kSym && j > i)) continue;
       // -fmad=false keeps these two products and the sum separate, as on the CPU.
       const float v = beta == 0.0f ? alpha * acc[m][n] : beta * h[i * cols + j] + alpha * acc[m][n];
       h[i * cols + j] = v;
-      h[j * cols + i] = v;
+      if (kSym) h[j * cols + i] = v;
     }
   }
 }
@@ -122,7 +132,7 @@ fp4_status syrk_f32(const float *x, int64_t rows, int64_t cols, float *h, float 
   if (tiles > 0x7fffffff)
     return fp4::fail(FP4_ERR_INVALID_ARGUMENT, "gptq: %lld in-features are too many for the CUDA "
                      "Hessian kernel", (long long)cols);
-  syrk_kernel<<<unsigned(tiles), kThreads>>>(x, rows, cols, h, alpha, beta);
+  gram_kernel<true><<<unsigned(tiles), kThreads>>>(x, x, rows, cols, h, alpha, beta);
   FP4_CU_LAUNCH();
   return FP4_OK;
 }
@@ -152,6 +162,26 @@ fp4_status gptq_hessian_add(float *h, const float *x, int64_t rows, int64_t cols
   const float beta = float(double(seen) / double(seen + rows));
   const float alpha = float(2.0 / double(seen + rows));
   if (fp4_status s = syrk_f32(x, rows, cols, h, alpha, beta)) return s;
+  FP4_CU(cudaDeviceSynchronize());
+  return FP4_OK;
+}
+
+fp4_status gptq_cross_add(float *d, const float *a, const float *b, int64_t rows, int64_t cols,
+                          int64_t seen) {
+  if (fp4_status s = ensure_device()) return s;
+  bool bad_a = false, bad_b = false;
+  if (fp4_status s = any_bad(a, rows * cols, false, &bad_a)) return s;
+  if (fp4_status s = any_bad(b, rows * cols, false, &bad_b)) return s;
+  if (bad_a || bad_b)
+    return fp4::fail(FP4_ERR_NUMERIC, "fp4_gptq_cross_add: the batch has NaN or Inf values");
+  const int64_t nb = (cols + kTile - 1) / kTile;
+  if (nb * nb > 0x7fffffff)
+    return fp4::fail(FP4_ERR_INVALID_ARGUMENT, "gptq: %lld in-features are too many for the CUDA "
+                     "cross-product kernel", (long long)cols);
+  const float beta = float(double(seen) / double(seen + rows));
+  const float alpha = float(2.0 / double(seen + rows));
+  gram_kernel<false><<<unsigned(nb * nb), kThreads>>>(a, b, rows, cols, d, alpha, beta);
+  FP4_CU_LAUNCH();
   FP4_CU(cudaDeviceSynchronize());
   return FP4_OK;
 }
