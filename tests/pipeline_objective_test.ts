@@ -127,7 +127,11 @@ Deno.test({
       const w32 = toFloat32(w.data, w.dtype);
       const want = await cpu.target!(name, w32, rows);
       const got = await cuda.target!(name, w32, rows);
-      // The signal is W* - W; the GPU's inputs differ from the CPU's by bf16 rounding (2^-9).
+      // The signal W* - W comes from the activation quantization error, which bf16 rounding of
+      // the inputs (the CUDA engine stores activations as bf16) perturbs strongly: rounding the
+      // same f32 inputs to bf16 on the CPU alone moves W* - W by 0.22 (hidden 64) to 0.26 (128),
+      // 384 rows, nvfp4 with rotation 16; the H100 measured 0.25 here. A wrong sign, a transposed
+      // or missing D gives 1 or more.
       let diff = 0, shift = 0;
       for (let i = 0; i < want.length; i++) {
         diff += (got[i] - want[i]) ** 2;
@@ -135,7 +139,7 @@ Deno.test({
       }
       const rel = Math.sqrt(diff / shift);
       console.log(`${name}: |W*_cuda - W*_cpu| / |W*_cpu - W| = ${rel.toExponential(2)}`);
-      assert(shift > 0 && rel < 0.1, `${name}: relative difference ${rel} (seed ${seed})`);
+      assert(shift > 0 && rel < 0.5, `${name}: relative difference ${rel} (seed ${seed})`);
     }
     for (const h of hs.values()) h.dispose();
   },
