@@ -554,9 +554,10 @@ fp4_status slot_rounds(int32_t format, const uint8_t *codes, const uint8_t *scal
 
 // The launch of gemm_segments; fp4_gemv_launch is its one-segment case.
 static fp4_status fp4_gemv_segments_launch(int32_t format, const uint16_t *x,
-                                    const uint8_t *codes, const uint8_t *scales, const float *tensor_scales,
-                                    const int64_t *ends, int32_t segments, uint16_t *y,
-                                    int64_t batch, int64_t n, int64_t k, void *stream) {
+                                           const uint8_t *codes, const uint8_t *scales,
+                                           const float *tensor_scales, const int64_t *ends,
+                                           int32_t segments, uint16_t *y, int64_t batch,
+                                           int64_t n, int64_t k, void *stream) {
   FP4_REQUIRE(batch <= kGemvMaxBatch, "fp4_gemv: batch %lld > %lld", (long long)batch,
               (long long)kGemvMaxBatch);
   FP4_REQUIRE(segments >= 1 && segments <= kMaxGemvSegments, "fp4_gemv: %d segments", segments);
