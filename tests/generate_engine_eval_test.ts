@@ -6,7 +6,9 @@ import { DecodeEngine } from "../lib/generate/mod.ts";
 import { forwardNll, LlamaModel, parseLlamaConfig } from "../lib/model/mod.ts";
 import { type InputScheme, quantizedLinear } from "../lib/pipeline/mod.ts";
 import { resolveSpec } from "../lib/formats/spec.ts";
-import { cudaStatus } from "../lib/device.ts";
+import { cudaStatus, type Device } from "../lib/device.ts";
+import type { Fp4Weights } from "../lib/kernels/fp4_linear.ts";
+import { Tensor } from "../lib/tensor.ts";
 
 const seed = (Math.random() * 2 ** 31) >>> 0;
 console.log(`generate_engine_eval_test seed ${seed}`);
@@ -175,3 +177,89 @@ Deno.test({
     assertEquals(Array.from(graphed.logits()), Array.from(eager.logits()), "after reset");
   },
 });
+
+/** Random FP4 weights (host) of every quantizable linear, NVFP4 with a tensor scale each. */
+function randomFp4(model: LlamaModel, format: "mxfp4" | "nvfp4"): Map<string, Fp4Weights> {
+  const out = new Map<string, Fp4Weights>();
+  const group = format === "mxfp4" ? 32 : 16;
+  for (const name of model.linearNames().filter((n) => n !== "lm_head")) {
+    const [n, k] = model.weight(`${name}.weight`).shape;
+    const codes = new Uint8Array(n * k / 2).map(() => Math.random() * 256);
+    // Scales near what weights of std 0.15 get: E8M0 2^-5 .. 2^-3, E4M3 1 .. 15 times a tensor
+    // scale that differs per linear (fused NVFP4 segments must keep their own).
+    const scales = new Uint8Array(n * k / group).map(() =>
+      format === "mxfp4" ? 122 + Math.random() * 3 : 0x38 + Math.random() * 0x20
+    );
+    out.set(name, {
+      codes: Tensor.from(codes, [n, k / 2]),
+      scales: Tensor.from(scales, [n, k / group]),
+      tensorScale: format === "nvfp4" ? Math.fround(2 ** -6 * (1 + Math.random())) : undefined,
+      format,
+      n,
+      k,
+    });
+  }
+  return out;
+}
+
+// A fused step runs the members' rows through the same arithmetic (stacked weights; NVFP4 rows
+// with their segment's tensor scale): equal bit for bit to the unfused step, eager and
+// replayed. The exception is CUDA's dense BF16, where cuBLAS may pick another kernel for the
+// taller matrix: within 2^-7 of the logits' scale there (bf16 rounding of a few activations).
+for (const device of ["cpu", ...(cuda ? ["cuda"] : [])] as Device[]) {
+  Deno.test(`${device}: fused q/k/v and gate/up steps equal unfused ones`, async () => {
+    const kinds = ["f32", "bf16", "mxfp4", "nvfp4"] as const;
+    for (const kind of kinds) {
+      if (device === "cuda" && kind === "f32") continue;
+      const model = tinyModel(seed + 5, kind === "f32" ? "f32" : "bf16");
+      const quantized = kind === "mxfp4" || kind === "nvfp4"
+        ? randomFp4(model, kind)
+        : new Map<string, Fp4Weights>();
+      const prompt = randomIds(5, model.config.vocabSize);
+      const opts = { device, contextLength: 40, quantized } as const;
+      using plain = DecodeEngine.create(model, { ...opts, fuse: false, graphs: false });
+      using fused = DecodeEngine.create(model, opts);
+      await plain.forward(prompt);
+      await fused.forward(prompt);
+      const exact = device === "cpu" || quantized.size > 0;
+      let worst = 0;
+      for (let step = 0; step < 8; step++) {
+        const a = plain.logits(), b = fused.logits();
+        if (exact) {
+          assertEquals(Array.from(b), Array.from(a), `${kind} step ${step} (seed ${seed})`);
+        } else {
+          const scale = Math.max(...a.map(Math.abs));
+          worst = Math.max(worst, maxAbsDiff(a, b) / scale);
+          assert(worst <= 2 ** -7, `${kind} step ${step}: ${worst} of the scale (seed ${seed})`);
+        }
+        const t = plain.argmax();
+        await plain.forward(new Int32Array([t]));
+        await fused.forward(new Int32Array([t]));
+      }
+      if (!exact) {
+        console.log(`${device} ${kind}: fused vs unfused logits within ${worst} of scale`);
+      }
+      // Replacing one member unfuses its group; the engines stay equal.
+      const up = "model.layers.1.mlp.up_proj";
+      const w = model.weight(`${up}.weight`);
+      const repl = quantized.get(up) ??
+        {
+          ...w,
+          data: Float32Array.from({ length: w.data.length }, () => Math.random() - 0.5),
+          dtype: "f32" as const,
+        };
+      for (const e of [plain, fused]) {
+        e.setLinear(up, repl);
+        e.reset();
+        await e.forward(prompt);
+        await e.forward(new Int32Array([1]));
+      }
+      const a = plain.logits(), b = fused.logits();
+      if (exact) assertEquals(Array.from(b), Array.from(a), `${kind} after setLinear`);
+      else {assert(
+          maxAbsDiff(a, b) <= 2 ** -7 * Math.max(...a.map(Math.abs)),
+          `${kind} after setLinear`,
+        );}
+    }
+  });
+}

@@ -5,7 +5,10 @@
  * and NVFP4 weights (our W4A16 kernels; the LM head stays BF16 in all three). Batch 1, greedy:
  * a 16-token prompt, then 128 decode steps, each ending with the argmax copied to the host (as
  * generation does). Each configuration runs once to warm up (the graph is recorded there), then
- * is timed; with and without CUDA graphs.
+ * is timed; with and without CUDA graphs, and with q/k/v and gate/up fused into one product
+ * each (the engine's default) or not (`fused`; the unfused runs with graphs only). Both BF16
+ * baselines are reported: FP4 against BF16 with the same fusion (`vsBf16`) and against the
+ * unfused BF16 path (`vsBf16Unfused`).
  *
  * Reported per configuration: prefill and decode tokens/s, decode ms/token, the ratio to our
  * BF16 path (goal: FP4 >= 2.5x), the device memory the engine holds (weights + KV cache +
@@ -15,7 +18,8 @@
  * PyTorch reference written by bench/gpu/decode_torch_baseline.py.
  *
  * Usage: deno run -A bench/gpu/decode_bench.ts --out DIR [--layers N] [--tokens N]
- *   [--formats bf16,mxfp4,nvfp4] [--graphs-only] [--op-launches N] [--torch FILE]
+ *   [--formats bf16,mxfp4,nvfp4] [--fuse on,off] [--graphs-only] [--op-launches N]
+ *   [--torch FILE]
  * (few layers, tokens and op launches make a short run to profile under ncu).
  * Writes DIR/decode.json (device, date, commit, figures) and prints a table last. The decode
  * kernels' programmatic dependent launch follows $FP4LAB_PDL (recorded as `pdl`).
@@ -44,6 +48,7 @@ const { values: args } = parseArgs({
     layers: { type: "string", default: "32" },
     tokens: { type: "string", default: "128" },
     formats: { type: "string", default: "bf16,mxfp4,nvfp4" },
+    fuse: { type: "string", default: "on,off" },
     "graphs-only": { type: "boolean", default: false },
     "op-launches": { type: "string", default: "200" },
     torch: { type: "string" },
@@ -68,7 +73,10 @@ function randomBytes(n: number, seed: number, map: (r: number) => number): Uint8
   return out;
 }
 
-/** Random FP4 weights of every quantizable linear, on the device, one copy per layer. */
+/**
+ * Random FP4 weights of every quantizable linear, on the host (one array per shape); the engine
+ * makes its own device copies (stacked where it fuses), so its memory figure counts them.
+ */
 function fp4Weights(format: Fp4WeightFormat): Map<string, Fp4Weights> {
   const group = fp4GroupSize(format);
   const host = new Map<string, [Uint8Array, Uint8Array]>();
@@ -92,8 +100,8 @@ function fp4Weights(format: Fp4WeightFormat): Map<string, Fp4Weights> {
       host.set(key, h);
     }
     out.set(name, {
-      codes: Tensor.from(h[0], [h[0].length]).to("cuda"),
-      scales: Tensor.from(h[1], [h[1].length]).to("cuda"),
+      codes: Tensor.from(h[0], [h[0].length]),
+      scales: Tensor.from(h[1], [h[1].length]),
       tensorScale: format === "nvfp4" ? 2 ** -10 : undefined,
       format,
       n,
@@ -118,12 +126,17 @@ function checkpointBytes(format: Fp4WeightFormat | "bf16"): number {
 interface Run {
   weights: string;
   graphs: boolean;
+  /** q/k/v and gate/up as one product each. */
+  fused: boolean;
   prefillTokS: number;
   decodeTokS: number;
   msPerToken: number;
   engineBytes: number;
   checkpointBytes: number;
+  /** Decode tokens/s over BF16's with the same graphs and fusion. */
   vsBf16: number | null;
+  /** Over the unfused BF16 path's with the same graphs (unfused runs: graphs only). */
+  vsBf16Unfused: number | null;
   /** Whether the greedy tokens equal those of the same weights' first (graph-replayed) run. */
   sameTokens: boolean;
 }
@@ -146,17 +159,22 @@ async function timeDecode(engine: DecodeEngine, prompt: Int32Array) {
 const prompt = Int32Array.from({ length: PROMPT }, (_, i) => (i * 7919) % config.vocabSize);
 const runs: Run[] = [];
 const formats = args.formats!.split(",") as ("bf16" | Fp4WeightFormat)[];
+const fuses = args.fuse!.split(",").map((f) => f === "on");
 for (const format of formats) {
   console.log(`--- ${format}: loading`);
   const before = cudaMemory();
   const quantized = format === "bf16" ? new Map<string, Fp4Weights>() : fp4Weights(format);
   let firstTokens: Int32Array | null = null;
-  for (const graphs of args["graphs-only"] ? [true] : [true, false]) {
+  const configs = fuses.flatMap((fused, i) =>
+    (args["graphs-only"] || i > 0 ? [true] : [true, false]).map((graphs) => ({ fused, graphs }))
+  );
+  for (const { fused, graphs } of configs) {
     const engine = DecodeEngine.create(model, {
       device: "cuda",
       contextLength: CONTEXT,
       quantized,
       graphs,
+      fuse: fused,
     });
     try {
       await timeDecode(engine, prompt);
@@ -166,19 +184,24 @@ for (const format of formats) {
       const run: Run = {
         weights: format,
         graphs,
+        fused,
         prefillTokS: PROMPT / (prefillMs / 1000),
         decodeTokS: TOKENS / (decodeMs / 1000),
         msPerToken: decodeMs / TOKENS,
         engineBytes,
         checkpointBytes: checkpointBytes(format),
         vsBf16: null,
+        vsBf16Unfused: null,
         sameTokens: tokens.every((t, i) => t === firstTokens![i]),
       };
-      const base = runs.find((r) => r.weights === "bf16" && r.graphs === graphs);
+      const bf16 = (f: boolean) =>
+        runs.find((r) => r.weights === "bf16" && r.graphs === graphs && r.fused === f);
+      const base = bf16(fused), unfused = bf16(false);
       if (base) run.vsBf16 = run.decodeTokS / base.decodeTokS;
+      if (unfused) run.vsBf16Unfused = run.decodeTokS / unfused.decodeTokS;
       runs.push(run);
       console.log(
-        `${format} graphs=${graphs}: decode ${run.decodeTokS.toFixed(1)} tok/s (${
+        `${format} graphs=${graphs} fused=${fused}: decode ${run.decodeTokS.toFixed(1)} tok/s (${
           run.msPerToken.toFixed(2)
         } ms/token), prefill ${run.prefillTokS.toFixed(0)} tok/s, engine ${
           (engineBytes / 2 ** 30).toFixed(2)
@@ -225,8 +248,9 @@ function opBreakdown(): { eager: Record<string, number>; graph: Record<string, n
   using pos1000 = Tensor.from(new Int32Array([1000]), [1]).to("cuda");
   using head = T([V, h], "bf16");
   using last = T([1], "i32");
-  using codes = T([m * h / 2], "u8");
-  using scales = T([m * h / 16], "u8");
+  // Room for the stacked gate/up weights (2m x h).
+  using codes = T([m * h], "u8");
+  using scales = T([m * h / 8], "u8");
   const gemv = (format: number, n: number, k = h) =>
     lib.fp4_gemm(
       CUDA,
@@ -240,6 +264,26 @@ function opBreakdown(): { eager: Record<string, number>; graph: Record<string, n
       BigInt(n),
       BigInt(k),
     );
+  // One launch over row segments (fused q/k/v, gate/up), each with its own tensor scale.
+  const gemvSegments = (format: number, rows: number[]) => {
+    const ends = new BigInt64Array(rows.length);
+    rows.reduce((a, r, i) => (ends[i] = BigInt(a + r), a + r), 0);
+    return lib.fp4_gemm_segments(
+      CUDA,
+      format,
+      x.pointer(),
+      codes.pointer(),
+      scales.pointer(),
+      new Float32Array(rows.length).fill(1),
+      ends,
+      rows.length,
+      y.pointer(),
+      1n,
+      ends[rows.length - 1],
+      BigInt(h),
+    );
+  };
+  const qkvRows = [heads * hd, kvh * hd, kvh * hd], gateUpRows = [m, m];
   const attention = (p: Tensor) =>
     lib.fp4_dec_attention(
       CUDA,
@@ -354,6 +398,10 @@ function opBreakdown(): { eager: Record<string, number>; graph: Record<string, n
     gemv_mxfp4_14336x4096: () => gemv(0, m),
     gemv_mxfp4_4096x4096: () => gemv(0, h),
     gemv_mxfp4_1024x4096: () => gemv(0, kvh * hd),
+    gemv_nvfp4_qkv_6144x4096: () => gemvSegments(1, qkvRows),
+    gemv_nvfp4_gateup_28672x4096: () => gemvSegments(1, gateUpRows),
+    gemv_mxfp4_qkv_6144x4096: () => gemvSegments(0, qkvRows),
+    gemv_mxfp4_gateup_28672x4096: () => gemvSegments(0, gateUpRows),
   };
   // One NVFP4 layer's launches in the step's order (every GEMV reading the same weight buffer):
   // against the sum of its ops, the cost of the switches between kernels of different kinds.
@@ -371,13 +419,27 @@ function opBreakdown(): { eager: Record<string, number>; graph: Record<string, n
     ops.silu_mul,
     () => gemv(1, h, m),
   ];
-  ops.layer_nvfp4 = () => {
-    for (const op of layer) {
+  // The same with the fused products (10 launches).
+  const fusedLayer = [
+    ops.add_rmsnorm,
+    () => gemvSegments(1, qkvRows),
+    ops.rope_kv_store,
+    ops.attention,
+    () => gemv(1, h),
+    ops.add_rmsnorm,
+    () => gemvSegments(1, gateUpRows),
+    ops.silu_mul,
+    () => gemv(1, h, m),
+  ];
+  const sequence = (list: (() => number)[]) => () => {
+    for (const op of list) {
       const st = op();
       if (st !== 0) return st;
     }
     return 0;
   };
+  ops.layer_nvfp4 = sequence(layer);
+  ops.layer_nvfp4_fused = sequence(fusedLayer);
   const N = Number(args["op-launches"]);
   const eager: Record<string, number> = {}, graph: Record<string, number> = {};
   const sync = () => check(lib.fp4_synchronize(CUDA), "fp4_synchronize");
@@ -442,9 +504,11 @@ console.log(formatTable(
   [
     "weights",
     "graphs",
+    "fused",
     "decode tok/s",
     "ms/token",
-    "vs bf16",
+    "vs bf16 (same fusion)",
+    "vs unfused bf16",
     "prefill tok/s",
     "engine GiB",
     "checkpoint GiB",
@@ -452,9 +516,11 @@ console.log(formatTable(
   runs.map((r) => [
     r.weights,
     String(r.graphs),
+    String(r.fused),
     r.decodeTokS.toFixed(1),
     r.msPerToken.toFixed(2),
     r.vsBf16 === null ? "-" : r.vsBf16.toFixed(2),
+    r.vsBf16Unfused === null ? "-" : r.vsBf16Unfused.toFixed(2),
     r.prefillTokS.toFixed(0),
     (r.engineBytes / 2 ** 30).toFixed(2),
     (r.checkpointBytes / 2 ** 30).toFixed(2),

@@ -22,6 +22,23 @@ export const gemmSymbols = {
     ],
     result: "i32",
   },
+  fp4_gemm_segments: {
+    parameters: [
+      "i32",
+      "i32",
+      "pointer",
+      "pointer",
+      "pointer",
+      "buffer",
+      "buffer",
+      "i32",
+      "pointer",
+      "i64",
+      "i64",
+      "i64",
+    ],
+    result: "i32",
+  },
   fp4_gemm_bench: {
     parameters: [
       "i32",

@@ -11,7 +11,10 @@
  * (MXFP4/NVFP4 through `fp4_gemm`) for the modules given in `quantized`; the LM head is dense.
  * A quantized checkpoint's input schemes (rotation, W4A4 activation quantization) run on the
  * engine's device before each product. On CUDA a single-token step is recorded once as a CUDA
- * graph and replayed (`graphs`), and `nll` scores whole windows for evaluation.
+ * graph and replayed (`graphs`), and `nll` scores whole windows for evaluation. A single-token
+ * step runs q/k/v and gate/up as one product each (`fuse`): their weights are stacked by rows
+ * at load, which changes no output bit where the product's rows are independent (the FP4 kernels,
+ * NVFP4 segments keeping their own tensor scales).
  *
  * @module
  */
@@ -64,6 +67,12 @@ export interface EngineOptions {
    */
   graphs?: boolean;
   /**
+   * Single-token steps run q/k/v and gate/up as one product each, over weights stacked by rows
+   * when the engine loads (default true). A group stays unfused where its layers differ in kind,
+   * format or dtype, have an input transform, or run through a `linear` hook.
+   */
+  fuse?: boolean;
+  /**
    * CPU only: runs every linear layer through this hook instead (e.g. the online rotation and
    * activation quantization of a `loadQuantized` checkpoint), with f32 activations.
    */
@@ -73,7 +82,9 @@ export interface EngineOptions {
 interface DenseLinear {
   kind: "dense";
   name: string;
+  /** The weight rows start at row `at` of `w` (a fused group's stacked weights, else 0). */
   w: Tensor;
+  at: number;
   out: number;
   in: number;
   scheme?: InputScheme;
@@ -89,8 +100,10 @@ interface SchemeBuffers {
 interface Fp4Linear {
   kind: "fp4";
   name: string;
+  /** The weight rows start at row `at` of `codes` and `scales` (as DenseLinear.at). */
   codes: Tensor;
   scales: Tensor;
+  at: number;
   format: number;
   tensorScale: number;
   out: number;
@@ -99,6 +112,17 @@ interface Fp4Linear {
 }
 
 type LinearWeights = DenseLinear | Fp4Linear;
+
+/**
+ * Linears of one input run as one product: `lw` spans the members' stacked rows (it owns the
+ * storage the members point into); NVFP4 members keep their tensor scales by row segment.
+ */
+interface FusedGroup {
+  lw: LinearWeights;
+  members: LinearWeights[];
+  segmentEnds: BigInt64Array<ArrayBuffer>;
+  tensorScales: Float32Array<ArrayBuffer>;
+}
 
 interface LayerWeights {
   inputNorm: Tensor;
@@ -110,6 +134,9 @@ interface LayerWeights {
   gate: LinearWeights;
   up: LinearWeights;
   down: LinearWeights;
+  /** q/k/v and gate/up as one product each in single-token steps, where fused. */
+  qkv?: FusedGroup;
+  gateUp?: FusedGroup;
   kCache: Tensor;
   vCache: Tensor;
 }
@@ -126,12 +153,16 @@ interface Scratch {
   proj: Tensor;
   gate: Tensor;
   up: Tensor;
+  /** Outputs of the fused q/k/v and gate/up products of a single-token step. */
+  qkv: Tensor;
+  gateUp: Tensor;
   logits: Tensor;
   last: Tensor;
 }
 
 const H2D = 0;
 const D2H = 1;
+const D2D = 2;
 
 function weightTensor(w: Weight, device: Device): Tensor {
   const host = Tensor.from(w.data, w.shape, w.dtype);
@@ -187,6 +218,7 @@ export class DecodeEngine {
   #schemes: ReadonlyMap<string, InputScheme>;
   #schemeBuffers = new Map<string, SchemeBuffers>();
   #graphs: boolean;
+  #fuse: boolean;
   #graph: Deno.PointerValue = null;
   #graphScratch: Scratch | undefined;
   #eagerSteps = 0;
@@ -202,8 +234,10 @@ export class DecodeEngine {
     hook: Linear | undefined,
     schemes: ReadonlyMap<string, InputScheme>,
     graphs: boolean,
+    fuse: boolean,
   ) {
     this.model = model;
+    this.#fuse = fuse;
     this.#hook = hook;
     this.#schemes = schemes;
     this.#graphs = graphs;
@@ -272,6 +306,7 @@ export class DecodeEngine {
       options.linear,
       schemes,
       graphs,
+      options.fuse ?? true,
     );
     try {
       engine.#load(quantized);
@@ -320,7 +355,15 @@ export class DecodeEngine {
       const [out, inF] = w.shape;
       const q = quantized.get(name);
       if (!q) {
-        return { kind: "dense", name, w: upload(w), out, in: inF, scheme: this.#schemes.get(name) };
+        return {
+          kind: "dense",
+          name,
+          w: upload(w),
+          at: 0,
+          out,
+          in: inF,
+          scheme: this.#schemes.get(name),
+        };
       }
       if (q.n !== out || q.k !== inF) {
         throw new Error(
@@ -332,7 +375,7 @@ export class DecodeEngine {
     const cacheShape = [this.contextLength, c.numKvHeads * c.headDim];
     for (let l = 0; l < c.numLayers; l++) {
       const p = `model.layers.${l}`;
-      this.#layers.push({
+      const L: LayerWeights = {
         inputNorm: upload(this.model.weight(`${p}.input_layernorm.weight`)),
         postNorm: upload(this.model.weight(`${p}.post_attention_layernorm.weight`)),
         q: linear(`${p}.self_attn.q_proj`),
@@ -344,7 +387,10 @@ export class DecodeEngine {
         down: linear(`${p}.mlp.down_proj`),
         kCache: this.#allocCache(cacheShape),
         vCache: this.#allocCache(cacheShape),
-      });
+      };
+      L.qkv = this.#fused([L.q, L.k, L.v]);
+      L.gateUp = this.#fused([L.gate, L.up]);
+      this.#layers.push(L);
     }
     this.#embed = upload(this.model.weight("model.embed_tokens.weight"));
     this.#finalNorm = upload(this.model.weight("model.norm.weight"));
@@ -353,6 +399,7 @@ export class DecodeEngine {
       kind: "dense",
       name: "lm_head",
       w: upload(head),
+      at: 0,
       out: head.shape[0],
       in: head.shape[1],
     };
@@ -360,6 +407,118 @@ export class DecodeEngine {
     this.#cos = this.#place(Tensor.from(cos, [cos.length]));
     this.#sin = this.#place(Tensor.from(sin, [sin.length]));
     this.#pos = this.#place(Tensor.from(new Int32Array(1), [1]));
+  }
+
+  /**
+   * The group's weights stacked by rows in storage of the engine's, the members pointing into it
+   * (their own device copies freed), or undefined where the group cannot run as one product.
+   */
+  #fused(members: LinearWeights[]): FusedGroup | undefined {
+    const [m0] = members;
+    const plain = (lw: LinearWeights) => !lw.scheme || (!lw.scheme.rotation && !lw.scheme.act);
+    const alike = members.every((lw) =>
+      plain(lw) && lw.in === m0.in && lw.kind === m0.kind &&
+      (lw.kind === "fp4"
+        ? lw.format === (m0 as Fp4Linear).format
+        : lw.w.dtype === (m0 as DenseLinear).w.dtype)
+    );
+    if (!this.#fuse || this.#hook || !alike) return undefined;
+    const out = members.reduce((n, lw) => n + lw.out, 0);
+    const segmentEnds = new BigInt64Array(members.length);
+    const tensorScales = new Float32Array(members.length);
+    let rows = 0;
+    members.forEach((lw, i) => {
+      rows += lw.out;
+      segmentEnds[i] = BigInt(rows);
+      tensorScales[i] = lw.kind === "fp4" ? lw.tensorScale : 1;
+    });
+    // Row bytes of each stacked tensor; members are copied in, then point into the stack.
+    const stack = (parts: Tensor[], rowBytes: number, dtype: Tensor["dtype"], shape: number[]) => {
+      const t = this.#own(Tensor.empty(shape, dtype, this.device));
+      let at = 0;
+      for (let i = 0; i < parts.length; i++) {
+        const bytes = members[i].out * rowBytes;
+        check(
+          native().fp4_memcpy(
+            this.#dev,
+            offset(t, at),
+            parts[i].pointer(),
+            BigInt(bytes),
+            parts[i].device === "cpu" && this.device !== "cpu" ? H2D : D2D,
+          ),
+          "fp4_memcpy",
+        );
+        at += bytes;
+      }
+      return t;
+    };
+    const free = (t: Tensor) => {
+      const i = this.#owned.indexOf(t);
+      if (i >= 0) this.#owned.splice(i, 1)[0].dispose();
+    };
+    let lw: LinearWeights;
+    if (m0.kind === "fp4") {
+      const fp4 = members as Fp4Linear[];
+      const group = m0.format === 0 ? 32 : 16;
+      const codes = stack(fp4.map((m) => m.codes), m0.in / 2, "u8", [out * m0.in / 2]);
+      const scales = stack(fp4.map((m) => m.scales), m0.in / group, "u8", [out * m0.in / group]);
+      lw = { ...m0, name: fp4.map((m) => m.name).join("+"), codes, scales, at: 0, out };
+      let at = 0;
+      for (const m of fp4) {
+        free(m.codes);
+        free(m.scales);
+        Object.assign(m, { codes, scales, at });
+        at += m.out;
+      }
+    } else {
+      const dense = members as DenseLinear[];
+      const rowBytes = m0.in * (m0.w.dtype === "f32" ? 4 : 2);
+      const w = stack(dense.map((m) => m.w), rowBytes, m0.w.dtype, [out, m0.in]);
+      lw = { ...m0, name: dense.map((m) => m.name).join("+"), w, at: 0, out };
+      let at = 0;
+      for (const m of dense) {
+        free(m.w);
+        Object.assign(m, { w, at });
+        at += m.out;
+      }
+    }
+    return { lw, members, segmentEnds, tensorScales };
+  }
+
+  /**
+   * Gives each member of `g` storage of its own again (copied out of the stack) and frees the
+   * stack: before one member is replaced.
+   */
+  #unfuse(g: FusedGroup): void {
+    for (const m of g.members) {
+      const copy = (t: Tensor, rowBytes: number, shape: number[]) => {
+        const own = this.#own(Tensor.empty(shape, t.dtype, this.device));
+        check(
+          native().fp4_memcpy(
+            this.#dev,
+            own.pointer(),
+            offset(t, m.at * rowBytes),
+            BigInt(m.out * rowBytes),
+            D2D,
+          ),
+          "fp4_memcpy",
+        );
+        return own;
+      };
+      if (m.kind === "fp4") {
+        const group = m.format === 0 ? 32 : 16;
+        m.codes = copy(m.codes, m.in / 2, [m.out * m.in / 2]);
+        m.scales = copy(m.scales, m.in / group, [m.out * m.in / group]);
+      } else {
+        m.w = copy(m.w, m.in * (m.w.dtype === "f32" ? 4 : 2), [m.out, m.in]);
+      }
+      m.at = 0;
+    }
+    const storage = g.lw.kind === "fp4" ? [g.lw.codes, g.lw.scales] : [g.lw.w];
+    for (const t of storage) {
+      const i = this.#owned.indexOf(t);
+      if (i >= 0) this.#owned.splice(i, 1)[0].dispose();
+    }
   }
 
   #place(t: Tensor): Tensor {
@@ -427,6 +586,8 @@ export class DecodeEngine {
       proj: mk(c.hiddenSize, act),
       gate: mk(c.intermediateSize, act),
       up: mk(c.intermediateSize, act),
+      qkv: Tensor.empty([(c.numHeads + 2 * c.numKvHeads) * c.headDim], act, this.device),
+      gateUp: Tensor.empty([2 * c.intermediateSize], act, this.device),
       logits: Tensor.empty([c.vocabSize], "f32", this.device),
       last: Tensor.empty([1], "i32", this.device),
     };
@@ -468,6 +629,37 @@ export class DecodeEngine {
     }
   }
 
+  /**
+   * One token's products of a fused group into `y` (the members' outputs back to back): FP4
+   * through fp4_gemm_segments (each member's tensor scale on its rows), dense as one linear.
+   */
+  async #fusedLinear(
+    g: FusedGroup,
+    x: Deno.PointerValue,
+    act: ActivationDType,
+    y: Deno.PointerValue,
+  ): Promise<void> {
+    const lw = g.lw;
+    if (lw.kind === "dense") return await this.#linear(lw, x, act, y, act, 1);
+    check(
+      native().fp4_gemm_segments(
+        this.#dev,
+        lw.format,
+        x,
+        lw.codes.pointer(),
+        lw.scales.pointer(),
+        g.tensorScales,
+        g.segmentEnds,
+        g.members.length,
+        y,
+        1n,
+        BigInt(lw.out),
+        BigInt(lw.in),
+      ),
+      "fp4_gemm_segments",
+    );
+  }
+
   async #linear(
     lw: LinearWeights,
     x: Deno.PointerValue,
@@ -497,13 +689,14 @@ export class DecodeEngine {
     const R = BigInt(rows), N = BigInt(lw.out), K = BigInt(lw.in);
     if (lw.kind === "fp4") {
       // fp4_gemm reads and writes bf16; #create made the activations bf16 whenever FP4 is used.
+      const group = lw.format === 0 ? 32 : 16;
       check(
         lib.fp4_gemm(
           this.#dev,
           lw.format,
           x,
-          lw.codes.pointer(),
-          lw.scales.pointer(),
+          offset(lw.codes, lw.at * lw.in / 2),
+          offset(lw.scales, lw.at * lw.in / group),
           lw.tensorScale,
           y,
           R,
@@ -515,9 +708,10 @@ export class DecodeEngine {
       return;
     }
     const wDtype = abiDType(lw.w.dtype);
+    const w = offset(lw.w, lw.at * lw.in * (lw.w.dtype === "f32" ? 4 : 2));
     if (this.device === "cpu" && xDtype === "f32" && yDtype === "f32") {
       await checkAsync(
-        lib.fp4_linear(this.#dev, x, lw.w.pointer(), wDtype, y, R, N, K),
+        lib.fp4_linear(this.#dev, x, w, wDtype, y, R, N, K),
         "fp4_linear",
         [lw],
       );
@@ -528,7 +722,7 @@ export class DecodeEngine {
         this.#dev,
         x,
         abiDType(xDtype),
-        lw.w.pointer(),
+        w,
         wDtype,
         y,
         abiDType(yDtype),
@@ -909,6 +1103,12 @@ export class DecodeEngine {
       throw new Error(`setLinear: "${name}" is not a decoder linear layer of the model`);
     }
     const key = m[2] as "q" | "k" | "v" | "o" | "gate" | "up" | "down";
+    for (const g of ["qkv", "gateUp"] as const) {
+      if (L[g]?.members.includes(L[key])) {
+        this.#unfuse(L[g]!);
+        L[g] = undefined;
+      }
+    }
     const old = L[key];
     const fp4 = "format" in weight;
     const [out, inF] = fp4 ? [weight.n, weight.k] : weight.shape;
@@ -928,6 +1128,7 @@ export class DecodeEngine {
       w: this.device === "cpu"
         ? weightTensor(weight, "cpu")
         : this.#own(weightTensor(weight, this.device)),
+      at: 0,
       out,
       in: inF,
       scheme,
@@ -949,6 +1150,7 @@ export class DecodeEngine {
       name,
       codes: place(q.codes),
       scales: place(q.scales),
+      at: 0,
       format: q.format === "mxfp4" ? 0 : 1,
       tensorScale: q.tensorScale ?? 1,
       out: q.n,
@@ -1039,7 +1241,15 @@ export class DecodeEngine {
     const seen = async (lw: LinearWeights, x: Deno.PointerValue) => {
       if (onInput) await onInput(lw.name, this.#capture(x, T, lw.in));
     };
-    const x = s.x.pointer(), q = s.q.pointer(), k = s.k.pointer(), v = s.v.pointer();
+    const x = s.x.pointer();
+    const bytes = act === "f32" ? 4 : 2;
+    // A single-token step reads q, k, v (gate, up) where the fused product left them.
+    const qkv = T === 1 ? L.qkv : undefined, gateUp = T === 1 ? L.gateUp : undefined;
+    const q = qkv ? s.qkv.pointer() : s.q.pointer();
+    const k = qkv ? offset(s.qkv, L.q.out * bytes) : s.k.pointer();
+    const v = qkv ? offset(s.qkv, (L.q.out + L.k.out) * bytes) : s.v.pointer();
+    const gate = gateUp ? s.gateUp.pointer() : s.gate.pointer();
+    const up = gateUp ? offset(s.gateUp, L.gate.out * bytes) : s.up.pointer();
     // hidden += s.proj, then s.x = norm(hidden): a residual add and the norm after it.
     const addNorm = (norm: Tensor) =>
       check(
@@ -1075,7 +1285,8 @@ export class DecodeEngine {
       );
     }
     await seen(L.q, x);
-    await this.#sameInput([L.q, L.k, L.v], x, act, [q, k, v], act, T);
+    if (qkv) await this.#fusedLinear(qkv, x, act, q);
+    else await this.#sameInput([L.q, L.k, L.v], x, act, [q, k, v], act, T);
     const hd = BigInt(c.headDim);
     const kc = L.kCache.pointer(), vc = L.vCache.pointer();
     check(
@@ -1123,20 +1334,14 @@ export class DecodeEngine {
     await this.#linear(L.o, s.att.pointer(), act, s.proj.pointer(), act, T);
     addNorm(L.postNorm);
     await seen(L.gate, x);
-    await this.#sameInput([L.gate, L.up], x, act, [s.gate.pointer(), s.up.pointer()], act, T);
+    if (gateUp) await this.#fusedLinear(gateUp, x, act, gate);
+    else await this.#sameInput([L.gate, L.up], x, act, [gate, up], act, T);
     check(
-      lib.fp4_dec_silu_mul(
-        dev,
-        s.gate.pointer(),
-        s.up.pointer(),
-        s.gate.pointer(),
-        A,
-        BigInt(T * c.intermediateSize),
-      ),
+      lib.fp4_dec_silu_mul(dev, gate, up, gate, A, BigInt(T * c.intermediateSize)),
       "fp4_dec_silu_mul",
     );
-    await seen(L.down, s.gate.pointer());
-    await this.#linear(L.down, s.gate.pointer(), act, s.proj.pointer(), act, T);
+    await seen(L.down, gate);
+    await this.#linear(L.down, gate, act, s.proj.pointer(), act, T);
     if (fuse.nextNorm) {
       addNorm(fuse.nextNorm);
     } else {

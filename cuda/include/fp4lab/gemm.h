@@ -21,6 +21,17 @@ FP4_API fp4_status fp4_gemm(int32_t device, int32_t format, const uint16_t *x, c
                             const uint8_t *scales, float tensor_scale, uint16_t *y, int64_t batch,
                             int64_t n, int64_t k);
 
+/* fp4_gemm of up to 4 weight matrices stacked by rows (codes, scales and y rows concatenated):
+ * rows [segment_ends[i - 1], segment_ends[i]) form segment i, with NVFP4 tensor scale
+ * tensor_scales[i] (host arrays of `segments` entries; segment_ends ascending, the last = n;
+ * MXFP4 ignores tensor_scales). Every row gets the arithmetic of fp4_gemm on its own matrix,
+ * bit for bit, in one launch (a decode step's q/k/v or gate/up). CUDA: batch <= 16. */
+FP4_API fp4_status fp4_gemm_segments(int32_t device, int32_t format, const uint16_t *x,
+                                     const uint8_t *codes, const uint8_t *scales,
+                                     const float *tensor_scales, const int64_t *segment_ends,
+                                     int32_t segments, uint16_t *y, int64_t batch, int64_t n,
+                                     int64_t k);
+
 /* CUDA timing of fp4_gemm: `copies` weight sets lie back to back in codes (copies * n*k/2 bytes)
  * and scales (copies * n*k/group bytes); launch i uses set i % copies, so that the weights do not
  * stay in L2. samples[s] = milliseconds per launch, averaged over `reps` launches between two

@@ -12,6 +12,7 @@
 #include "../error.hpp"
 #include "../formats.hpp"
 #include "../gemm_backend.hpp"
+#include "../gemv_segments.hpp"
 
 namespace {
 
@@ -37,8 +38,10 @@ fp4_status check_shape(const char *fn, int32_t format, float tensor_scale, int64
   return FP4_OK;
 }
 
+// Rows [ends[i - 1], ends[i]) use tensor_scales[i] (one segment: the whole matrix).
 void gemm_cpu(int32_t format, const uint16_t *x, const uint8_t *codes, const uint8_t *scales,
-              float tensor_scale, uint16_t *y, int64_t batch, int64_t n, int64_t k) {
+              const float *tensor_scales, const int64_t *ends, uint16_t *y, int64_t batch,
+              int64_t n, int64_t k) {
   const int64_t g = group_of(format);
   const fp4::fmt::Minifloat e2m1 = fp4::fmt::fmt_e2m1(), e4m3 = fp4::fmt::fmt_e4m3();
   float value[16];
@@ -50,6 +53,9 @@ void gemm_cpu(int32_t format, const uint16_t *x, const uint8_t *codes, const uin
     for (int64_t row = 0; row < n; row++) {
       const uint8_t *rc = codes + row * (k / 2);
       const uint8_t *rs = scales + row * (k / g);
+      int64_t seg = 0;
+      while (row >= ends[seg]) seg++;
+      const float tensor_scale = tensor_scales[seg];
       for (int64_t j = 0; j < k / g; j++) {
         float s = format == FP4_WEIGHTS_MXFP4
                       ? fp4::fmt::e8m0_decode(rs[j])
@@ -79,12 +85,48 @@ FP4_API fp4_status fp4_gemm(int32_t device, int32_t format, const uint16_t *x,
     if (fp4_status s = check_shape("fp4_gemm", format, tensor_scale, batch, n, k)) return s;
     FP4_REQUIRE(x && codes && scales && y, "fp4_gemm: null pointer");
     if (device == FP4_DEVICE_CPU) {
-      gemm_cpu(format, x, codes, scales, tensor_scale, y, batch, n, k);
+      gemm_cpu(format, x, codes, scales, &tensor_scale, &n, y, batch, n, k);
       return FP4_OK;
     }
     FP4_REQUIRE(device == FP4_DEVICE_CUDA, "fp4_gemm: unknown device id %d (0 = cpu, 1 = cuda)",
                 device);
     FP4_CUDA_ONLY(return fp4::cuda::gemm(format, x, codes, scales, tensor_scale, y, batch, n, k));
+  })
+}
+
+FP4_API fp4_status fp4_gemm_segments(int32_t device, int32_t format, const uint16_t *x,
+                                     const uint8_t *codes, const uint8_t *scales,
+                                     const float *tensor_scales, const int64_t *segment_ends,
+                                     int32_t segments, uint16_t *y, int64_t batch, int64_t n,
+                                     int64_t k) {
+  FP4_GUARD({
+    FP4_REQUIRE(segments >= 1 && segments <= fp4::cuda::kMaxGemvSegments,
+                "fp4_gemm_segments: %d segments, expected 1 to %d", segments,
+                fp4::cuda::kMaxGemvSegments);
+    FP4_REQUIRE(tensor_scales && segment_ends, "fp4_gemm_segments: null pointer");
+    for (int32_t i = 0; i < segments; i++) {
+      const int64_t lo = i == 0 ? 0 : segment_ends[i - 1];
+      FP4_REQUIRE(segment_ends[i] > lo, "fp4_gemm_segments: segment %d ends at %lld, not above %lld",
+                  i, (long long)segment_ends[i], (long long)lo);
+      if (fp4_status s =
+              check_shape("fp4_gemm_segments", format, tensor_scales[i], batch, n, k))
+        return s;
+    }
+    FP4_REQUIRE(segment_ends[segments - 1] == n,
+                "fp4_gemm_segments: the last segment ends at %lld, not at n = %lld",
+                (long long)segment_ends[segments - 1], (long long)n);
+    FP4_REQUIRE(x && codes && scales && y, "fp4_gemm_segments: null pointer");
+    if (device == FP4_DEVICE_CPU) {
+      gemm_cpu(format, x, codes, scales, tensor_scales, segment_ends, y, batch, n, k);
+      return FP4_OK;
+    }
+    FP4_REQUIRE(device == FP4_DEVICE_CUDA,
+                "fp4_gemm_segments: unknown device id %d (0 = cpu, 1 = cuda)", device);
+    FP4_REQUIRE(batch <= fp4::cuda::kGemvMaxBatch,
+                "fp4_gemm_segments: batch %lld > %lld on CUDA (one fp4_gemm per segment instead)",
+                (long long)batch, (long long)fp4::cuda::kGemvMaxBatch);
+    FP4_CUDA_ONLY(return fp4::cuda::gemm_segments(format, x, codes, scales, tensor_scales,
+                                                  segment_ends, segments, y, batch, n, k));
   })
 }
 

@@ -35,7 +35,10 @@
 //   2^(kScaleExp - 126), exact for scales in [2^-99, 2^31] (every E4M3 scale and every E8M0 scale
 //   of real weights; E8M0 scales above 2^31 saturate); the sum is multiplied by 2^(126 -
 //   kScaleExp). Activations come through L1 (every block reads all of them).
-// Either way the f32 sum is multiplied by the NVFP4 tensor scale and rounded once to bf16.
+// Either way the f32 sum is multiplied by the NVFP4 tensor scale and rounded once to bf16. One
+// launch may cover up to kMaxSegments weight matrices stacked by rows (q/k/v, gate/up of a decode
+// step), each with its own tensor scale: a row's factor is its segment's, so every row gets the
+// same arithmetic as in a launch of its own matrix.
 //
 // Work: a block has KW warps on the same 16 MT rows; warp kw owns the stages kw, kw + KW, ... of U
 // chunks each and keeps the next P stages' loads in flight (a ring of P + 1 register stages); the
@@ -45,11 +48,15 @@
 #include <cuda_fp8.h>
 
 #include <algorithm>
+#include <climits>
 
+#include "../cuda_backend.hpp"
 #include "../formats.hpp"
 #include "../gemm_backend.hpp"
+#include "../gemv_segments.hpp"
 #include "check.cuh"
 #include "fp4lab/gemm.h"
+#include "stream.cuh"
 
 namespace fp4::cuda {
 namespace {
@@ -63,6 +70,13 @@ constexpr float kSlotUnscale = 0x1p62f;  // 2^(126 - 64)
 // memory.
 constexpr int kSlotMaxSmem = 96 * 1024;
 constexpr int kSlotMaxChunks = kSlotMaxSmem / 256 - 4;
+
+// Output factors per row segment: rows [end[i - 1], end[i]) multiply their sum by post[i] (the
+// unscale times the segment's NVFP4 tensor scale); unused segments end at INT32_MAX.
+struct RowPosts {
+  int end[kMaxGemvSegments];
+  float post[kMaxGemvSegments];
+};
 
 // Compile-time variant: MT weight tiles of 16 rows per warp, KW warps per block splitting k, U
 // chunks per stage, P stages in flight ahead of the one computed, NB: 1 = group slots (batch 1),
@@ -239,7 +253,7 @@ struct Stage {
 template <class C, int FMT, bool AL16>
 __global__ void __launch_bounds__(C::kThreads, C::MINB)
     gemv_kernel(const uint16_t *__restrict__ x, const uint8_t *__restrict__ codes,
-                const uint8_t *__restrict__ scales, float post, uint16_t *__restrict__ y,
+                const uint8_t *__restrict__ scales, RowPosts posts, uint16_t *__restrict__ y,
                 int batch, int n, int k) {
   constexpr int MT = C::MT, KW = C::KW, U = C::U, P = C::P, NB = C::NB;
   constexpr int NF = slot_frags<C, FMT>();
@@ -447,6 +461,10 @@ __global__ void __launch_bounds__(C::kThreads, C::MINB)
     for (int w = 0; w < KW; w++) s += red[w][o];
     const int64_t row = row0 + o % (16 * MT);
     const int b = o / (16 * MT);
+    float post = posts.post[0];
+#pragma unroll
+    for (int i = 1; i < kMaxGemvSegments; i++)
+      if (row >= posts.end[i - 1]) post = posts.post[i];
     if (row < n && b < batch) y[int64_t(b) * n + row] = fmt::f32_to_bf16(s * post);
   }
 }
@@ -458,8 +476,8 @@ using Batch8 = GemvCfg<1, 8, 2, 1, 8>;         // batch 2..8
 using Batch16 = GemvCfg<2, 8, 1, 1, 16, 2>;    // batch 9..16
 using Batch16Narrow = GemvCfg<2, 4, 1, 1, 16, 4>;  // batch 9..16 with many row tiles
 
-using KernelFn = void (*)(const uint16_t *, const uint8_t *, const uint8_t *, float, uint16_t *,
-                          int, int, int);
+using KernelFn = void (*)(const uint16_t *, const uint8_t *, const uint8_t *, RowPosts,
+                          uint16_t *, int, int, int);
 
 // Aligned: 16-byte code rows (k % 32 == 0 and codes 16-byte aligned) and 16-bit scale pairs (an
 // even number of groups per row, scales 2-byte aligned).
@@ -491,20 +509,26 @@ fp4_status kernel_for(int32_t format, bool aligned, int64_t k, KernelFn *out, si
   return FP4_OK;
 }
 
-// Enqueues variant C (batch within its NB; the slot path needs k within kSlotMaxChunks chunks).
+// Enqueues variant C (batch within its NB; the slot path needs k within kSlotMaxChunks chunks)
+// for the row segments `ends` (ascending, the last = n) with their tensor scales.
 template <class C>
 fp4_status run(int32_t format, const uint16_t *x, const uint8_t *codes, const uint8_t *scales,
-               float tensor_scale, uint16_t *y, int64_t batch, int64_t n, int64_t k,
-               cudaStream_t stream) {
+               const float *tensor_scales, const int64_t *ends, int segments, uint16_t *y,
+               int64_t batch, int64_t n, int64_t k, cudaStream_t stream) {
   KernelFn kernel = nullptr;
   size_t smem = 0;
   if (fp4_status s = kernel_for<C>(format, aligned_call(format, codes, scales, k), k, &kernel,
                                    &smem))
     return s;
-  const float post = (C::kSlot ? kSlotUnscale : kUnscale) *
-                     (format == FP4_WEIGHTS_NVFP4 ? tensor_scale : 1.0f);
+  RowPosts posts;
+  for (int i = 0; i < kMaxGemvSegments; i++) {
+    const int j = std::min(i, segments - 1);
+    posts.end[i] = i < segments - 1 ? int(ends[i]) : INT32_MAX;
+    posts.post[i] = (C::kSlot ? kSlotUnscale : kUnscale) *
+                    (format == FP4_WEIGHTS_NVFP4 ? tensor_scales[j] : 1.0f);
+  }
   const int64_t blocks = (n + C::kRows - 1) / C::kRows;
-  kernel<<<unsigned(blocks), C::kThreads, smem, stream>>>(x, codes, scales, post, y, int(batch),
+  kernel<<<unsigned(blocks), C::kThreads, smem, stream>>>(x, codes, scales, posts, y, int(batch),
                                                          int(n), int(k));
   FP4_CU_LAUNCH();
   return FP4_OK;
@@ -528,14 +552,19 @@ fp4_status slot_rounds(int32_t format, const uint8_t *codes, const uint8_t *scal
 
 }  // namespace
 
-fp4_status fp4_gemv_launch(int32_t format, const uint16_t *x, const uint8_t *codes,
-                           const uint8_t *scales, float tensor_scale, uint16_t *y, int64_t batch,
-                           int64_t n, int64_t k, void *stream) {
+// The launch of gemm_segments; fp4_gemv_launch is its one-segment case.
+static fp4_status fp4_gemv_segments_launch(int32_t format, const uint16_t *x,
+                                           const uint8_t *codes, const uint8_t *scales,
+                                           const float *tensor_scales, const int64_t *ends,
+                                           int32_t segments, uint16_t *y, int64_t batch,
+                                           int64_t n, int64_t k, void *stream) {
   FP4_REQUIRE(batch <= kGemvMaxBatch, "fp4_gemv: batch %lld > %lld", (long long)batch,
               (long long)kGemvMaxBatch);
+  FP4_REQUIRE(segments >= 1 && segments <= kMaxGemvSegments, "fp4_gemv: %d segments", segments);
   FP4_REQUIRE(uintptr_t(x) % 16 == 0 && uintptr_t(codes) % 8 == 0,
               "fp4_gemv: x must be 16-byte and codes 8-byte aligned");
   auto s = static_cast<cudaStream_t>(stream);
+  const float *ts = tensor_scales;
   // Dispatch from the H100 sweeps (bench/notes/fp4_gemm.md, version 3).
   if (batch == 1 && (k + kChunk - 1) / kChunk <= kSlotMaxChunks) {
     // A second round of resident blocks that is mostly empty (n = 8192 on the H100: 1.3 rounds)
@@ -543,18 +572,34 @@ fp4_status fp4_gemv_launch(int32_t format, const uint16_t *x, const uint8_t *cod
     double rounds = 0;
     if (fp4_status st = slot_rounds(format, codes, scales, n, k, &rounds)) return st;
     return rounds > 1.0 && rounds < 1.5
-               ? run<SlotWide>(format, x, codes, scales, tensor_scale, y, batch, n, k, s)
-               : run<Slot>(format, x, codes, scales, tensor_scale, y, batch, n, k, s);
+               ? run<SlotWide>(format, x, codes, scales, ts, ends, segments, y, batch, n, k, s)
+               : run<Slot>(format, x, codes, scales, ts, ends, segments, y, batch, n, k, s);
   }
-  if (batch <= 8) return run<Batch8>(format, x, codes, scales, tensor_scale, y, batch, n, k, s);
+  if (batch <= 8)
+    return run<Batch8>(format, x, codes, scales, ts, ends, segments, y, batch, n, k, s);
   // Narrow blocks (4 warps, 4 per SM) spread the k loop over fewer warps; they pay where every SM
   // gets at least 3 of them.
   int dev = 0, sms = 0;
   FP4_CU(cudaGetDevice(&dev));
   FP4_CU(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   return (n + Batch16Narrow::kRows - 1) / Batch16Narrow::kRows >= 3 * int64_t(sms)
-             ? run<Batch16Narrow>(format, x, codes, scales, tensor_scale, y, batch, n, k, s)
-             : run<Batch16>(format, x, codes, scales, tensor_scale, y, batch, n, k, s);
+             ? run<Batch16Narrow>(format, x, codes, scales, ts, ends, segments, y, batch, n, k, s)
+             : run<Batch16>(format, x, codes, scales, ts, ends, segments, y, batch, n, k, s);
+}
+
+fp4_status fp4_gemv_launch(int32_t format, const uint16_t *x, const uint8_t *codes,
+                           const uint8_t *scales, float tensor_scale, uint16_t *y, int64_t batch,
+                           int64_t n, int64_t k, void *stream) {
+  return fp4_gemv_segments_launch(format, x, codes, scales, &tensor_scale, &n, 1, y, batch, n, k,
+                                  stream);
+}
+
+fp4_status gemm_segments(int32_t format, const uint16_t *x, const uint8_t *codes,
+                         const uint8_t *scales, const float *tensor_scales, const int64_t *ends,
+                         int32_t segments, uint16_t *y, int64_t batch, int64_t n, int64_t k) {
+  if (fp4_status s = ensure_device()) return s;
+  return fp4_gemv_segments_launch(format, x, codes, scales, tensor_scales, ends, segments, y,
+                                  batch, n, k, launch_stream());
 }
 
 }  // namespace fp4::cuda
