@@ -23,6 +23,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <mutex>
 #include <utility>
 
@@ -56,6 +57,7 @@ struct GroupDivider {
   float S, y;
   int mode;  // 0: power of two (or an exact product, see multiplier), 1: reciprocal +
              // corrections, 2: division
+  bool small;  // every quotient of the group is below 2^13 (modes 0 and 1; encode8_min)
 
   // m -> RN(m * y) for an exact factor y: the quotient by a power of two, or a power of two
   // with an exact multiplier folded in (rotate_quantize.cu).
@@ -64,6 +66,7 @@ struct GroupDivider {
     d.S = 1.0f;
     d.y = y;
     d.mode = 0;
+    d.small = true;  // the callers' quotients are below 8
     return d;
   }
   GroupDivider() = default;
@@ -80,6 +83,7 @@ struct GroupDivider {
       y = 0.0f;
       mode = 2;
     }
+    small = mode != 2 && amax * y <= 0x1p12f;  // a 2^-22 relative margin over RN(m / S)
   }
 
   __device__ __forceinline__ float operator()(float m) const {
@@ -116,10 +120,65 @@ __device__ __forceinline__ uint32_t encode8_mode(const GroupDivider &div, const 
   return word;
 }
 
+// The same codes from quotients q < 2^13 with fewer instructions, most on the FMA pipe:
+// mf_encode(e2m1, q) = min(rint(2q), rint(q) + 2, rint(q/2) + 4, 7) (checked exhaustively on
+// the host for every float in [0, 2^13)); each rint(a q) + k is the low half of the bits of
+// RN(a q + 2^23 + k), one FMA (a q is exact in it, the even offsets keep ties to even). Two
+// elements share one register through the minima (16-bit lanes: elements i and i + 4, so
+// that nibble i lands at bit 4i after the shifts), and the sign bits are gathered with byte
+// permutes.
+template <int kMode>
+__device__ __forceinline__ uint32_t encode8_min(const GroupDivider &div, const float *v) {
+  float q[8];
+#pragma unroll
+  for (int i = 0; i < 8; i++) {
+    const float m = fabsf(v[i]);
+    if (kMode == 0) {
+      q[i] = m * div.y;
+    } else {
+      float t = m * div.y;
+      t = __fmaf_rn(__fmaf_rn(-div.S, t, m), div.y, t);
+      q[i] = __fmaf_rn(__fmaf_rn(-div.S, t, m), div.y, t);
+    }
+  }
+  uint32_t word = 0;
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    const uint32_t a = __byte_perm(__float_as_uint(__fmaf_rn(q[k], 2.0f, 0x1p23f)),
+                                   __float_as_uint(__fmaf_rn(q[k + 4], 2.0f, 0x1p23f)), 0x5410);
+    const uint32_t b = __byte_perm(__float_as_uint(__fmaf_rn(q[k], 1.0f, 0x1p23f + 2.0f)),
+                                   __float_as_uint(__fmaf_rn(q[k + 4], 1.0f, 0x1p23f + 2.0f)),
+                                   0x5410);
+    const uint32_t c = __byte_perm(__float_as_uint(__fmaf_rn(q[k], 0.5f, 0x1p23f + 4.0f)),
+                                   __float_as_uint(__fmaf_rn(q[k + 4], 0.5f, 0x1p23f + 4.0f)),
+                                   0x5410);
+    word |= __vminu2(__vimin3_u16x2(a, b, c), 0x00070007u) << (4 * k);
+  }
+  // Sign of element i (bit 31 of v[i]) to bit 4i + 3: the top bytes of the odd elements land
+  // with their sign bits at 7, 15, 23, 31; the even ones the same, shifted down by 4.
+  const uint32_t o = __byte_perm(__byte_perm(__float_as_uint(v[1]), __float_as_uint(v[3]), 0x0073),
+                                 __byte_perm(__float_as_uint(v[5]), __float_as_uint(v[7]), 0x7300),
+                                 0x7610);
+  const uint32_t e = __byte_perm(__byte_perm(__float_as_uint(v[0]), __float_as_uint(v[2]), 0x0073),
+                                 __byte_perm(__float_as_uint(v[4]), __float_as_uint(v[6]), 0x7300),
+                                 0x7610);
+  return word | (o & 0x80808080u) | ((e >> 4) & 0x08080808u);
+}
+
 // The packed codes of kC consecutive 8-element chunks of one group (out[c] for v[8c .. 8c+7]),
-// the divider's mode chosen once for the group.
-template <int kC>
+// the divider's mode chosen once for the group; kMin: encode8_min where the quotients allow.
+template <int kC, bool kMin = false>
 __device__ __forceinline__ void encode_run(const GroupDivider &div, const float *v, uint32_t *out) {
+  if (kMin && div.small) {
+    if (div.mode == 0) {
+#pragma unroll
+      for (int c = 0; c < kC; c++) out[c] = encode8_min<0>(div, v + 8 * c);
+    } else {
+#pragma unroll
+      for (int c = 0; c < kC; c++) out[c] = encode8_min<1>(div, v + 8 * c);
+    }
+    return;
+  }
   if (div.mode == 0) {
 #pragma unroll
     for (int c = 0; c < kC; c++) out[c] = encode8_mode<0>(div, v + 8 * c);
@@ -133,14 +192,14 @@ __device__ __forceinline__ void encode_run(const GroupDivider &div, const float 
 }
 
 // The same for a group with scale S >= 0 and max |v| = amax (S = 0: every code is +0).
-template <int kC>
+template <int kC, bool kMin = false>
 __device__ __forceinline__ void encode_group(float S, float amax, const float *v, uint32_t *out) {
   if (S == 0.0f) {
 #pragma unroll
     for (int c = 0; c < kC; c++) out[c] = 0;
     return;
   }
-  encode_run<kC>(GroupDivider(S, amax), v, out);
+  encode_run<kC, kMin>(GroupDivider(S, amax), v, out);
 }
 
 __device__ __forceinline__ uint32_t encode8(float S, float amax, const float (&v)[8]) {
@@ -429,6 +488,12 @@ __device__ __forceinline__ float tensor_scale_from(const fmt::QuantParams &q, co
 }
 
 // ---- Host side ----
+
+// Temporary sweep knob (bench only): FP4_ENCODER=min selects encode8_min in the tiled kernels.
+inline bool encoder_variant() {
+  const char *e = std::getenv("FP4_ENCODER");
+  return e && e[0] == 'm';
+}
 
 // The workspace of the persistent kernels on one device: a Stats record for the generic paths
 // and per-CTA partials (max |x| bits; first non-finite index, ~0 when none). Every kernel writes
