@@ -128,32 +128,16 @@ __device__ __forceinline__ uint32_t encode8_mode(const GroupDivider &div, const 
 // that nibble i lands at bit 4i after the shifts), and the sign bits are gathered with byte
 // permutes.
 template <int kMode>
+__device__ __forceinline__ float quotient(const GroupDivider &div, float v) {
+  const float m = fabsf(v);
+  if (kMode == 0) return m * div.y;
+  float q = m * div.y;
+  q = __fmaf_rn(__fmaf_rn(-div.S, q, m), div.y, q);
+  return __fmaf_rn(__fmaf_rn(-div.S, q, m), div.y, q);
+}
+
+template <int kMode>
 __device__ __forceinline__ uint32_t encode8_min(const GroupDivider &div, const float *v) {
-  float q[8];
-#pragma unroll
-  for (int i = 0; i < 8; i++) {
-    const float m = fabsf(v[i]);
-    if (kMode == 0) {
-      q[i] = m * div.y;
-    } else {
-      float t = m * div.y;
-      t = __fmaf_rn(__fmaf_rn(-div.S, t, m), div.y, t);
-      q[i] = __fmaf_rn(__fmaf_rn(-div.S, t, m), div.y, t);
-    }
-  }
-  uint32_t word = 0;
-#pragma unroll
-  for (int k = 0; k < 4; k++) {
-    const uint32_t a = __byte_perm(__float_as_uint(__fmaf_rn(q[k], 2.0f, 0x1p23f)),
-                                   __float_as_uint(__fmaf_rn(q[k + 4], 2.0f, 0x1p23f)), 0x5410);
-    const uint32_t b = __byte_perm(__float_as_uint(__fmaf_rn(q[k], 1.0f, 0x1p23f + 2.0f)),
-                                   __float_as_uint(__fmaf_rn(q[k + 4], 1.0f, 0x1p23f + 2.0f)),
-                                   0x5410);
-    const uint32_t c = __byte_perm(__float_as_uint(__fmaf_rn(q[k], 0.5f, 0x1p23f + 4.0f)),
-                                   __float_as_uint(__fmaf_rn(q[k + 4], 0.5f, 0x1p23f + 4.0f)),
-                                   0x5410);
-    word |= __vminu2(__vimin3_u16x2(a, b, c), 0x00070007u) << (4 * k);
-  }
   // Sign of element i (bit 31 of v[i]) to bit 4i + 3: the top bytes of the odd elements land
   // with their sign bits at 7, 15, 23, 31; the even ones the same, shifted down by 4.
   const uint32_t o = __byte_perm(__byte_perm(__float_as_uint(v[1]), __float_as_uint(v[3]), 0x0073),
@@ -162,7 +146,19 @@ __device__ __forceinline__ uint32_t encode8_min(const GroupDivider &div, const f
   const uint32_t e = __byte_perm(__byte_perm(__float_as_uint(v[0]), __float_as_uint(v[2]), 0x0073),
                                  __byte_perm(__float_as_uint(v[4]), __float_as_uint(v[6]), 0x7300),
                                  0x7610);
-  return word | (o & 0x80808080u) | ((e >> 4) & 0x08080808u);
+  uint32_t word = (o & 0x80808080u) | ((e >> 4) & 0x08080808u);
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    const float q0 = quotient<kMode>(div, v[k]), q1 = quotient<kMode>(div, v[k + 4]);
+    const uint32_t a = __byte_perm(__float_as_uint(__fmaf_rn(q0, 2.0f, 0x1p23f)),
+                                   __float_as_uint(__fmaf_rn(q1, 2.0f, 0x1p23f)), 0x5410);
+    const uint32_t b = __byte_perm(__float_as_uint(__fmaf_rn(q0, 1.0f, 0x1p23f + 2.0f)),
+                                   __float_as_uint(__fmaf_rn(q1, 1.0f, 0x1p23f + 2.0f)), 0x5410);
+    const uint32_t c = __byte_perm(__float_as_uint(__fmaf_rn(q0, 0.5f, 0x1p23f + 4.0f)),
+                                   __float_as_uint(__fmaf_rn(q1, 0.5f, 0x1p23f + 4.0f)), 0x5410);
+    word |= __vminu2(__vimin3_u16x2(a, b, c), 0x00070007u) << (4 * k);
+  }
+  return word;
 }
 
 // The packed codes of kC consecutive 8-element chunks of one group (out[c] for v[8c .. 8c+7]),
