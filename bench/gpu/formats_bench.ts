@@ -212,7 +212,7 @@ for (const pass of [0, 1]) {
 }
 Deno.env.set("FP4_ENCODER", "old");
 Deno.env.set("OMP_NUM_THREADS", "2"); // read by libgomp at its first parallel region only
-results.push(...await run("cpu", "old", Number(values["cpu-rows"]), cols, 3, 1));
+results.push(...await run("cpu", "cpu", Number(values["cpu-rows"]), cols, 3, 1));
 const report = {
   date: new Date().toISOString(),
   gpu: cuda.available ? cuda.name : null,

@@ -6,7 +6,8 @@
 //    reciprocal per group (IEEE division costs a MUFU and a range check per element);
 //  - encode8 / encode_run: the packed codes of 8 elements (of a group's chunks), with the
 //    divider's mode chosen once per chunk (group); divider_for: MXFP4's scale as its exact
-//    reciprocal;
+//    reciprocal; encode8_min: the same codes for quotients below 2^13 as a minimum of three
+//    magic-constant FMA roundings in 16-bit lanes (a sweep variant of the tiled kernels, kMin);
 //  - fast_scale: scale_for of the two presets' rules (E8M0 OCP; E4M3 absmax) without the
 //    generic rule switch and minifloat walk;
 //  - 8-element chunk loads of bf16/f32 rows as 16-byte vectors;

@@ -265,8 +265,8 @@ __global__ void __launch_bounds__(kTileThreads, kCtasPerSm)
         store_scale(scales, (e0 + g * kLen) / kLen, gs.bits,
                     kScale == kScaleGeneric ? q.scale_nbytes : 1);
         if (kScale == kScaleMx && gs.bits >= 7 && gs.bits <= 240) {
-          encode_run<kLen / 8, kMin>(GroupDivider::multiplier(cn * __uint_as_float((254u - gs.bits) << 23)),
-                               w, word + g * kLen / 8);
+          const float y = cn * __uint_as_float((254u - gs.bits) << 23);
+          encode_run<kLen / 8, kMin>(GroupDivider::multiplier(y), w, word + g * kLen / 8);
         } else {
 #pragma unroll
           for (int r = 0; r < kLen; r++) w[r] = w[r] * cn;
