@@ -6,7 +6,8 @@
 //    reciprocal per group (IEEE division costs a MUFU and a range check per element);
 //  - encode8 / encode_run: the packed codes of 8 elements (of a group's chunks), with the
 //    divider's mode chosen once per chunk (group); divider_for: MXFP4's scale as its exact
-//    reciprocal;
+//    reciprocal; encode8_min: the same codes for quotients below 2^13 as a minimum of three
+//    magic-constant FMA roundings in 16-bit lanes (a sweep variant of the tiled kernels, kMin);
 //  - fast_scale: scale_for of the two presets' rules (E8M0 OCP; E4M3 absmax) without the
 //    generic rule switch and minifloat walk;
 //  - 8-element chunk loads of bf16/f32 rows as 16-byte vectors;
@@ -23,6 +24,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <mutex>
 #include <utility>
 
@@ -56,6 +58,7 @@ struct GroupDivider {
   float S, y;
   int mode;  // 0: power of two (or an exact product, see multiplier), 1: reciprocal +
              // corrections, 2: division
+  bool small;  // every quotient of the group is below 2^13 (modes 0 and 1; encode8_min)
 
   // m -> RN(m * y) for an exact factor y: the quotient by a power of two, or a power of two
   // with an exact multiplier folded in (rotate_quantize.cu).
@@ -64,6 +67,7 @@ struct GroupDivider {
     d.S = 1.0f;
     d.y = y;
     d.mode = 0;
+    d.small = true;  // the callers' quotients are below 8
     return d;
   }
   GroupDivider() = default;
@@ -80,6 +84,7 @@ struct GroupDivider {
       y = 0.0f;
       mode = 2;
     }
+    small = mode != 2 && amax * y <= 0x1p12f;  // a 2^-22 relative margin over RN(m / S)
   }
 
   __device__ __forceinline__ float operator()(float m) const {
@@ -116,10 +121,61 @@ __device__ __forceinline__ uint32_t encode8_mode(const GroupDivider &div, const 
   return word;
 }
 
+// The same codes from quotients q < 2^13 with fewer instructions, most on the FMA pipe:
+// mf_encode(e2m1, q) = min(rint(2q), rint(q) + 2, rint(q/2) + 4, 7) (checked exhaustively on
+// the host for every float in [0, 2^13)); each rint(a q) + k is the low half of the bits of
+// RN(a q + 2^23 + k), one FMA (a q is exact in it, the even offsets keep ties to even). Two
+// elements share one register through the minima (16-bit lanes: elements i and i + 4, so
+// that nibble i lands at bit 4i after the shifts), and the sign bits are gathered with byte
+// permutes.
+template <int kMode>
+__device__ __forceinline__ float quotient(const GroupDivider &div, float v) {
+  const float m = fabsf(v);
+  if (kMode == 0) return m * div.y;
+  float q = m * div.y;
+  q = __fmaf_rn(__fmaf_rn(-div.S, q, m), div.y, q);
+  return __fmaf_rn(__fmaf_rn(-div.S, q, m), div.y, q);
+}
+
+template <int kMode>
+__device__ __forceinline__ uint32_t encode8_min(const GroupDivider &div, const float *v) {
+  // Sign of element i (bit 31 of v[i]) to bit 4i + 3: the top bytes of the odd elements land
+  // with their sign bits at 7, 15, 23, 31; the even ones the same, shifted down by 4.
+  const uint32_t o = __byte_perm(__byte_perm(__float_as_uint(v[1]), __float_as_uint(v[3]), 0x0073),
+                                 __byte_perm(__float_as_uint(v[5]), __float_as_uint(v[7]), 0x7300),
+                                 0x7610);
+  const uint32_t e = __byte_perm(__byte_perm(__float_as_uint(v[0]), __float_as_uint(v[2]), 0x0073),
+                                 __byte_perm(__float_as_uint(v[4]), __float_as_uint(v[6]), 0x7300),
+                                 0x7610);
+  uint32_t word = (o & 0x80808080u) | ((e >> 4) & 0x08080808u);
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    const float q0 = quotient<kMode>(div, v[k]), q1 = quotient<kMode>(div, v[k + 4]);
+    const uint32_t a = __byte_perm(__float_as_uint(__fmaf_rn(q0, 2.0f, 0x1p23f)),
+                                   __float_as_uint(__fmaf_rn(q1, 2.0f, 0x1p23f)), 0x5410);
+    const uint32_t b = __byte_perm(__float_as_uint(__fmaf_rn(q0, 1.0f, 0x1p23f + 2.0f)),
+                                   __float_as_uint(__fmaf_rn(q1, 1.0f, 0x1p23f + 2.0f)), 0x5410);
+    const uint32_t c = __byte_perm(__float_as_uint(__fmaf_rn(q0, 0.5f, 0x1p23f + 4.0f)),
+                                   __float_as_uint(__fmaf_rn(q1, 0.5f, 0x1p23f + 4.0f)), 0x5410);
+    word |= __vminu2(__vimin3_u16x2(a, b, c), 0x00070007u) << (4 * k);
+  }
+  return word;
+}
+
 // The packed codes of kC consecutive 8-element chunks of one group (out[c] for v[8c .. 8c+7]),
-// the divider's mode chosen once for the group.
-template <int kC>
+// the divider's mode chosen once for the group; kMin: encode8_min where the quotients allow.
+template <int kC, bool kMin = false>
 __device__ __forceinline__ void encode_run(const GroupDivider &div, const float *v, uint32_t *out) {
+  if (kMin && div.small) {
+    if (div.mode == 0) {
+#pragma unroll
+      for (int c = 0; c < kC; c++) out[c] = encode8_min<0>(div, v + 8 * c);
+    } else {
+#pragma unroll
+      for (int c = 0; c < kC; c++) out[c] = encode8_min<1>(div, v + 8 * c);
+    }
+    return;
+  }
   if (div.mode == 0) {
 #pragma unroll
     for (int c = 0; c < kC; c++) out[c] = encode8_mode<0>(div, v + 8 * c);
@@ -133,14 +189,14 @@ __device__ __forceinline__ void encode_run(const GroupDivider &div, const float 
 }
 
 // The same for a group with scale S >= 0 and max |v| = amax (S = 0: every code is +0).
-template <int kC>
+template <int kC, bool kMin = false>
 __device__ __forceinline__ void encode_group(float S, float amax, const float *v, uint32_t *out) {
   if (S == 0.0f) {
 #pragma unroll
     for (int c = 0; c < kC; c++) out[c] = 0;
     return;
   }
-  encode_run<kC>(GroupDivider(S, amax), v, out);
+  encode_run<kC, kMin>(GroupDivider(S, amax), v, out);
 }
 
 __device__ __forceinline__ uint32_t encode8(float S, float amax, const float (&v)[8]) {
@@ -429,6 +485,12 @@ __device__ __forceinline__ float tensor_scale_from(const fmt::QuantParams &q, co
 }
 
 // ---- Host side ----
+
+// Temporary sweep knob (bench only): FP4_ENCODER=min selects encode8_min in the tiled kernels.
+inline bool encoder_variant() {
+  const char *e = std::getenv("FP4_ENCODER");
+  return e && e[0] == 'm';
+}
 
 // The workspace of the persistent kernels on one device: a Stats record for the generic paths
 // and per-CTA partials (max |x| bits; first non-finite index, ~0 when none). Every kernel writes
