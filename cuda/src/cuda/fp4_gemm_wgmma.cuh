@@ -11,7 +11,8 @@
 //
 // Layout: the plain one of fp4lab/gemm.h (no reordering). A block owns BM = 64 WGS MW weight rows
 // (WGS warpgroups, MW 64-row tiles each) x BN batch columns and walks k in stages of 64 through a
-// STAGES-deep cp.async ring; a stage holds
+// STAGES-deep ring (codes and scales by cp.async, x by TMA or cp.async: kXTma below); a stage
+// holds
 //   x      BN x 128 bytes in wgmma's canonical K-major 128-byte-swizzle layout: batch row r at
 //          1024 (r / 8) + 128 (r % 8), its 16-byte chunk c (k 8c..8c+7) at 16 (c ^ r % 8);
 //          the k16 step s is the descriptor of the stage's base + 32 s;
