@@ -14,9 +14,11 @@ namespace fp4::cuda {
 namespace {
 
 // <warpgroups, 64-row tiles per warpgroup, batch columns, stages>: 128 weight rows per block,
-// the batch tile the smallest of 32, 64, 128 that holds the batch (larger batches: several).
-// On the H100 (bench/notes/fp4_gemm.md, wgmma section) the tile kernel stays faster for batches
-// <= 32 with n >= 8192 and batches <= 64 with n >= 16384; the wgmma kernel is faster elsewhere.
+// the batch tile the smallest of 32, 64, 128 that holds the batch (larger batches: several);
+// activations by TMA where x allows it (fp4_gemm_wgmma.cuh). On the H100 the tile kernel is kept
+// for batches <= 32 with n >= 8192 and batches <= 64 with n >= 16384, the dispatch the CUDA test
+// ran on; bench/notes/fp4_gemm.md ("Version 4") measured the TMA wgmma kernel 3-53% faster than
+// it at batch 32 there (not yet dispatched: it awaits a CUDA test run), within 5% at batch 64.
 using Wg32 = wg::Cfg<2, 1, 32, 8>;
 using Wg64 = wg::Cfg<2, 1, 64, 8>;
 using Wg128 = wg::Cfg<2, 1, 128, 6>;

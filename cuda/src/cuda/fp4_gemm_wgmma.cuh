@@ -11,7 +11,8 @@
 //
 // Layout: the plain one of fp4lab/gemm.h (no reordering). A block owns BM = 64 WGS MW weight rows
 // (WGS warpgroups, MW 64-row tiles each) x BN batch columns and walks k in stages of 64 through a
-// STAGES-deep cp.async ring; a stage holds
+// STAGES-deep ring (codes and scales by cp.async, x by TMA or cp.async: kXTma below); a stage
+// holds
 //   x      BN x 128 bytes in wgmma's canonical K-major 128-byte-swizzle layout: batch row r at
 //          1024 (r / 8) + 128 (r % 8), its 16-byte chunk c (k 8c..8c+7) at 16 (c ^ r % 8);
 //          the k16 step s is the descriptor of the stage's base + 32 s;
@@ -37,6 +38,7 @@
 // Bytes per launch: codes n k / 2 + scales n k / group once per batch tile (HBM), x batch k 2 once
 // per row tile (L2), y batch n 2, and 2 x BM BN 4 of workspace (L2) per partial tile.
 #pragma once
+#include <cuda.h>  // CUtensorMap and its enums (the encoder comes through the runtime)
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -46,6 +48,14 @@
 namespace fp4::cuda::wg {
 
 constexpr int kBK = 64;  // k per pipeline stage: one 128-byte swizzle row of bf16 activations
+
+// How a stage's activations reach shared memory. kXCopy: per-thread cp.async (generic-proxy
+// writes), then fence.proxy.async before wgmma (an async-proxy reader) may read them. kXTma: one
+// thread's cp.async.bulk.tensor (the tensor map swizzles; async-proxy writes) completing on the
+// stage's mbarrier, which wgmma may read after the wait with no proxy fence; needs k % 8 == 0 and
+// 16-byte aligned x. kXTma is 16-31% faster on the Llama shapes (bench/notes/fp4_gemm.md,
+// "Version 4"); codes and scales stay on cp.async (read by ordinary loads: no fence needed).
+constexpr int kXCopy = 0, kXTma = 1, kXAuto = -1;
 
 template <int WGS_, int MW_, int BN_, int STAGES_>
 struct Cfg {
@@ -173,21 +183,58 @@ __device__ __forceinline__ void wgmma_wait() {
 __device__ __forceinline__ void pin(uint32_t &r) { asm volatile("" : "+r"(r)::"memory"); }
 __device__ __forceinline__ void pin(float &r) { asm volatile("" : "+f"(r)::"memory"); }
 
-// Copies the stage of k from kst of the tile at (row0, col0) into `buf`.
-template <class C, int FMT, bool ALIGNED>
+__device__ __forceinline__ void mbar_init(uint64_t *bar) {
+  const unsigned a = unsigned(__cvta_generic_to_shared(bar));
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(a) : "memory");
+}
+// Blocks until the mbarrier's phase of parity `phase` has completed.
+__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t phase) {
+  const unsigned a = unsigned(__cvta_generic_to_shared(bar));
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(a), "r"(phase)
+        : "memory");
+  } while (!done);
+}
+
+// Copies the stage of k from kst of the tile at (row0, col0) into `buf`; with kXTma the
+// activations come by one TMA copy (issued by thread 0) that completes on `bar`.
+template <class C, int FMT, bool ALIGNED, int XL>
 __device__ __forceinline__ void load_stage(unsigned char *buf, const uint16_t *x,
+                                           const CUtensorMap *tmap, uint64_t *bar,
                                            const uint8_t *codes, const uint8_t *scales,
                                            int64_t row0, int64_t col0, int64_t batch, int64_t n,
                                            int64_t k, int64_t kst) {
   constexpr int G = FMT == FP4_WEIGHTS_MXFP4 ? 32 : 16;
   const int tid = threadIdx.x;
   unsigned char *xs = buf, *cs = buf + C::kXBytes, *ss = cs + C::kCodeBytes;
+  if constexpr (XL == kXTma) {
+    // The box is BN rows of 64 k at (kst, col0); rows past the batch and k past k are zeros,
+    // and the full box's bytes count towards the transaction either way.
+    if (tid == 0) {
+      const unsigned b = unsigned(__cvta_generic_to_shared(bar));
+      const unsigned d = unsigned(__cvta_generic_to_shared(xs));
+      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(b),
+                   "n"(C::kXBytes)
+                   : "memory");
+      asm volatile(
+          "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+          " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(d),
+          "l"(reinterpret_cast<uint64_t>(tmap)), "r"(int(kst)), "r"(int(col0)), "r"(b)
+          : "memory");
+    }
+  } else {
 #pragma unroll
-  for (int p = tid; p < C::BN * 8; p += C::kThreads) {
-    const int r = p >> 3, c = p & 7;
-    const int64_t b = col0 + r, kk = kst + 8 * c;
-    const bool ok = b < batch && kk < k;
-    tile::cp_async(xs + x_offset(r, c), ok ? x + b * k + kk : x, 16, ok);
+    for (int p = tid; p < C::BN * 8; p += C::kThreads) {
+      const int r = p >> 3, c = p & 7;
+      const int64_t b = col0 + r, kk = kst + 8 * c;
+      const bool ok = b < batch && kk < k;
+      tile::cp_async(xs + x_offset(r, c), ok ? x + b * k + kk : x, 16, ok);
+    }
   }
   if (ALIGNED) {
 #pragma unroll
@@ -286,12 +333,12 @@ __device__ __forceinline__ void finish(float (&acc)[C::MW][C::BN / 2], const Cur
     }
 }
 
-template <class C, int FMT, bool ALIGNED>
+template <class C, int FMT, bool ALIGNED, int XL>
 __global__ void __launch_bounds__(C::kThreads, 1)
-    gemm_wgmma_kernel(const uint16_t *__restrict__ x, const uint8_t *__restrict__ codes,
-                      const uint8_t *__restrict__ scales, float out_scale,
-                      uint16_t *__restrict__ y, int64_t batch, int64_t n, int64_t k,
-                      int *__restrict__ count, float *__restrict__ part) {
+    gemm_wgmma_kernel(const uint16_t *__restrict__ x, const __grid_constant__ CUtensorMap tmap,
+                      const uint8_t *__restrict__ codes, const uint8_t *__restrict__ scales,
+                      float out_scale, uint16_t *__restrict__ y, int64_t batch, int64_t n,
+                      int64_t k, int *__restrict__ count, float *__restrict__ part) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __trap();  // the compute_90 PTX, for other GPUs, has no wgmma: launch() refuses them
 #else
@@ -299,6 +346,7 @@ __global__ void __launch_bounds__(C::kThreads, 1)
   constexpr int S = C::STAGES;
   extern __shared__ unsigned char smem_raw[];
   __shared__ int is_last;
+  __shared__ alignas(8) uint64_t bars[S];  // kXTma: stage s's activations landed
   unsigned char *stages = smem_raw + ((1024 - (__cvta_generic_to_shared(smem_raw) & 1023)) & 1023);
   uint16_t *table = reinterpret_cast<uint16_t *>(stages + S * C::kStageBytes);
 
@@ -313,11 +361,22 @@ __global__ void __launch_bounds__(C::kThreads, 1)
   const int64_t start = range_start(blockIdx.x, P, NB);
   const int64_t count_it = range_start(blockIdx.x + 1, P, NB) - start;  // even, >= 2
 
+  if constexpr (XL == kXTma) {
+    if (tid == 0) {
+      for (int s = 0; s < S; s++) mbar_init(bars + s);
+      // Makes the initialised barriers visible to the async proxy (the TMA unit).
+      asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+  }
+  uint32_t phases = 0;  // kXTma: bit s = parity of the next phase to wait for on bars[s]
+
   Cursor ld(start, nst, col_tiles);  // next stage to load
   int lbuf = 0;                      // its ring buffer
   auto load_next = [&]() {
-    load_stage<C, FMT, ALIGNED>(stages + lbuf * C::kStageBytes, x, codes, scales, ld.rt * C::BM,
-                                ld.ct * C::BN, batch, n, k, ld.st * kBK);
+    load_stage<C, FMT, ALIGNED, XL>(stages + lbuf * C::kStageBytes, x, &tmap, bars + lbuf, codes,
+                                    scales, ld.rt * C::BM, ld.ct * C::BN, batch, n, k,
+                                    ld.st * kBK);
     ld.next(nst, col_tiles);
     lbuf = lbuf == S - 1 ? 0 : lbuf + 1;
   };
@@ -345,7 +404,11 @@ __global__ void __launch_bounds__(C::kThreads, 1)
   bool first_of_block = true;        // the current segment is the block's first
 
   asm volatile("cp.async.wait_group %0;\n" ::"n"(S - 2));
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  if constexpr (XL == kXCopy) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  if constexpr (XL == kXTma) {
+    mbar_wait(bars, 0);
+    phases ^= 1u;
+  }
   __syncthreads();
 
 #pragma unroll 1
@@ -419,7 +482,13 @@ __global__ void __launch_bounds__(C::kThreads, 1)
       // Stage li + 1 has landed; every warp is done with stage li - 1 (its MMAs included),
       // whose buffer takes stage li + S - 1.
       asm volatile("cp.async.wait_group %0;\n" ::"n"(S - 3));
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      if constexpr (XL == kXCopy) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      if constexpr (XL == kXTma) {
+        if (li + 1 < count_it) {
+          mbar_wait(bars + buf, (phases >> buf) & 1u);
+          phases ^= 1u << buf;
+        }
+      }
       __syncthreads();
       if (li + S - 1 < count_it) load_next();
       asm volatile("cp.async.commit_group;\n" ::);
@@ -485,12 +554,65 @@ inline fp4_status reserve(size_t ncount, size_t npart, cudaStream_t stream, bool
   return FP4_OK;
 }
 
+// cuTensorMapEncodeTiled from the driver (through the runtime, so nothing links libcuda), or
+// null where the driver lacks it.
+using EncodeTiledFn = CUresult (*)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
+                                   const cuuint64_t *, const cuuint64_t *, const cuuint32_t *,
+                                   const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+inline EncodeTiledFn encode_tiled() {
+  static const EncodeTiledFn fn = [] {
+    void *f = nullptr;
+    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
+                                         &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      f = nullptr;
+    }
+    return reinterpret_cast<EncodeTiledFn>(f);
+  }();
+  return fn;
+}
+
+// The tensor map of x [batch, k] bf16 for kXTma: boxes of BN rows x 64 k, 128-byte swizzle (the
+// stage layout of x_offset), zeros outside. False where x cannot be described so.
+template <class C>
+inline bool x_tensor_map(const uint16_t *x, int64_t batch, int64_t k, CUtensorMap *map) {
+  const EncodeTiledFn encode = encode_tiled();
+  if (!encode || k % 8 != 0 || uintptr_t(x) % 16 != 0 || batch >= (int64_t(1) << 31) ||
+      k >= (int64_t(1) << 31))
+    return false;
+  const cuuint64_t dims[2] = {cuuint64_t(k), cuuint64_t(batch)};
+  const cuuint64_t strides[1] = {cuuint64_t(k) * 2};
+  const cuuint32_t box[2] = {cuuint32_t(kBK), cuuint32_t(C::BN)};
+  const cuuint32_t elem[2] = {1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<uint16_t *>(x), dims,
+                strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <class C, int FMT, bool ALIGNED, int XL>
+fp4_status configure(int device, int *per_sm) {
+  FP4_CU(cudaFuncSetAttribute(gemm_wgmma_kernel<C, FMT, ALIGNED, XL>,
+                              cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem));
+  FP4_CU(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      per_sm, gemm_wgmma_kernel<C, FMT, ALIGNED, XL>, C::kThreads, C::kSmem));
+  FP4_REQUIRE(*per_sm >= 1, "fp4_gemm: the wgmma kernel does not fit on device %d", device);
+  return FP4_OK;
+}
+
 // Enqueues the wgmma GEMM with configuration C on `stream`: `blocks` stream-k blocks (0 = as
-// many as fit on the device at once), at most one per pair of k stages.
-template <class C, int FMT>
+// many as fit on the device at once), at most one per pair of k stages. XL: how activations are
+// loaded (kXAuto: kXTma where x allows it, else kXCopy; a forced mode is for benchmarks, and a
+// forced kXTma that x does not allow is an error).
+template <class C, int FMT, int XL = kXAuto>
 fp4_status launch(const uint16_t *x, const uint8_t *codes, const uint8_t *scales,
                   float tensor_scale, uint16_t *y, int64_t batch, int64_t n, int64_t k,
                   int64_t blocks, cudaStream_t stream) {
+  constexpr int kMain = XL == kXAuto ? kXTma : XL;   // the mode when x allows TMA
+  constexpr int kFall = XL == kXAuto ? kXCopy : XL;  // otherwise
   static int device = -1, per_sm = 0, sms = 0;
   int dev = 0;
   FP4_CU(cudaGetDevice(&dev));
@@ -499,13 +621,11 @@ fp4_status launch(const uint16_t *x, const uint8_t *codes, const uint8_t *scales
     if (fp4_status st = supported(dev, &ok)) return st;
     FP4_REQUIRE(ok, "fp4_gemm: the wgmma kernel needs a compute capability 9.0 GPU");
     FP4_CU(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    FP4_CU(cudaFuncSetAttribute(gemm_wgmma_kernel<C, FMT, true>,
-                                cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem));
-    FP4_CU(cudaFuncSetAttribute(gemm_wgmma_kernel<C, FMT, false>,
-                                cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem));
-    FP4_CU(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &per_sm, gemm_wgmma_kernel<C, FMT, true>, C::kThreads, C::kSmem));
-    FP4_REQUIRE(per_sm >= 1, "fp4_gemm: the wgmma kernel does not fit on device %d", dev);
+    int a = 0, b = 0, c = 0;
+    if (fp4_status st = configure<C, FMT, true, kMain>(dev, &a)) return st;
+    if (fp4_status st = configure<C, FMT, false, kMain>(dev, &b)) return st;
+    if (fp4_status st = configure<C, FMT, false, kFall>(dev, &c)) return st;
+    per_sm = a < b ? (a < c ? a : c) : (b < c ? b : c);
     device = dev;
   }
   const int64_t tiles = ((n + C::BM - 1) / C::BM) * ((batch + C::BN - 1) / C::BN);
@@ -526,6 +646,10 @@ fp4_status launch(const uint16_t *x, const uint8_t *codes, const uint8_t *scales
       G = tiles;
     }
   }
+  CUtensorMap map{};
+  const bool tma = kMain == kXTma && x_tensor_map<C>(x, batch, k, &map);
+  FP4_REQUIRE(tma || kMain != kXTma || XL == kXAuto,
+              "fp4_gemm: forced TMA activations need k %% 8 == 0 and 16-byte aligned x");
   const bool aligned = k % 32 == 0 && uintptr_t(codes) % 16 == 0;
   // The f32 sums times this, rounded once: (sum * 2^26) * tensor_scale for NVFP4 (exactly
   // sum * (2^26 tensor_scale)); 1 for MXFP4, a run-time multiply that keeps the sums in f32
@@ -533,13 +657,12 @@ fp4_status launch(const uint16_t *x, const uint8_t *codes, const uint8_t *scales
   const float out_scale = FMT == FP4_WEIGHTS_NVFP4 ? 0x1p26f * tensor_scale : 1.f;
   int *count = ws ? ws->count : nullptr;
   float *part = ws ? ws->part : nullptr;
-  if (aligned) {
-    gemm_wgmma_kernel<C, FMT, true><<<unsigned(G), C::kThreads, C::kSmem, stream>>>(
-        x, codes, scales, out_scale, y, batch, n, k, count, part);
-  } else {
-    gemm_wgmma_kernel<C, FMT, false><<<unsigned(G), C::kThreads, C::kSmem, stream>>>(
-        x, codes, scales, out_scale, y, batch, n, k, count, part);
-  }
+  // kMain: aligned or not; kFall (x not for TMA: k % 8 != 0, so never aligned) the general one.
+  auto kernel = kMain == kXTma && !tma ? gemm_wgmma_kernel<C, FMT, false, kFall>
+                : aligned              ? gemm_wgmma_kernel<C, FMT, true, kMain>
+                                       : gemm_wgmma_kernel<C, FMT, false, kMain>;
+  kernel<<<unsigned(G), C::kThreads, C::kSmem, stream>>>(x, map, codes, scales, out_scale, y,
+                                                         batch, n, k, count, part);
   FP4_CU_LAUNCH();
   return FP4_OK;
 }
