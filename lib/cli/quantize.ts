@@ -73,9 +73,8 @@ Options:
   --json             print a machine-readable result as the last line
   -h, --help         show this help
 
-W4A4 recipe (what it closes of the RTN gap on brown-llama-29m: bench/notes/accuracy.md; CPU
-pipeline, as --objective output is CPU-only):
-  --method mr-gptq --objective output --format nvfp4 --act-format nvfp4:mse=4,2,2
+W4A4 recipe (what it closes of the RTN gap on brown-llama-29m: bench/notes/accuracy.md):
+  --method mr-gptq --objective output --format nvfp4 --hadamard 64 --act-format nvfp4:mse=8,2,2
   --method mr-gptq --objective output --format mxfp4 --act-format mxfp4:mse=2,3,2
 `;
 
