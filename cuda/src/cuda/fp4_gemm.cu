@@ -16,9 +16,9 @@ namespace {
 // <warpgroups, 64-row tiles per warpgroup, batch columns, stages>: 128 weight rows per block,
 // the batch tile the smallest of 32, 64, 128 that holds the batch (larger batches: several);
 // activations by TMA where x allows it (fp4_gemm_wgmma.cuh). On the H100 the tile kernel is kept
-// for batches <= 32 with n >= 8192 and batches <= 64 with n >= 16384, the dispatch the CUDA test
-// ran on; bench/notes/fp4_gemm.md ("Version 4") measured the TMA wgmma kernel 3-53% faster than
-// it at batch 32 there (not yet dispatched: it awaits a CUDA test run), within 5% at batch 64.
+// only for batches 33..64 with n >= 16384: bench/notes/fp4_gemm.md ("Version 4") measured the TMA
+// wgmma kernel 3-53% faster than the tile kernel at batch 32 on every shape, and up to 5% slower
+// at batch 64 with n = 28672 (NVFP4).
 using Wg32 = wg::Cfg<2, 1, 32, 8>;
 using Wg64 = wg::Cfg<2, 1, 64, 8>;
 using Wg128 = wg::Cfg<2, 1, 128, 6>;
@@ -55,7 +55,7 @@ fp4_status dispatch(const uint16_t *x, const uint8_t *codes, const uint8_t *scal
     if (fp4_status st = wg::supported(dev, &hopper)) return st;
     device = dev;
   }
-  if (!hopper || (batch <= 32 && n >= 8192) || (batch <= 64 && n >= 16384)) {
+  if (!hopper || (batch > 32 && batch <= 64 && n >= 16384)) {
     return tile_dispatch<FMT>(x, codes, scales, tensor_scale, y, batch, n, k, s);
   }
   if (batch <= 32) {
