@@ -42,7 +42,6 @@ if (positionals.length !== 1 && !values.out) {
 
 interface Row {
   device: Device;
-  encoder: string;
   op: string;
   spec: string | null;
   shape: [number, number];
@@ -92,7 +91,6 @@ async function time(
 
 async function run(
   device: Device,
-  encoder: string,
   rows: number,
   cols: number,
   iters: number,
@@ -111,7 +109,6 @@ async function run(
   const copyGbps = copyBytes / copySec / 1e9;
   rowsOut.push({
     device,
-    encoder,
     op: "copy",
     spec: null,
     shape: [rows, cols],
@@ -135,7 +132,6 @@ async function run(
       const gbps = bytes / seconds / 1e9;
       rowsOut.push({
         device,
-        encoder,
         op: name,
         spec,
         shape: [rows, cols],
@@ -150,7 +146,6 @@ async function run(
 }
 
 interface Check {
-  encoder: string;
   op: string;
   spec: string;
   seed: number | null;
@@ -159,7 +154,7 @@ interface Check {
 }
 
 /** CUDA against CPU, byte for byte, on bf16 values spread over 2^-40 .. 2^40 (and zeros). */
-async function verify(encoder: string, rows: number, cols: number): Promise<Check[]> {
+async function verify(rows: number, cols: number): Promise<Check[]> {
   const host = new Uint16Array(rows * cols);
   for (let i = 0; i < host.length; i++) {
     const u = Math.random();
@@ -187,7 +182,7 @@ async function verify(encoder: string, rows: number, cols: number): Promise<Chec
           p.length === q.length && p.every((v, i) => v === q[i]);
         const identical = same(qa.codes, qb.codes) && same(qa.scales, qb.scales) &&
           Object.is(qa.tensorScale, qb.tensorScale);
-        checks.push({ encoder, op, spec, seed, elements: rows * cols, identical });
+        checks.push({ op, spec, seed, elements: rows * cols, identical });
       }
     }
   }
@@ -199,20 +194,10 @@ const cols = Number(values.cols);
 const iters = Number(values.iters);
 const results: Row[] = [];
 const cuda = cudaStatus();
-const checks: Check[] = [];
-// Sweep of the tiled kernels' E2M1 encoder (FP4_ENCODER, read by the library per call): each
-// variant checked byte for byte, then timed with its own copy figure, alternating twice.
-for (const pass of [0, 1]) {
-  for (const encoder of ["old", "min"]) {
-    if (!cuda.available) break;
-    Deno.env.set("FP4_ENCODER", encoder);
-    if (pass === 0) checks.push(...await verify(encoder, Number(values["cpu-rows"]), cols));
-    results.push(...await run("cuda", encoder, rows, cols, iters, Number(values.reps)));
-  }
-}
-Deno.env.set("FP4_ENCODER", "old");
+const checks = cuda.available ? await verify(Number(values["cpu-rows"]), cols) : [];
+if (cuda.available) results.push(...await run("cuda", rows, cols, iters, Number(values.reps)));
 Deno.env.set("OMP_NUM_THREADS", "2"); // read by libgomp at its first parallel region only
-results.push(...await run("cpu", "cpu", Number(values["cpu-rows"]), cols, 3, 1));
+results.push(...await run("cpu", Number(values["cpu-rows"]), cols, 3, 1));
 const report = {
   date: new Date().toISOString(),
   gpu: cuda.available ? cuda.name : null,
@@ -229,7 +214,6 @@ if (checks.length) console.table(checks);
 console.table(
   results.map((r) => ({
     device: r.device,
-    encoder: r.encoder,
     op: r.op,
     spec: r.spec,
     ms: +(r.seconds * 1e3).toFixed(3),

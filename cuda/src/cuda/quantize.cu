@@ -329,7 +329,7 @@ __global__ void __launch_bounds__(kTileThreads, kCtasPerSm)
 // Codes and scales of groups of kLen (16 or 32) elements, E2M1 nearest; kScale as in
 // vec_group_kernel. The tensor scale, when there is one, from the amax partials (or the rule's
 // constant); block 0 writes it out. bad[blockIdx.x]: the first non-finite index seen.
-template <bool kBf16, int kLen, int kScale, bool kMin>
+template <bool kBf16, int kLen, int kScale>
 __global__ void __launch_bounds__(kTileThreads, kCtasPerSm)
     tile_quantize_kernel(QuantParams q, const void *x, uint64_t n, uint8_t *codes,
                          uint8_t *scales, const uint32_t *amax_part, int parts,
@@ -380,7 +380,7 @@ __global__ void __launch_bounds__(kTileThreads, kCtasPerSm)
 #pragma unroll
         for (int c = 0; c < kLen / 8; c++) word[g * kLen / 8 + c] = 0;
       } else {
-        encode_run<kLen / 8, kMin>(divider_for<kScale>(gs, amax), v + g * kLen,
+        encode_run<kLen / 8, true>(divider_for<kScale>(gs, amax), v + g * kLen,
                                    word + g * kLen / 8);
       }
     }
@@ -602,12 +602,12 @@ cudaError_t launch_vec(const QuantParams &q, const void *x, const Layout &l, uin
 
 // The tiled path's launches ([amax partials,] codes and scales); *parts: the quantize grid,
 // whose bad-index partials the caller reads.
-template <bool kBf16, int kLen, int kScale, bool kMin>
-cudaError_t launch_tiled_min(const QuantParams &q, const void *x, uint64_t n, uint8_t *codes,
-                             uint8_t *scales, float *tensor_scale, const Workspace &ws,
-                             int *parts) {
+template <bool kBf16, int kLen, int kScale>
+cudaError_t launch_tiled_as(const QuantParams &q, const void *x, uint64_t n, uint8_t *codes,
+                            uint8_t *scales, float *tensor_scale, const Workspace &ws,
+                            int *parts) {
   constexpr auto kAmax = tile_amax_kernel<kBf16>;
-  constexpr auto kQuant = tile_quantize_kernel<kBf16, kLen, kScale, kMin>;
+  constexpr auto kQuant = tile_quantize_kernel<kBf16, kLen, kScale>;
   if (cudaError_t e = allow_tile_smem<kAmax>()) return e;
   if (cudaError_t e = allow_tile_smem<kQuant>()) return e;
   const TilePlan plan = tile_plan(ws, n, kBf16);
@@ -623,17 +623,6 @@ cudaError_t launch_tiled_min(const QuantParams &q, const void *x, uint64_t n, ui
   return launch_ex(kQuant, plan.grid, kTileThreads, plan.smem, q.tensor_amax != 0, q, x, n,
                    codes, scales, static_cast<const uint32_t *>(ws.amax), amax_parts,
                    tensor_scale, ws.bad, q.tensor_amax != 0);
-}
-
-template <bool kBf16, int kLen, int kScale>
-cudaError_t launch_tiled_as(const QuantParams &q, const void *x, uint64_t n, uint8_t *codes,
-                            uint8_t *scales, float *tensor_scale, const Workspace &ws,
-                            int *parts) {
-  return encoder_variant()
-             ? launch_tiled_min<kBf16, kLen, kScale, true>(q, x, n, codes, scales, tensor_scale,
-                                                           ws, parts)
-             : launch_tiled_min<kBf16, kLen, kScale, false>(q, x, n, codes, scales,
-                                                            tensor_scale, ws, parts);
 }
 
 template <bool kBf16>

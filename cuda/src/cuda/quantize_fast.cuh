@@ -7,7 +7,8 @@
 //  - encode8 / encode_run: the packed codes of 8 elements (of a group's chunks), with the
 //    divider's mode chosen once per chunk (group); divider_for: MXFP4's scale as its exact
 //    reciprocal; encode8_min: the same codes for quotients below 2^13 as a minimum of three
-//    magic-constant FMA roundings in 16-bit lanes (a sweep variant of the tiled kernels, kMin);
+//    magic-constant FMA roundings in 16-bit lanes (3 FMAs a code instead of ~9 integer ops;
+//    the tiled kernels use it, kMin; measured in bench/notes/formats.md, version 4);
 //  - fast_scale: scale_for of the two presets' rules (E8M0 OCP; E4M3 absmax) without the
 //    generic rule switch and minifloat walk;
 //  - 8-element chunk loads of bf16/f32 rows as 16-byte vectors;
@@ -24,7 +25,6 @@
 #pragma once
 #include <cuda_runtime.h>
 
-#include <cstdlib>
 #include <mutex>
 #include <utility>
 
@@ -485,12 +485,6 @@ __device__ __forceinline__ float tensor_scale_from(const fmt::QuantParams &q, co
 }
 
 // ---- Host side ----
-
-// Temporary sweep knob (bench only): FP4_ENCODER=min selects encode8_min in the tiled kernels.
-inline bool encoder_variant() {
-  const char *e = std::getenv("FP4_ENCODER");
-  return e && e[0] == 'm';
-}
 
 // The workspace of the persistent kernels on one device: a Stats record for the generic paths
 // and per-CTA partials (max |x| bits; first non-finite index, ~0 when none). Every kernel writes

@@ -171,7 +171,7 @@ __global__ void __launch_bounds__(32 * kWarps)
 // so the maxima run on v. MXFP4 folds the normalisation into the power-of-two quotient:
 // RN(RN(v c) / 2^e) = RN(v · (c 2^-e)) while both products are normal, and a scale of at least
 // 2^-120 makes any subnormal RN(v c) encode to +-0 either way.
-template <bool kBf16, int kPass, int kLen, int kScale, bool kMin>
+template <bool kBf16, int kPass, int kLen, int kScale>
 __global__ void __launch_bounds__(kTileThreads, kCtasPerSm)
     tile_rotate_kernel(QuantParams q, const void *x, uint64_t n, uint64_t cols, const float *sign,
                        uint32_t *part, int parts, float *tensor_scale, uint8_t *codes,
@@ -266,11 +266,11 @@ __global__ void __launch_bounds__(kTileThreads, kCtasPerSm)
                     kScale == kScaleGeneric ? q.scale_nbytes : 1);
         if (kScale == kScaleMx && gs.bits >= 7 && gs.bits <= 240) {
           const float y = cn * __uint_as_float((254u - gs.bits) << 23);
-          encode_run<kLen / 8, kMin>(GroupDivider::multiplier(y), w, word + g * kLen / 8);
+          encode_run<kLen / 8, kPass == 1>(GroupDivider::multiplier(y), w, word + g * kLen / 8);
         } else {
 #pragma unroll
           for (int r = 0; r < kLen; r++) w[r] = w[r] * cn;
-          encode_group<kLen / 8, kMin>(gs.S, amax, w, word + g * kLen / 8);
+          encode_group<kLen / 8, kPass == 1>(gs.S, amax, w, word + g * kLen / 8);
         }
       }
       reinterpret_cast<uint4 *>(codes)[e0 / kSeg] = make_uint4(word[0], word[1], word[2], word[3]);
@@ -326,10 +326,10 @@ fp4_status launch(const Plan &p) {
 
 // The fast path's launches: [max |y| partials,] then codes and scales. *parts: the quantize
 // grid, whose bad-index partials the caller reads.
-template <bool kBf16, int kLen, int kScale, bool kMin>
-cudaError_t launch_tiled_min(const Plan &p, const Workspace &ws, int *parts) {
-  constexpr auto kAmax = tile_rotate_kernel<kBf16, 0, kSeg, kScaleGeneric, false>;
-  constexpr auto kQuant = tile_rotate_kernel<kBf16, 1, kLen, kScale, kMin>;
+template <bool kBf16, int kLen, int kScale>
+cudaError_t launch_tiled_as(const Plan &p, const Workspace &ws, int *parts) {
+  constexpr auto kAmax = tile_rotate_kernel<kBf16, 0, kSeg, kScaleGeneric>;
+  constexpr auto kQuant = tile_rotate_kernel<kBf16, 1, kLen, kScale>;
   if (cudaError_t e = allow_tile_smem<kAmax>()) return e;
   if (cudaError_t e = allow_tile_smem<kQuant>()) return e;
   const TilePlan plan = tile_plan(ws, p.n, kBf16);
@@ -346,12 +346,6 @@ cudaError_t launch_tiled_min(const Plan &p, const Workspace &ws, int *parts) {
   return launch_ex(kQuant, plan.grid, kTileThreads, plan.smem, p.q.tensor_amax != 0, p.q, p.x,
                    p.n, p.cols, p.sign, ws.amax, amax_parts, p.s_t, p.codes, p.scales, ws.bad,
                    p.q.tensor_amax != 0);
-}
-
-template <bool kBf16, int kLen, int kScale>
-cudaError_t launch_tiled_as(const Plan &p, const Workspace &ws, int *parts) {
-  return encoder_variant() ? launch_tiled_min<kBf16, kLen, kScale, true>(p, ws, parts)
-                           : launch_tiled_min<kBf16, kLen, kScale, false>(p, ws, parts);
 }
 
 template <bool kBf16>
