@@ -113,7 +113,7 @@ Deno.test({
   ignore: !cudaStatus().available,
   fn: async () => {
     const seed = testSeed();
-    const windows = tokenWindows(seed, 3, 128);
+    const windows = tokenWindows(seed, 8, 128);
     const model = tinyModel(seed);
     const scheme = { rotation: { block: 16 }, act: resolveSpec("nvfp4") };
     const objective = { objective: "output" as const, scheme };
@@ -121,17 +121,19 @@ Deno.test({
     using cuda = cudaBlockRunner(model, windows, scheme.rotation, objective);
     await cpu.calibrate(0, () => {});
     const hs = await cuda.calibrate(0, () => {});
-    for (const name of [Q, "model.layers.0.mlp.down_proj"]) {
+    // The signal W* - W comes from the activation quantization error, which the engine's bf16
+    // activations perturb strongly (flipped roundings of Q_a). Measured on the H100 over 24 seeds
+    // (8 windows of 128 tokens): q_proj 0.17-0.23, down_proj 0.54-0.64 (3 windows: 0.19-0.29 and
+    // 0.58-0.81). The CPU runner with its linears' inputs and outputs rounded to bf16 reproduces
+    // the same figures (q_proj 0.20-0.24, down_proj 0.60-0.79 with 3 windows), so the gap is the
+    // bf16 dataflow, not the CUDA algebra. A missing D gives exactly 1, a wrong sign about 2.
+    const bounds = new Map([[Q, 0.4], ["model.layers.0.mlp.down_proj", 0.85]]);
+    for (const [name, bound] of bounds) {
       const w = model.weight(`${name}.weight`);
       const [rows] = w.shape;
       const w32 = toFloat32(w.data, w.dtype);
       const want = await cpu.target!(name, w32, rows);
       const got = await cuda.target!(name, w32, rows);
-      // The signal W* - W comes from the activation quantization error, which bf16 rounding of
-      // the inputs (the CUDA engine stores activations as bf16) perturbs strongly: rounding the
-      // same f32 inputs to bf16 on the CPU alone moves W* - W by 0.22 (hidden 64) to 0.26 (128),
-      // 384 rows, nvfp4 with rotation 16; the H100 measured 0.25 here. A wrong sign, a transposed
-      // or missing D gives 1 or more.
       let diff = 0, shift = 0;
       for (let i = 0; i < want.length; i++) {
         diff += (got[i] - want[i]) ** 2;
@@ -139,7 +141,7 @@ Deno.test({
       }
       const rel = Math.sqrt(diff / shift);
       console.log(`${name}: |W*_cuda - W*_cpu| / |W*_cpu - W| = ${rel.toExponential(2)}`);
-      assert(shift > 0 && rel < 0.5, `${name}: relative difference ${rel} (seed ${seed})`);
+      assert(shift > 0 && rel < bound, `${name}: relative difference ${rel} (seed ${seed})`);
     }
     for (const h of hs.values()) h.dispose();
   },
