@@ -689,8 +689,10 @@ using Slot = GemvCfg<1, 8, 2, 1, 1, 3>;        // batch 1
 using SlotWide = GemvCfg<2, 8, 2, 1, 1, 2>;    // batch 1 where Slot leaves a short second round
 using Batch8 = GemvCfg<1, 8, 2, 1, 8>;         // batch 2..8
 using Batch16 = GemvCfg<2, 8, 1, 1, 16, 2>;    // batch 9..16
-using Batch16Narrow = GemvCfg<2, 4, 1, 1, 16, 4>;  // batch 9..16 with many row tiles
-using Staged16 = StagedCfg<2, 4, 2, 1, 1, 16, 2>;   // batch 9..16
+// Batch 9..16 with many row blocks: the staged kernel, 128 rows per block (8 warps of 16 rows,
+// two chunks per step); swept on the H100 on 2026-12-06 (bench/notes/fp4_gemm.md, "Version 4:
+// GEMV").
+using Staged16 = StagedCfg<1, 8, 1, 2, 1, 16, 2>;
 
 using KernelFn = void (*)(const uint16_t *, const uint8_t *, const uint8_t *, RowPosts,
                           uint16_t *, int, int, int);
@@ -856,7 +858,16 @@ static fp4_status fp4_gemv_segments_launch(int32_t format, const uint16_t *x,
   }
   if (batch <= 8)
     return run<Batch8>(format, x, codes, scales, ts, ends, segments, y, batch, n, k, s);
-  return run_staged<Staged16>(format, x, codes, scales, ts, ends, segments, y, batch, n, k, 0, s);
+  // Where every SM gets at least 3 of the 32-row blocks, the staged kernel (activations read from
+  // L2 once per 128 rows instead of once per 32) is faster; below that the 32-row blocks with k
+  // split inside the block beat the staged kernel's cluster split-k.
+  int dev = 0, sms = 0;
+  FP4_CU(cudaGetDevice(&dev));
+  FP4_CU(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  return (n + Batch16::kRows - 1) / Batch16::kRows >= 3 * int64_t(sms)
+             ? run_staged<Staged16>(format, x, codes, scales, ts, ends, segments, y, batch, n, k,
+                                    0, s)
+             : run<Batch16>(format, x, codes, scales, ts, ends, segments, y, batch, n, k, s);
 }
 
 fp4_status fp4_gemv_launch(int32_t format, const uint16_t *x, const uint8_t *codes,
