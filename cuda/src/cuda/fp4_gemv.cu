@@ -45,6 +45,7 @@
 // KW partial sums meet in shared memory.
 // Bytes moved: n*k/2 codes + n*k/group scales + batch*k*2 activations + batch*n*2 outputs.
 #include <cuda_bf16.h>
+#include <cooperative_groups.h>
 #include <cuda_fp8.h>
 
 #include <algorithm>
@@ -469,12 +470,229 @@ __global__ void __launch_bounds__(C::kThreads, C::MINB)
   }
 }
 
+// Batch 2..16 with the activations staged in shared memory ("staged" kernel). A block has RW row
+// warps (16 MT rows each, 16 MT RW rows per block) times KW k warps; a step is KW x U chunks, of
+// which warp kw computes chunks kw U .. kw U + U - 1. All RW row warps of one kw read the same
+// chunks, so each step's activations (NB x 128 k per chunk) are read from global memory (L2) once
+// per block, permuted to the decoded pairs and stored as uint4 [chunk][q][b][t] (lane (g, t) of a
+// warp reads 512 contiguous bytes per load: no bank conflicts), and every row warp reads them from
+// there. Compared with each warp reading them through L1 (the gemv_kernel batch path, 32 rows
+// per block), activation bytes per weight byte from L2 drop from 64 / 32 rows to 64 / (16 MT RW)
+// rows, and the L1 requests from 16 lines per load to 4. Double-buffered: the next step's
+// activations are loaded into registers while the current step is computed, stored after it, one
+// barrier per step; codes and scales come as in gemv_kernel (P stages in flight per warp).
+// Split k: blockIdx.y = s owns chunks [s cps, (s + 1) cps); the S = gridDim.y splits of a row
+// block form one thread-block cluster, and after the block's KW partials are summed (kw order)
+// the splits' partials are summed in split order through distributed shared memory
+// (deterministic; no workspace). Arithmetic per output: the batch path's (bf16 scale multiply,
+// f32 MMA accumulation), so the same bound holds.
+template <int MT_, int RW_, int KW_, int U_, int P_, int NB_, int MINB_>
+struct StagedCfg {
+  static constexpr int MT = MT_, RW = RW_, KW = KW_, U = U_, P = P_, NB = NB_, MINB = MINB_;
+  static constexpr bool kSlot = false;
+  static constexpr int kThreads = 32 * RW * KW, kRows = 16 * MT * RW;
+  static constexpr int kStepChunks = KW * U;
+  static constexpr int kChunkX = NB * 16;                // uint4 per staged chunk
+  static constexpr int kStepX = kStepChunks * kChunkX;   // uint4 per buffer
+  static constexpr int kOut = kRows * NB;                // outputs per block
+  static constexpr size_t kSmem = std::max<size_t>(2 * kStepX * sizeof(uint4),
+                                                   size_t(KW) * kOut * sizeof(float));
+};
+
+template <class C, int FMT, bool AL16>
+__global__ void __launch_bounds__(C::kThreads, C::MINB)
+    staged_kernel(const uint16_t *__restrict__ x, const uint8_t *__restrict__ codes,
+                  const uint8_t *__restrict__ scales, RowPosts posts, uint16_t *__restrict__ y,
+                  int batch, int n, int k, int cps) {
+  constexpr int MT = C::MT, RW = C::RW, KW = C::KW, U = C::U, P = C::P, NB = C::NB;
+  constexpr int kStep = C::kStepChunks;
+  extern __shared__ uint4 smem[];  // two x buffers of kStepX; after the loop the KW partials
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int rw = warp % RW, kw = warp / RW;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t brow0 = int64_t(blockIdx.x) * C::kRows;
+  const int64_t row0 = brow0 + 16 * MT * rw;
+  const int nchunks = (k + kChunk - 1) / kChunk;
+  const int cbeg = blockIdx.y * cps, cend = min(cbeg + cps, nchunks);
+  const int steps = cend > cbeg ? (cend - cbeg + kStep - 1) / kStep : 0;
+
+  // Codes and scale bits of the warp's chunks of step s; zeros past the split's chunks.
+  auto load_stage = [&](Stage<C, FMT> &st, int s) {
+    const int c0 = cbeg + s * kStep + kw * U;
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+      for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          const int64_t r = row0 + 16 * m + 8 * h + g;
+          const bool in = c0 + u < cend;
+          st.q[u][m][h] = in ? load_codes<AL16>(codes, r, n, k, c0 + u, t) : make_uint4(0, 0, 0, 0);
+          st.s[u][m][h] = in ? load_scale_bits<FMT, AL16>(scales, r, n, k, c0 + u, t) : 0u;
+        }
+  };
+
+  // Staging of step s: thread i of the block moves uint4 i, i + kThreads, ...; within a chunk
+  // uint4 ii is (b = 2 (ii >> 5) + (ii >> 2 & 1), q = ii >> 3 & 3, t = ii & 3), so a warp's
+  // global loads cover two whole 256-byte rows and each quarter warp stores 128 contiguous bytes.
+  constexpr int kXPer = (C::kStepX + C::kThreads - 1) / C::kThreads;
+  uint4 xr[kXPer];
+  auto x_index = [&](int j, int &u, int &q, int &b, int &tt) {
+    const int i = threadIdx.x + j * C::kThreads, ii = i % C::kChunkX;
+    u = i / C::kChunkX;
+    tt = ii & 3;
+    q = (ii >> 3) & 3;
+    b = 2 * (ii >> 5) + ((ii >> 2) & 1);
+    return C::kStepX % C::kThreads == 0 || i < C::kStepX;
+  };
+  auto load_x_step = [&](int s) {
+#pragma unroll
+    for (int j = 0; j < kXPer; j++) {
+      int u, q, b, tt;
+      xr[j] = make_uint4(0, 0, 0, 0);
+      if (x_index(j, u, q, b, tt)) {
+        const int c = cbeg + s * kStep + u, k0 = c * kChunk + 32 * tt + 8 * q;
+        if (c < cend && k0 < k && b < batch)
+          xr[j] = __ldg(reinterpret_cast<const uint4 *>(x + int64_t(b) * k + k0));
+      }
+    }
+  };
+  auto store_x_step = [&](uint4 *buf) {
+#pragma unroll
+    for (int j = 0; j < kXPer; j++) {
+      int u, q, b, tt;
+      if (x_index(j, u, q, b, tt)) {
+        const uint4 v = xr[j];
+        buf[u * C::kChunkX + (q * NB + b) * 4 + tt] =
+            make_uint4(__byte_perm(v.x, v.z, 0x5410), __byte_perm(v.x, v.z, 0x7632),
+                       __byte_perm(v.y, v.w, 0x5410), __byte_perm(v.y, v.w, 0x7632));
+      }
+    }
+  };
+
+  // acc[m][bh][i]: weight row 16m + 8 (i / 2) + g of the warp, batch row 8 bh + 2t + i % 2.
+  float acc[MT][2][4];
+#pragma unroll
+  for (int m = 0; m < MT; m++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) acc[m][h][0] = acc[m][h][1] = acc[m][h][2] = acc[m][h][3] = 0.0f;
+
+  auto compute = [&](const Stage<C, FMT> &st, const uint4 *xs) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const uint4 *xc = xs + (kw * U + u) * C::kChunkX;
+      uint32_t slo[MT][2], shi[MT][2];
+#pragma unroll
+      for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) scale_pair<FMT>(st.s[u][m][h], slo[m][h], shi[m][h]);
+#pragma unroll
+      for (int q = 0; q < 4; q++) {
+        const uint4 va = xc[(q * NB + g) * 4 + t];
+        const uint4 vb = NB == 16 ? xc[(q * NB + g + 8) * 4 + t] : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int m = 0; m < MT; m++) {
+          const uint4 w0 = st.q[u][m][0], w1 = st.q[u][m][1];
+          const uint32_t wa[4] = {w0.x, w0.y, w0.z, w0.w}, wb[4] = {w1.x, w1.y, w1.z, w1.w};
+          uint32_t a[4], b[4];
+          e2m1_pairs(wa[q], a);
+          e2m1_pairs(wb[q], b);
+#pragma unroll
+          for (int j = 0; j < 4; j++) {
+            a[j] = bf16x2_mul(a[j], q < 2 ? slo[m][0] : shi[m][0]);
+            b[j] = bf16x2_mul(b[j], q < 2 ? slo[m][1] : shi[m][1]);
+          }
+          mma_bf16(acc[m][0], a[0], b[0], a[1], b[1], va.x, va.y);
+          mma_bf16(acc[m][0], a[2], b[2], a[3], b[3], va.z, va.w);
+          if constexpr (NB == 16) {
+            mma_bf16(acc[m][1], a[0], b[0], a[1], b[1], vb.x, vb.y);
+            mma_bf16(acc[m][1], a[2], b[2], a[3], b[3], vb.z, vb.w);
+          }
+        }
+      }
+    }
+  };
+
+  Stage<C, FMT> ring[P + 1];
+#pragma unroll
+  for (int s = 0; s < P; s++) load_stage(ring[s], s);
+  if (steps > 0) {
+    load_x_step(0);
+    store_x_step(smem);
+  }
+  __syncthreads();
+  for (int s0 = 0; s0 < steps; s0 += P + 1) {
+#pragma unroll
+    for (int r = 0; r <= P; r++) {
+      const int s = s0 + r;
+      if (s >= steps) break;
+      const bool more = s + 1 < steps;
+      if (more) load_x_step(s + 1);
+      load_stage(ring[(r + P) % (P + 1)], s + P);
+      compute(ring[r], smem + (s & 1) * C::kStepX);
+      if (more) store_x_step(smem + ((s + 1) & 1) * C::kStepX);
+      __syncthreads();
+    }
+  }
+
+  // The x buffers are free (the loop ended on a barrier): partials red[kw][b * kRows + row].
+  float *red = reinterpret_cast<float *>(smem);
+#pragma unroll
+  for (int m = 0; m < MT; m++)
+#pragma unroll
+    for (int bh = 0; bh < NB / 8; bh++)
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        const int row = 16 * MT * rw + 16 * m + 8 * (i >> 1) + g, b = 8 * bh + 2 * t + (i & 1);
+        red[kw * C::kOut + b * C::kRows + row] = acc[m][bh][i];
+      }
+  __syncthreads();
+  auto write = [&](int o, float s) {
+    const int64_t row = brow0 + o % C::kRows;
+    const int b = o / C::kRows;
+    float post = posts.post[0];
+#pragma unroll
+    for (int i = 1; i < kMaxGemvSegments; i++)
+      if (row >= posts.end[i - 1]) post = posts.post[i];
+    if (row < n && b < batch) y[int64_t(b) * n + row] = fmt::f32_to_bf16(s * post);
+  };
+  const int splits = gridDim.y;
+  for (int o = threadIdx.x; o < C::kOut; o += C::kThreads) {
+    float s = 0.0f;
+#pragma unroll
+    for (int w = 0; w < KW; w++) s += red[w * C::kOut + o];
+    if (splits == 1) {
+      write(o, s);
+    } else {
+      red[o] = s;  // only this thread reads or writes column o
+    }
+  }
+  if (splits > 1) {
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    cluster.sync();
+    // The cluster is the row block's splits; rank r is split r. Each rank sums a share of the
+    // outputs over all splits, in split order.
+    const int rank = int(cluster.block_rank()), per = (C::kOut + splits - 1) / splits;
+    const int o1 = min(C::kOut, (rank + 1) * per);
+    for (int o = rank * per + threadIdx.x; o < o1; o += C::kThreads) {
+      float s = 0.0f;
+      for (int r = 0; r < splits; r++) s += *cluster.map_shared_rank(red + o, r);
+      write(o, s);
+    }
+    cluster.sync();  // no block leaves while another still reads its shared memory
+  }
+}
+
 // The variants kept from the H100 sweeps of 2026-11-23 (bench/notes/fp4_gemm.md, version 3).
 using Slot = GemvCfg<1, 8, 2, 1, 1, 3>;        // batch 1
 using SlotWide = GemvCfg<2, 8, 2, 1, 1, 2>;    // batch 1 where Slot leaves a short second round
 using Batch8 = GemvCfg<1, 8, 2, 1, 8>;         // batch 2..8
 using Batch16 = GemvCfg<2, 8, 1, 1, 16, 2>;    // batch 9..16
-using Batch16Narrow = GemvCfg<2, 4, 1, 1, 16, 4>;  // batch 9..16 with many row tiles
+// Batch 9..16 with many row blocks: the staged kernel, 128 rows per block (8 warps of 16 rows,
+// two chunks per step); swept on the H100 on 2026-12-06 (bench/notes/fp4_gemm.md, "Version 4:
+// GEMV").
+using Staged16 = StagedCfg<1, 8, 1, 2, 1, 16, 2>;
 
 using KernelFn = void (*)(const uint16_t *, const uint8_t *, const uint8_t *, RowPosts,
                           uint16_t *, int, int, int);
@@ -534,6 +752,69 @@ fp4_status run(int32_t format, const uint16_t *x, const uint8_t *codes, const ui
   return FP4_OK;
 }
 
+using StagedFn = void (*)(const uint16_t *, const uint8_t *, const uint8_t *, RowPosts,
+                          uint16_t *, int, int, int, int);
+
+// Enqueues the staged variant C (batch within its NB) over `splits` k splits (0: the rule below)
+// for the row segments `ends` with their tensor scales.
+template <class C>
+fp4_status run_staged(int32_t format, const uint16_t *x, const uint8_t *codes,
+                      const uint8_t *scales, const float *tensor_scales, const int64_t *ends,
+                      int segments, uint16_t *y, int64_t batch, int64_t n, int64_t k, int splits,
+                      cudaStream_t stream) {
+  const bool aligned = aligned_call(format, codes, scales, k);
+  const int i = (format == FP4_WEIGHTS_NVFP4 ? 2 : 0) + (aligned ? 1 : 0);
+  static const StagedFn kernels[4] = {
+      staged_kernel<C, FP4_WEIGHTS_MXFP4, false>, staged_kernel<C, FP4_WEIGHTS_MXFP4, true>,
+      staged_kernel<C, FP4_WEIGHTS_NVFP4, false>, staged_kernel<C, FP4_WEIGHTS_NVFP4, true>};
+  static int ready_on[4] = {-1, -1, -1, -1}, sms_on[4] = {0, 0, 0, 0}, per_sm_on[4] = {0, 0, 0, 0};
+  int dev = 0;
+  FP4_CU(cudaGetDevice(&dev));
+  if (ready_on[i] != dev) {
+    if (C::kSmem > 48 * 1024)
+      FP4_CU(cudaFuncSetAttribute(kernels[i], cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(C::kSmem)));
+    FP4_CU(cudaDeviceGetAttribute(&sms_on[i], cudaDevAttrMultiProcessorCount, dev));
+    FP4_CU(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_on[i], kernels[i], C::kThreads,
+                                                         C::kSmem));
+    ready_on[i] = dev;
+  }
+  const int64_t blocks = (n + C::kRows - 1) / C::kRows;
+  const int nchunks = int((k + kChunk - 1) / kChunk);
+  if (splits <= 0) {
+    // As many splits (a cluster holds at most 8) as fit one round of resident blocks, with at
+    // least two steps per split. Depends on n: fp4_gemm_segments equals per-segment launches bit
+    // for bit only where both pick the same split count.
+    const int64_t slots = int64_t(std::max(1, per_sm_on[i])) * sms_on[i];
+    splits = int(std::max<int64_t>(
+        1, std::min<int64_t>({8, slots / blocks, nchunks / (2 * C::kStepChunks)})));
+  }
+  const int per = (nchunks + splits - 1) / splits;
+  const int cps = (per + C::kStepChunks - 1) / C::kStepChunks * C::kStepChunks;
+  splits = (nchunks + cps - 1) / cps;
+  RowPosts posts;
+  for (int j = 0; j < kMaxGemvSegments; j++) {
+    const int jj = std::min(j, segments - 1);
+    posts.end[j] = j < segments - 1 ? int(ends[j]) : INT32_MAX;
+    posts.post[j] = kUnscale * (format == FP4_WEIGHTS_NVFP4 ? tensor_scales[jj] : 1.0f);
+  }
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = 1;
+  attr.val.clusterDim.y = unsigned(splits);
+  attr.val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(blocks), unsigned(splits));
+  cfg.blockDim = dim3(C::kThreads);
+  cfg.dynamicSmemBytes = C::kSmem;
+  cfg.stream = stream;
+  cfg.attrs = &attr;
+  cfg.numAttrs = splits > 1 ? 1 : 0;
+  FP4_CU(cudaLaunchKernelEx(&cfg, kernels[i], x, codes, scales, posts, y, int(batch), int(n),
+                            int(k), cps));
+  return FP4_OK;
+}
+
 // Rounds of resident Slot blocks the call needs (blocks / (blocks per SM x SMs)).
 fp4_status slot_rounds(int32_t format, const uint8_t *codes, const uint8_t *scales, int64_t n,
                        int64_t k, double *rounds) {
@@ -577,13 +858,15 @@ static fp4_status fp4_gemv_segments_launch(int32_t format, const uint16_t *x,
   }
   if (batch <= 8)
     return run<Batch8>(format, x, codes, scales, ts, ends, segments, y, batch, n, k, s);
-  // Narrow blocks (4 warps, 4 per SM) spread the k loop over fewer warps; they pay where every SM
-  // gets at least 3 of them.
+  // Where every SM gets at least 3 of the 32-row blocks, the staged kernel (activations read from
+  // L2 once per 128 rows instead of once per 32) is faster; below that the 32-row blocks with k
+  // split inside the block beat the staged kernel's cluster split-k.
   int dev = 0, sms = 0;
   FP4_CU(cudaGetDevice(&dev));
   FP4_CU(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  return (n + Batch16Narrow::kRows - 1) / Batch16Narrow::kRows >= 3 * int64_t(sms)
-             ? run<Batch16Narrow>(format, x, codes, scales, ts, ends, segments, y, batch, n, k, s)
+  return (n + Batch16::kRows - 1) / Batch16::kRows >= 3 * int64_t(sms)
+             ? run_staged<Staged16>(format, x, codes, scales, ts, ends, segments, y, batch, n, k,
+                                    0, s)
              : run<Batch16>(format, x, codes, scales, ts, ends, segments, y, batch, n, k, s);
 }
 
