@@ -162,6 +162,13 @@ const SPECS: SpecInput[] = [
   "mxfp4:mse=2,3,2",
   "int4:g16:mse=5,1.8",
   "nvfp4:scale=ue5m3:g16",
+  // Given tensor scales: one in the data's range, one that saturates most blocks, one that
+  // sends small blocks to subnormal or zero scales, and with the search and stochastic rounding.
+  "nvfp4:ts=0.0021",
+  "nvfp4:ts=1e-7",
+  "nvfp4:scale=ue5m3:ts=3",
+  "nvfp4:ts=0.05:mse",
+  "nvfp4:g32:ts=0.003:sr:seed=11",
   "mxfp4:g2",
   "int4:g3",
   "nvfp4:channel",
@@ -265,6 +272,9 @@ for (const device of DEVICES) {
       [16, "nvfp4"],
       [128, "mxfp4:mse"],
       [128, "nvfp4:channel"],
+      [128, "nvfp4:ts=0.0013"],
+      [128, "nvfp4:ts=2e-7"],
+      [64, "nvfp4:g32:ts=0.004"],
     ];
     for (const [block, spec] of cases) {
       const rows = 1 + Math.floor(r() * 6);
@@ -332,7 +342,8 @@ Deno.test({
         ? Tensor.from(b, [rows, cols], "bf16")
         : Tensor.from(x, [rows, cols]);
       using xd = xc.to("cuda");
-      for (const spec of ["nvfp4", "mxfp4", "nvfp4:g32", "mxfp4:g16", "mxfp4:rule=mr-gptq"]) {
+      const specs = ["nvfp4", "nvfp4:ts=0.0017", "nvfp4:ts=3e-7", "mxfp4", "nvfp4:g32"];
+      for (const spec of [...specs, "mxfp4:g16", "mxfp4:rule=mr-gptq"]) {
         for (const rotate of [false, true]) {
           const seed = rotate && r() < 0.5 ? Math.floor(r() * 1e6) : undefined;
           const run = (device: Device, t: Tensor) =>
@@ -354,7 +365,7 @@ Deno.test({
     b[at] = r() < 0.5 ? 0x7fc0 : 0xff80; // NaN or -Infinity
     using bc = Tensor.from(b, [rows, cols], "bf16");
     using bd = bc.to("cuda");
-    for (const spec of ["nvfp4", "mxfp4"]) {
+    for (const spec of ["nvfp4", "nvfp4:ts=0.001", "mxfp4"]) {
       for (const rotate of [false, true]) {
         const run = (device: Device, t: Tensor) =>
           rotate ? rotateQuantizeOn(device, t, { block: 128 }, spec) : quantizeOn(device, t, spec);

@@ -106,6 +106,15 @@ Deno.test("nonsense specs are rejected with an error naming the problem", () => 
     ["nvfp4:mse=16,x", 'bad "mse=16,x"'],
     ["nvfp4:mse=1,2,3,4", 'bad "mse=1,2,3,4"'],
     ["nvfp4:mse=16,4.5", "mse.minShrink"],
+    ["nvfp4:ts=0", "finite float32 > 0"],
+    ["nvfp4:ts=-2", "finite float32 > 0"],
+    ["nvfp4:ts=1e-50", "out of float32 range"],
+    ["nvfp4:ts=1e300", "out of float32 range"],
+    ["nvfp4:ts=big", 'bad "ts=big"'],
+    [{ preset: "nvfp4", tensorScale: NaN }, "finite float32 > 0"],
+    [{ preset: "nvfp4", tensorScale: "max" as never }, 'tensorScale must be "none", "amax"'],
+    ["mxfp4:ts=0.5", "a given tensorScale needs e4m3 or ue5m3"],
+    [{ preset: "uint4", scaleFormat: "e4m3", scaleRule: "minmax", tensorScale: 0.5 }, "asymmetric"],
   ];
   for (const [spec, msg] of bad) assertThrows(() => resolveSpec(spec), Error, msg);
 });
@@ -180,6 +189,41 @@ Deno.test("nvfp4 equals the DESIGN.md formula: s_t = amax/2688, e4m3 block scale
   }
   // The largest block scale lands on (or next to) the top of E4M3.
   assert(Math.max(...q.scales) >= 0x7d, `max block scale ${Math.max(...q.scales)}`);
+});
+
+Deno.test("a given tensor scale: the amax result when equal to amax/2688, else the formula with it, clipping at the top", () => {
+  const rows = 5;
+  const cols = 64;
+  const x = randomMatrix(rows, cols);
+  const amax = quantize(x, [rows, cols], "nvfp4");
+  const given = quantize(x, [rows, cols], `nvfp4:ts=${amax.tensorScale}`);
+  assertEquals(given.tensorScale, amax.tensorScale);
+  assertEquals([...given.codes], [...amax.codes]);
+  assertEquals([...given.scales], [...amax.scales]);
+  assertEquals(resolveSpec("nvfp4:ts=0.1").tensorScale, fround(0.1));
+  // A scale 64x too small for the data: the largest blocks saturate their E4M3 scale at 448 and
+  // their elements at +-6 * 448 * s_t; every block follows the DESIGN.md formula with the given s_t.
+  const sT = fround(amax.tensorScale! / 64);
+  const q = quantize(x, [rows, cols], { preset: "nvfp4", tensorScale: sT });
+  assertEquals(q.tensorScale, sT);
+  const y = dequantize(q);
+  const codes = unpackCodes(q.codes, 4, rows * cols);
+  let saturated = 0;
+  for (let g = 0; g < rows * 4; g++) {
+    let m = 0;
+    for (let i = g * 16; i < g * 16 + 16; i++) m = Math.max(m, Math.abs(x[i]));
+    const sb = encodeE4M3(fround(fround(m / 6) / sT));
+    assertEquals(q.scales[g], sb, `group ${g}`);
+    if (sb === 0x7e) saturated++;
+    const S = fround(decodeE4M3(sb) * sT);
+    for (let i = g * 16; i < g * 16 + 16; i++) {
+      assertEquals(codes[i], S === 0 ? 0 : encodeE2M1(fround(x[i] / S)), `element ${i}`);
+      assert(Math.abs(y[i]) <= fround(6 * fround(448 * sT)), `element ${i} beyond the clip`);
+    }
+  }
+  assert(saturated > 0, "no block saturated with a 64x smaller tensor scale");
+  // Idempotent like every format: the dequantized tensor quantizes to itself.
+  assertEquals([...dequantize(quantize(y, [rows, cols], q.spec))], [...y]);
 });
 
 /** Half the grid spacing around v (already divided by the scale), in element units. */

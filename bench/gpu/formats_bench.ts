@@ -1,7 +1,9 @@
 // GPU (and 2-thread CPU) throughput of the formats kernels: quantize an 8192x8192 bf16 tensor
 // to NVFP4 and MXFP4, and the fused Hadamard-128 rotate+quantize, as achieved bandwidth (input
 // bytes read + code/scale bytes written, per pass over the input) and as a fraction of the
-// device-to-device copy bandwidth measured in the same run. Timing is native (CUDA events
+// device-to-device copy bandwidth measured in the same run; NVFP4 both with its amax tensor scale
+// (two passes over the input) and with a given one (`nvfp4:ts=<s_t>`, the same s_t: one pass,
+// as a calibrated activation scale is used). Timing is native (CUDA events
 // around `iters` back-to-back library calls, fp4_bench_formats); each figure is the median of
 // `reps` such loops. Before timing, the CUDA results are checked
 // byte for byte against the CPU backend on a wide-range random bf16 tensor (every benchmarked
@@ -21,7 +23,7 @@ import {
   rotateQuantizeOn,
   toQuantized,
 } from "../../lib/formats/native.ts";
-import { f32ToBf16 } from "../../lib/dtype.ts";
+import { bf16ToF32, f32ToBf16 } from "../../lib/dtype.ts";
 import { resolveSpec } from "../../lib/formats/spec.ts";
 
 const { values, positionals } = parseArgs({
@@ -117,8 +119,14 @@ async function run(
     gbps: copyGbps,
     fractionOfCopy: 1,
   });
+  // The amax rule's s_t for the same input (the bf16 values are exact in f32): the given-scale
+  // rows then produce exactly the amax rows' bytes in one pass (for plain quantize; rotated, the
+  // amax of the rotated tensor differs).
+  let amax = 0;
+  for (const b of host) amax = Math.max(amax, Math.abs(bf16ToF32(b)));
+  const given = `nvfp4:ts=${Math.fround(amax / (6 * 448))}`;
   for (const [op, name] of [[1, "quantize"], [2, "rotate128+quantize"]] as const) {
-    for (const spec of ["nvfp4", "mxfp4"]) {
+    for (const spec of ["nvfp4", given, "mxfp4"]) {
       const s = resolveSpec(spec);
       const g = s.groupSize as number;
       const scaleBytes = n / g;
@@ -126,7 +134,7 @@ async function run(
       using scales = Tensor.empty([scaleBytes], "u8", device);
       using ts = Tensor.empty([1], "f32", device);
       const seconds = await time(device, op, spec, x, { codes, scales, ts }, iters, reps);
-      // NVFP4 reads the input twice (tensor amax, then quantize); count both passes.
+      // NVFP4 with the amax tensor scale reads the input twice (amax, then quantize).
       const passes = s.tensorScale === "amax" ? 2 : 1;
       const bytes = passes * 2 * n + n / 2 + scaleBytes;
       const gbps = bytes / seconds / 1e9;
@@ -164,7 +172,10 @@ async function verify(rows: number, cols: number): Promise<Check[]> {
   using x = Tensor.from(host, [rows, cols], "bf16");
   using xd = x.to("cuda");
   const checks: Check[] = [];
-  for (const spec of ["nvfp4", "mxfp4", "nvfp4:g32", "int4:g16", "mxfp4:sr:seed=3"]) {
+  // nvfp4:ts=1e-9 saturates most groups (scale and elements clip); ts=4 sends small groups to
+  // zero or subnormal E4M3 scales.
+  const specs = ["nvfp4", "nvfp4:ts=1e-9", "nvfp4:ts=4", "mxfp4", "nvfp4:g32", "int4:g16"];
+  for (const spec of [...specs, "mxfp4:sr:seed=3"]) {
     for (const seed of [null, 1 + Math.floor(Math.random() * 1e6)]) {
       for (
         const op of seed === null ? ["quantize", "rotate128+quantize"] : ["rotate128+quantize"]

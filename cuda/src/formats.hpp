@@ -525,8 +525,9 @@ struct QuantParams {
   int scale_nbytes;
   int rule;
   int asym;
-  int tensor_amax;  // tensorScale "amax"
-  int has_st;       // a tensor scale multiplies every group scale (amax or mr-gptq)
+  int tensor_amax;  // tensorScale "amax": s_t comes from a pass over the tensor
+  int st_relative;  // group scales are chosen relative to s_t (tensorScale amax or given)
+  int has_st;       // a tensor scale multiplies every group scale (amax, given or mr-gptq)
   float s_t;
   int mse_k;  // 0: no search
   double mse_min_shrink;
@@ -535,8 +536,10 @@ struct QuantParams {
   uint32_t key0, key1;
 };
 
-FP4_HD QuantParams make_params(int elem, int scale_fmt, int rule, int tensor_amax, int rounding,
-                               int mse_k, double min_shrink, double norm, uint64_t seed) {
+// tensor_mode: 0 none, 1 amax, 2 given (s_t = st_value), as fp4_quant_spec.tensor_scale.
+FP4_HD QuantParams make_params(int elem, int scale_fmt, int rule, int tensor_mode, float st_value,
+                               int rounding, int mse_k, double min_shrink, double norm,
+                               uint64_t seed) {
   QuantParams q;
   q.elem = elem;
   q.is_int = codec_is_int(elem);
@@ -555,10 +558,13 @@ FP4_HD QuantParams make_params(int elem, int scale_fmt, int rule, int tensor_ama
   q.scale_fmt = scale_fmt;
   q.scale_nbytes = scale_bytes(scale_fmt);
   q.rule = rule;
-  q.tensor_amax = tensor_amax;
-  q.has_st = tensor_amax || rule == RULE_MR_GPTQ;
+  q.tensor_amax = tensor_mode == 1;
+  q.st_relative = tensor_mode != 0;
+  q.has_st = tensor_mode != 0 || rule == RULE_MR_GPTQ;
   // mr-gptq: the constant 2^(emaxElem+1) / M; amax: set per tensor by tensor_scale_of().
-  q.s_t = rule == RULE_MR_GPTQ ? exp2i(q.emax_elem + 1) / q.M : 1.0f;
+  q.s_t = rule == RULE_MR_GPTQ ? exp2i(q.emax_elem + 1) / q.M
+          : tensor_mode == 2   ? st_value
+                               : 1.0f;
   q.mse_k = mse_k;
   q.mse_min_shrink = min_shrink;
   q.mse_norm = norm;
@@ -623,7 +629,7 @@ FP4_HD GroupScale scale_for(const QuantParams &q, float amax, float lo, float hi
     }
     case RULE_ABSMAX: {
       float raw = A / q.M;
-      if (q.tensor_amax) raw = raw / q.s_t;
+      if (q.st_relative) raw = raw / q.s_t;
       g.bits = scale_encode(q.scale_fmt, raw);
       break;
     }

@@ -77,10 +77,11 @@ export function packSpec(spec: QuantSpec): Uint8Array<ArrayBuffer> {
   v.setInt32(4, SCALE_CODES.indexOf(spec.scaleFormat), true);
   v.setInt32(8, g, true);
   v.setInt32(12, RULE_CODES.indexOf(spec.scaleRule), true);
-  v.setInt32(16, spec.tensorScale === "amax" ? 1 : 0, true);
+  const ts = spec.tensorScale;
+  v.setInt32(16, ts === "amax" ? 1 : typeof ts === "number" ? 2 : 0, true);
   v.setInt32(20, spec.rounding === "stochastic" ? 1 : 0, true);
   v.setInt32(24, spec.mse ? spec.mse.candidates : 0, true);
-  v.setInt32(28, 0, true);
+  v.setFloat32(28, typeof ts === "number" ? ts : 0, true);
   v.setFloat64(32, spec.mse ? spec.mse.minShrink : 0, true);
   v.setFloat64(40, spec.mse ? spec.mse.norm : 0, true);
   v.setBigUint64(48, spec.seed, true);
@@ -286,7 +287,7 @@ export function emptyQuantized(
   const codes = Tensor.empty([nc], "u8", device);
   const scales = Tensor.empty([ns], "u8", device);
   const zeros = nz > 0 ? Tensor.empty([nz], "u8", device) : null;
-  const tensorScale = s.tensorScale === "amax" || s.scaleRule === "mr-gptq"
+  const tensorScale = s.tensorScale !== "none" || s.scaleRule === "mr-gptq"
     ? Tensor.empty([1], "f32", device)
     : null;
   const g = s.groupSize;

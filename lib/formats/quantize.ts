@@ -134,7 +134,7 @@ function scaleBitsFor(p: Plan, A: number, sT: number | null): number {
     }
     default: {
       let raw = fround(A / p.M);
-      if (sT !== null && s.tensorScale === "amax") raw = fround(raw / sT);
+      if (sT !== null && s.tensorScale !== "none") raw = fround(raw / sT);
       return encodeScale(raw, s.scaleFormat as Exclude<typeof s.scaleFormat, "e8m0">);
     }
   }
@@ -183,6 +183,7 @@ function groupError(
 function tensorScaleOf(p: Plan, amaxT: number): number | null {
   const s = p.spec;
   if (s.scaleRule === "mr-gptq") return fround(2 ** (p.emax + 1) / p.M);
+  if (typeof s.tensorScale === "number") return s.tensorScale;
   if (s.tensorScale !== "amax") return null;
   if (amaxT === 0) return 1;
   return fround(amaxT / fround(p.M * scaleMax(s.scaleFormat)));
@@ -271,8 +272,8 @@ export interface GroupScaleChoice {
  * Chooses every group's scale (docs/FORMATS.md §5.2–5.5 and the §5.7 MSE search) exactly as
  * {@linkcode quantize} does, without encoding the elements: for algorithms (GPTQ) that fix the
  * scales first and round elements later with {@linkcode elementCodec}. `tensorScale` replaces
- * the amax tensor scale s_t (e.g. to choose one slice's scales with the whole tensor's s_t); it
- * is ignored by specs without an amax tensor scale.
+ * the spec's tensor scale s_t (amax or given; e.g. to choose one slice's scales with the whole
+ * tensor's s_t); it is ignored by specs without a tensor scale.
  *
  * @example
  * ```ts
@@ -305,7 +306,7 @@ export function chooseGroupScales(
     if (a > amaxT) amaxT = a;
   }
   let sT = tensorScaleOf(p, amaxT);
-  if (options.tensorScale !== undefined && s.tensorScale === "amax") {
+  if (options.tensorScale !== undefined && s.tensorScale !== "none") {
     sT = fround(options.tensorScale);
   }
 

@@ -50,8 +50,13 @@ export interface QuantSpec {
   readonly groupSize: number | "channel" | "tensor";
   /** Rule that picks a group's scale. */
   readonly scaleRule: ScaleRule;
-  /** `"amax"`: an FP32 per-tensor scale so the largest group scale lands near the format max. */
-  readonly tensorScale: "none" | "amax";
+  /**
+   * An FP32 per-tensor scale s_t that every group scale is chosen relative to: `"amax"` derives
+   * it from the tensor (the largest group scale lands at the scale format's max, one extra pass
+   * over the data), a number fixes it (a calibrated s_t, e.g. of activations, so quantizing
+   * reads the data once), `"none"` has none.
+   */
+  readonly tensorScale: "none" | "amax" | number;
   /** Round to nearest even, or stochastic (Philox keyed by `seed`). */
   readonly rounding: "rne" | "stochastic";
   /** 64-bit seed of stochastic rounding. */
@@ -220,6 +225,18 @@ function parseMse(text: string, spec: string): Partial<MseSearch> {
   };
 }
 
+// "none", "amax" or a number (resolveSpec checks its range).
+function parseTensorScale(text: string, spec: string): "none" | "amax" | number {
+  if (text === "none" || text === "amax") return text;
+  const v = Number(text);
+  if (text.trim() === "" || Number.isNaN(v)) {
+    throw new Error(
+      `bad "ts=${text}" in quantization spec "${spec}"; expected ts=none, ts=amax or ts=<number>`,
+    );
+  }
+  return v;
+}
+
 function parseString(text: string): Record<string, unknown> {
   const [name, ...mods] = text.split(":");
   const out: Record<string, unknown> = { preset: name };
@@ -233,10 +250,12 @@ function parseString(text: string): Record<string, unknown> {
     else if (m.startsWith("mse=")) out.mse = parseMse(m.slice(4), text);
     else if (m === "sr") out.rounding = "stochastic";
     else if (/^seed=\d+$/.test(m)) out.seed = BigInt(m.slice(5));
+    else if (m.startsWith("ts=")) out.tensorScale = parseTensorScale(m.slice(3), text);
     else {
       throw new Error(
         `unknown modifier "${m}" in quantization spec "${text}"; expected g<N>, channel, tensor, ` +
-          `scale=<fmt>, rule=<rule>, mse, mse=<candidates>[,<minShrink>[,<norm>]], sr or seed=<n>`,
+          `scale=<fmt>, rule=<rule>, mse, mse=<candidates>[,<minShrink>[,<norm>]], sr, seed=<n> or ` +
+          `ts=<none|amax|number>`,
       );
     }
   }
@@ -313,18 +332,28 @@ export function resolveSpec(input: SpecInput | QuantSpec): QuantSpec {
       `scale rule "${scaleRule}" needs e8m0 scales (or an asymmetric element for minmax); ${scaleFormat} scales use "absmax"`,
     );
   }
-  const tensorScale =
+  let tensorScale =
     (o.tensorScale ?? (formatChanged ? "none" : base.tensorScale) ?? "none") as QuantSpec[
       "tensorScale"
     ];
-  if (tensorScale !== "none" && tensorScale !== "amax") {
-    throw new Error(`tensorScale must be "none" or "amax", got "${tensorScale}"`);
+  if (typeof tensorScale === "number") {
+    const v = Math.fround(tensorScale);
+    if (!(Number.isFinite(v) && v > 0)) {
+      throw new Error(
+        `a given tensorScale must be a finite float32 > 0, got ${tensorScale}` +
+          (Number.isFinite(tensorScale) && tensorScale > 0 ? " (out of float32 range)" : ""),
+      );
+    }
+    tensorScale = v;
+  } else if (tensorScale !== "none" && tensorScale !== "amax") {
+    throw new Error(`tensorScale must be "none", "amax" or a number, got "${tensorScale}"`);
   }
-  if (tensorScale === "amax" && !(scaleFormat === "e4m3" || scaleFormat === "ue5m3")) {
-    throw new Error(`tensorScale "amax" needs e4m3 or ue5m3 group scales, got ${scaleFormat}`);
+  const what = tensorScale === "amax" ? `tensorScale "amax"` : "a given tensorScale";
+  if (tensorScale !== "none" && !(scaleFormat === "e4m3" || scaleFormat === "ue5m3")) {
+    throw new Error(`${what} needs e4m3 or ue5m3 group scales, got ${scaleFormat}`);
   }
-  if (tensorScale === "amax" && asym) {
-    throw new Error(`tensorScale "amax" does not combine with the asymmetric element ${element}`);
+  if (tensorScale !== "none" && asym) {
+    throw new Error(`${what} does not combine with the asymmetric element ${element}`);
   }
   const rounding = (o.rounding ?? "rne") as QuantSpec["rounding"];
   if (rounding !== "rne" && rounding !== "stochastic") {

@@ -66,7 +66,7 @@ export function fp4KernelFormat(spec: QuantSpec): Fp4WeightFormat | null {
     spec.scaleRule !== "mr-gptq"
   ) return "mxfp4";
   if (
-    spec.scaleFormat === "e4m3" && spec.groupSize === 16 && spec.tensorScale === "amax" &&
+    spec.scaleFormat === "e4m3" && spec.groupSize === 16 && spec.tensorScale !== "none" &&
     spec.scaleRule !== "mr-gptq"
   ) return "nvfp4";
   return null;

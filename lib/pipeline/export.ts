@@ -456,7 +456,7 @@ export async function loadQuantized(dir: string): Promise<LoadedModel> {
           `expected ${SCALE_DTYPE[spec.scaleFormat]} [${scaleShape.join(", ")}]`,
       );
     }
-    const wantsTensorScale = spec.tensorScale === "amax" || spec.scaleRule === "mr-gptq";
+    const wantsTensorScale = spec.tensorScale !== "none" || spec.scaleRule === "mr-gptq";
     if (
       wantsTensorScale !== (ts !== null) || (ts && (ts.dtype !== "F32" || ts.data.length !== 4))
     ) {

@@ -58,10 +58,10 @@ typedef struct fp4_quant_spec {
   int32_t scale_format;   /* FP4_SCALE_* */
   int32_t group_size;     /* > 0, FP4_GROUP_CHANNEL or FP4_GROUP_TENSOR */
   int32_t scale_rule;     /* FP4_RULE_* */
-  int32_t tensor_scale;   /* 0 none, 1 amax */
+  int32_t tensor_scale;   /* 0 none, 1 amax, 2 given (s_t = tensor_scale_value) */
   int32_t rounding;       /* 0 round to nearest even, 1 stochastic */
   int32_t mse_candidates; /* 0: no MSE search; else 1..10000 */
-  int32_t reserved;       /* must be 0 */
+  float tensor_scale_value; /* tensor_scale 2: the fixed s_t (finite, > 0); else must be 0 */
   double mse_min_shrink;  /* (0, 4]; above 1 the candidates grow the scale */
   double mse_norm;        /* finite, > 0 */
   uint64_t seed;          /* Philox key of stochastic rounding */
@@ -83,8 +83,9 @@ FP4_API fp4_status fp4_quant_sizes(const fp4_quant_spec *spec, uint64_t rows, ui
 
 /* Quantizes x ([rows, cols], dtype f32 or bf16) by docs/FORMATS.md §5: packed codes (§6),
  * scale bits [rows, G], zero points (asymmetric elements; else may be null) and the float32
- * tensor scale (written when the spec has one: tensor_scale amax or rule mr-gptq; else may be
- * null). Non-finite input fails with FP4_ERR_NUMERIC naming the first bad (row, col). */
+ * tensor scale (written when the spec has one: tensor_scale amax or given, or rule mr-gptq; else
+ * may be null). A given tensor scale spares the amax pass over x (one read instead of two).
+ * Non-finite input fails with FP4_ERR_NUMERIC naming the first bad (row, col). */
 FP4_API fp4_status fp4_quantize(int32_t device, const fp4_quant_spec *spec, int32_t dtype,
                                 const void *x, uint64_t rows, uint64_t cols, uint8_t *codes,
                                 uint8_t *scales, uint8_t *zeros, float *tensor_scale);

@@ -45,11 +45,19 @@ fp4_status validate(const char *fn, const fp4_quant_spec *s, uint64_t rows, uint
               "%s: unknown scale format code %d", fn, s->scale_format);
   FP4_REQUIRE(s->scale_rule >= FP4_RULE_OCP && s->scale_rule <= FP4_RULE_MINMAX,
               "%s: unknown scale rule code %d", fn, s->scale_rule);
-  FP4_REQUIRE(s->tensor_scale == 0 || s->tensor_scale == 1,
-              "%s: tensor_scale must be 0 (none) or 1 (amax), got %d", fn, s->tensor_scale);
+  FP4_REQUIRE(s->tensor_scale >= 0 && s->tensor_scale <= 2,
+              "%s: tensor_scale must be 0 (none), 1 (amax) or 2 (given), got %d", fn,
+              s->tensor_scale);
   FP4_REQUIRE(s->rounding == 0 || s->rounding == 1,
               "%s: rounding must be 0 (rne) or 1 (stochastic), got %d", fn, s->rounding);
-  FP4_REQUIRE(s->reserved == 0, "%s: reserved field must be 0", fn);
+  if (s->tensor_scale == 2) {
+    FP4_REQUIRE(std::isfinite(s->tensor_scale_value) && s->tensor_scale_value > 0,
+                "%s: a given tensor scale must be finite and > 0, got %g", fn,
+                double(s->tensor_scale_value));
+  } else {
+    FP4_REQUIRE(s->tensor_scale_value == 0,
+                "%s: tensor_scale_value must be 0 unless tensor_scale is 2 (given)", fn);
+  }
   const bool asym = s->element == FP4_CODEC_UINT4 || s->element == FP4_CODEC_UINT8;
   const int r = s->scale_rule;
   if (s->scale_format == FP4_SCALE_E8M0) {
@@ -60,10 +68,10 @@ fp4_status validate(const char *fn, const fp4_quant_spec *s, uint64_t rows, uint
                 "%s: scale rule %d does not fit scale format %d and element %d", fn, r,
                 s->scale_format, s->element);
   }
-  if (s->tensor_scale == 1) {
+  if (s->tensor_scale != 0) {
     FP4_REQUIRE(s->scale_format == FP4_SCALE_E4M3 || s->scale_format == FP4_SCALE_UE5M3,
-                "%s: tensor scale amax needs e4m3 or ue5m3 group scales", fn);
-    FP4_REQUIRE(!asym, "%s: tensor scale amax does not combine with asymmetric elements", fn);
+                "%s: a tensor scale needs e4m3 or ue5m3 group scales", fn);
+    FP4_REQUIRE(!asym, "%s: a tensor scale does not combine with asymmetric elements", fn);
   }
   FP4_REQUIRE(s->mse_candidates >= 0 && s->mse_candidates <= 10000,
               "%s: mse_candidates must be in 0..10000, got %d", fn, s->mse_candidates);
@@ -86,8 +94,9 @@ fp4_status validate(const char *fn, const fp4_quant_spec *s, uint64_t rows, uint
 }
 
 QuantParams params_of(const fp4_quant_spec &s) {
-  return make_params(s.element, s.scale_format, s.scale_rule, s.tensor_scale, s.rounding,
-                     s.mse_candidates, s.mse_min_shrink, s.mse_norm, s.seed);
+  return make_params(s.element, s.scale_format, s.scale_rule, s.tensor_scale,
+                     s.tensor_scale_value, s.rounding, s.mse_candidates, s.mse_min_shrink,
+                     s.mse_norm, s.seed);
 }
 
 const char *js_number(float v, char *buf, size_t cap) {
@@ -294,7 +303,7 @@ fp4_status check_outputs(const char *fn, const fp4_quant_spec &s, const void *co
   FP4_REQUIRE(codes && scales, "%s: codes or scales is null", fn);
   const bool asym = s.element == FP4_CODEC_UINT4 || s.element == FP4_CODEC_UINT8;
   FP4_REQUIRE(!asym || zeros, "%s: zeros is null (element %d needs zero points)", fn, s.element);
-  const bool has_st = s.tensor_scale == 1 || s.scale_rule == FP4_RULE_MR_GPTQ;
+  const bool has_st = s.tensor_scale != 0 || s.scale_rule == FP4_RULE_MR_GPTQ;
   FP4_REQUIRE(!has_st || tensor_scale, "%s: tensor_scale is null (the spec has a tensor scale)", fn);
   return FP4_OK;
 }
@@ -408,7 +417,7 @@ FP4_API fp4_status fp4_dequantize(int32_t device, const fp4_quant_spec *spec,
     if (fp4_status s = fp4::cpu::check_outputs(fn, *spec, codes, scales, zeros, tensor_scale)) return s;
     if (fp4_status s = formats_check_device(device)) return s;
     if (device == FP4_DEVICE_CPU) {
-      const bool has_st = spec->tensor_scale == 1 || spec->scale_rule == FP4_RULE_MR_GPTQ;
+      const bool has_st = spec->tensor_scale != 0 || spec->scale_rule == FP4_RULE_MR_GPTQ;
       const float s_t = has_st ? *tensor_scale : 1.0f;
       if (out_dtype == FP4_DTYPE_BF16) {
         uint16_t *o = static_cast<uint16_t *>(out);

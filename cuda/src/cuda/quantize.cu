@@ -519,8 +519,9 @@ const char *js_number(float v, char *buf, size_t cap) {
 }
 
 QuantParams params_of(const fp4_quant_spec &s) {
-  return make_params(s.element, s.scale_format, s.scale_rule, s.tensor_scale, s.rounding,
-                     s.mse_candidates, s.mse_min_shrink, s.mse_norm, s.seed);
+  return make_params(s.element, s.scale_format, s.scale_rule, s.tensor_scale,
+                     s.tensor_scale_value, s.rounding, s.mse_candidates, s.mse_min_shrink,
+                     s.mse_norm, s.seed);
 }
 
 // The host-side tensor-wide MSE search: copies x back and runs the shared template in order.

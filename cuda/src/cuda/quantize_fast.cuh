@@ -235,7 +235,7 @@ __device__ __forceinline__ fmt::GroupScale fast_scale(const fmt::QuantParams &q,
     return fmt::GroupScale{bits, bits ? __uint_as_float(bits << 23) : 0x1p-127f, 0};
   } else if constexpr (kScale == kScaleNv) {
     float raw = amax / q.M;
-    if (q.tensor_amax) raw = raw / q.s_t;
+    if (q.st_relative) raw = raw / q.s_t;
     if (raw < 448.0f) {
       const uint32_t bits = ue4m3_encode(raw);
       const float d = ue4m3_decode(bits);

@@ -391,8 +391,9 @@ fp4_status rotate_quantize_impl(const fp4_quant_spec &spec, int32_t dtype, const
   const uint64_t n = rows * cols;
   const Layout l = make_layout(spec.group_size, rows, cols);
   const QuantParams q = make_params(spec.element, spec.scale_format, spec.scale_rule,
-                                    spec.tensor_scale, spec.rounding, spec.mse_candidates,
-                                    spec.mse_min_shrink, spec.mse_norm, spec.seed);
+                                    spec.tensor_scale, spec.tensor_scale_value, spec.rounding,
+                                    spec.mse_candidates, spec.mse_min_shrink, spec.mse_norm,
+                                    spec.seed);
   const int E = block / 32;
   const bool fused = block >= 64 && block <= 1024 && spec.group_size > 0 && q.mse_k == 0 &&
                      uint64_t(block) % l.len == 0 && l.len % uint64_t(E) == 0;
