@@ -88,35 +88,39 @@ Deno.test("engine input schemes on the CPU equal the quantizedLinear hook", asyn
   assert(Math.abs(want - plain) > 1e-4, "the scheme changed nothing: the test cannot tell");
 });
 
-// Generation and evaluation share the engine: with W4A4 schemes whose activation scales are per
-// group of a row (MXFP4), the logits a decode step leaves score the next token as nll() scores it
-// on the same window, to f32 rounding. (NVFP4's activation tensor scale is the amax of each
-// call's whole input, so a one-token step and a 512-token window quantize differently.)
-Deno.test("W4A4 (MXFP4) generation logits equal the W4A4 evaluation's", async () => {
-  const model = tinyModel(seed + 5);
-  const schemes = schemesFor(model, {
-    rotation: { block: 32, seed: 3 },
-    act: resolveSpec("mxfp4"),
+// Generation and evaluation share the engine: with W4A4 schemes whose activation scales depend
+// on a row alone (MXFP4's per-group scales; NVFP4 with a static tensor scale), the logits a
+// decode step leaves score the next token as nll() scores it on the same window, to f32
+// rounding. (NVFP4's dynamic tensor scale is the amax of each call's whole input, so a
+// one-token step and a 512-token window quantize differently.)
+const ROW_SCHEMES: [string, InputScheme][] = [
+  ["MXFP4", { rotation: { block: 32, seed: 3 }, act: resolveSpec("mxfp4") }],
+  ["NVFP4, static scale", { rotation: { block: 16 }, act: resolveSpec("nvfp4:ts=0.002") }],
+];
+for (const [what, scheme] of ROW_SCHEMES) {
+  Deno.test(`W4A4 (${what}) generation logits equal the W4A4 evaluation's`, async () => {
+    const model = tinyModel(seed + 5);
+    const schemes = schemesFor(model, scheme);
+    const ids = randomIds(12, model.config.vocabSize);
+    using gen = DecodeEngine.create(model, { contextLength: 12, schemes });
+    using ev = DecodeEngine.create(model, { contextLength: 12, schemes });
+    const nll = await ev.nll(ids);
+    await gen.forward(ids.subarray(0, 8));
+    for (let t = 8; t < 12; t++) {
+      const logits = gen.logits();
+      let m = -Infinity;
+      for (const v of logits) m = Math.max(m, v);
+      let z = 0;
+      for (const v of logits) z += Math.exp(v - m);
+      const want = Math.log(z) + m - logits[ids[t]];
+      assert(
+        Math.abs(want - nll[t - 1]) < 1e-4,
+        `seed ${seed} position ${t}: ${want} vs ${nll[t - 1]}`,
+      );
+      await gen.forward(ids.subarray(t, t + 1));
+    }
   });
-  const ids = randomIds(12, model.config.vocabSize);
-  using gen = DecodeEngine.create(model, { contextLength: 12, schemes });
-  using ev = DecodeEngine.create(model, { contextLength: 12, schemes });
-  const nll = await ev.nll(ids);
-  await gen.forward(ids.subarray(0, 8));
-  for (let t = 8; t < 12; t++) {
-    const logits = gen.logits();
-    let m = -Infinity;
-    for (const v of logits) m = Math.max(m, v);
-    let z = 0;
-    for (const v of logits) z += Math.exp(v - m);
-    const want = Math.log(z) + m - logits[ids[t]];
-    assert(
-      Math.abs(want - nll[t - 1]) < 1e-4,
-      `seed ${seed} position ${t}: ${want} vs ${nll[t - 1]}`,
-    );
-    await gen.forward(ids.subarray(t, t + 1));
-  }
-});
+}
 
 Deno.test("engine nll and schemes reject bad input", async () => {
   const model = tinyModel(seed + 2);
@@ -140,7 +144,8 @@ Deno.test({
   async fn() {
     const model = tinyModel(seed + 3, "bf16");
     const ids = randomIds(48, model.config.vocabSize);
-    for (const schemes of [new Map<string, InputScheme>(), schemesFor(model, W4A4)]) {
+    const all = [W4A4, ROW_SCHEMES[1][1]].map((s) => schemesFor(model, s));
+    for (const schemes of [new Map<string, InputScheme>(), ...all]) {
       using cpu = DecodeEngine.create(model, { contextLength: 48, schemes });
       using gpu = DecodeEngine.create(model, { device: "cuda", contextLength: 48, schemes });
       const a = mean(await gpu.nll(ids)), b = mean(await cpu.nll(ids));

@@ -18,10 +18,12 @@ const CASES = [
   { format: "uint4:g32", method: "rtn", actFormat: null },
   // The W4A4 recipe of the accuracy table: the activation spec's MSE search must travel too.
   { format: "nvfp4", method: "mr-gptq", actFormat: "nvfp4:mse=4,2,2", objective: "output" },
+  // Static activation scales travel as <module>.input_tensor_scale.
+  { format: "nvfp4", method: "gptq", actFormat: "nvfp4", actScale: "static" },
 ] as const;
 
 for (const c of CASES) {
-  Deno.test(`export -> load gives bit-identical logits and perplexity (${c.format} ${c.method} act ${c.actFormat})`, async () => {
+  Deno.test(`export -> load gives bit-identical logits and perplexity (${c.format} ${c.method} act ${c.actFormat}${"actScale" in c ? " static" : ""})`, async () => {
     const seed = testSeed();
     const windows = tokenWindows(seed, 2, 64);
     const model = tinyModel(seed);
@@ -58,7 +60,17 @@ for (const c of CASES) {
       assertEquals(f.tensorInfo(`${p}.weight_scale`).shape, [64, 8]);
       assertEquals(f.tensorInfo(`${p}.weight_tensor_scale`).shape, [1]);
     }
+    const isStatic = "actScale" in c;
+    assertEquals(f.has(`${p}.input_tensor_scale`), isStatic);
+    if (isStatic) {
+      assertEquals(f.tensorInfo(`${p}.input_tensor_scale`).dtype, "F32");
+      assertEquals(loaded.schemes.get(p)!.act, q.layers.get(p)!.scheme.act);
+    }
     const cfg = JSON.parse(await Deno.readTextFile(`${dir}/out/config.json`));
+    assertEquals(
+      cfg.quantization_config.activations?.dynamic ?? null,
+      c.actFormat ? !isStatic : null,
+    );
     assertEquals(cfg.quantization_config.method, c.method);
     assertEquals(cfg.quantization_config.objective, "objective" in c ? c.objective : "weights");
     assertEquals(
@@ -128,6 +140,22 @@ Deno.test("the loader rejects a foreign quantization_config and tensors that do 
   cfgB.quantization_config.weights.group_size = 32;
   await Deno.writeTextFile(`${dir}/b/config.json`, JSON.stringify(cfgB));
   await assertRejects(() => loadQuantized(`${dir}/b`), Error, "weight_scale");
+  // A checkpoint that claims static activation scales but stores none.
+  const w = tokenWindows(seed, 1, 16);
+  const qa = await quantizeModel(tinyModel(seed), w, {
+    format: "nvfp4",
+    method: "rtn",
+    actFormat: "nvfp4",
+  });
+  await exportQuantized(qa, `${dir}/c`);
+  const cfgC = JSON.parse(await Deno.readTextFile(`${dir}/c/config.json`));
+  cfgC.quantization_config.activations.dynamic = false;
+  await Deno.writeTextFile(`${dir}/c/config.json`, JSON.stringify(cfgC));
+  await assertRejects(
+    () => loadQuantized(`${dir}/c`),
+    Error,
+    '"model.layers.0.self_attn.q_proj.input_tensor_scale" is missing',
+  );
   await Deno.remove(dir, { recursive: true });
 });
 

@@ -27,6 +27,7 @@ import {
   writeManifest,
 } from "../pipeline/manifest.ts";
 import {
+  type ActScale,
   engineInputsOf,
   METHODS,
   type QuantizedModel,
@@ -51,6 +52,11 @@ Options:
   --act-format P     also quantize the inputs of every quantized linear online (W4A4 etc.);
                      nvfp4:mse=4,2,2 / mxfp4:mse=2,3,2 pick each block's scale by squared error
                      among the format's rule and larger ones (the W4A4 recipe below)
+  --act-scale MODE   dynamic | static: the activation tensor scale of formats that have one
+                     (nvfp4): from each call's input, or one per layer calibrated on the
+                     calibration windows (the largest any window needs; the quantizer then
+                     reads each input once; stored as <module>.input_tensor_scale)
+                     [default: dynamic]
   --hadamard N       block Hadamard rotation size, 0 = none [default for mr-gptq: 16 for
                      nvfp4 and mxfp4, the group size for other formats; 0 for rtn and gptq]
   --calib FILE       calibration text [default: calib.txt in the model folder]
@@ -90,6 +96,8 @@ export interface QuantizeRunOptions {
   method: GptqMethod;
   /** Activation preset or null. */
   actFormat: string | null;
+  /** Activation tensor scales: per call, or calibrated per layer. */
+  actScale: ActScale;
   /** Hadamard block size, or null for the method's default. */
   hadamard: number | null;
   /** Calibration text. */
@@ -171,6 +179,7 @@ export function parseQuantizeArgs(
       format: { type: "string", default: "nvfp4" },
       method: { type: "string", default: "mr-gptq" },
       "act-format": { type: "string" },
+      "act-scale": { type: "string", default: "dynamic" },
       hadamard: { type: "string" },
       calib: { type: "string" },
       nsamples: { type: "string" },
@@ -194,6 +203,10 @@ export function parseQuantizeArgs(
   if (!METHODS.includes(method)) {
     throw new Error(`--method must be one of ${METHODS.join(", ")}, got "${values.method}"`);
   }
+  const actScale = values["act-scale"] as ActScale;
+  if (actScale !== "dynamic" && actScale !== "static") {
+    throw new Error(`--act-scale must be dynamic or static, got "${values["act-scale"]}"`);
+  }
   const damp = values.damp === undefined ? null : Number(values.damp);
   if (damp !== null && !(damp > 0 && Number.isFinite(damp))) {
     throw new Error(`--damp must be a positive number, got "${values.damp}"`);
@@ -212,6 +225,7 @@ export function parseQuantizeArgs(
     format: values.format,
     method,
     actFormat: values["act-format"] ?? null,
+    actScale,
     hadamard: positiveInt(values.hadamard, "--hadamard", 0),
     calib: values.calib ?? `${model}/calib.txt`,
     nsamples: positiveInt(values.nsamples, "--nsamples", 0) ?? DEFAULT_CALIBRATION_WINDOWS,
@@ -281,6 +295,7 @@ export function summaryTable(q: QuantizedModel): string {
  * try {
  *   await runQuantize({
  *     model: "/nonexistent", out: null, format: "nvfp4", method: "rtn", actFormat: null,
+ *     actScale: "dynamic",
  *     hadamard: null, calib: "/nonexistent/calib.txt", nsamples: 0, device: "cpu", seed: 0,
  *     damp: null, objective: null, eval: false, data: "", evalWindows: null, force: false,
  *   }, true);
@@ -337,6 +352,7 @@ export async function runQuantize(
     method: o.method,
     hadamard: o.hadamard ?? undefined,
     actFormat: o.actFormat,
+    actScale: o.actScale,
     device,
     damp: o.damp ?? undefined,
     objective: o.objective ?? undefined,
@@ -387,6 +403,7 @@ export async function runQuantize(
     calibrate: round(q.timings.calibrate),
     quantize: round(q.timings.quantize),
     propagate: round(q.timings.propagate),
+    ...(q.actScale === "static" ? { actScales: round(q.timings.actScales) } : {}),
     eval: round(evalSeconds),
   };
   const result: QuantizeRunResult = {
@@ -456,6 +473,7 @@ export async function runQuantize(
 export function quantizeArgv(o: QuantizeRunOptions): string[] {
   const a = ["--model", o.model, "--format", o.format, "--method", o.method];
   if (o.actFormat !== null) a.push("--act-format", o.actFormat);
+  if (o.actScale !== "dynamic") a.push("--act-scale", o.actScale);
   if (o.hadamard !== null) a.push("--hadamard", String(o.hadamard));
   a.push("--calib", o.calib, "--nsamples", String(o.nsamples), "--device", o.device);
   a.push("--seed", String(o.seed));
@@ -523,7 +541,9 @@ export async function main(args: string[]): Promise<number> {
         [[
           options.format,
           options.method,
-          options.actFormat ?? "-",
+          options.actFormat
+            ? options.actFormat + (options.actScale === "static" ? " (static)" : "")
+            : "-",
           result.hadamard,
           result.calibrationWindows,
           Number.isNaN(result.proxyLossSum) ? "-" : result.proxyLossSum,

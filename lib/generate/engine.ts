@@ -25,6 +25,7 @@ import type { Fp4Weights } from "../kernels/fp4_linear.ts";
 import { ropeInvFreq } from "../model/config.ts";
 import { type Linear, nllOf } from "../model/forward.ts";
 import type { InputScheme } from "../pipeline/act_quant.ts";
+import type { QuantSpec } from "../formats/spec.ts";
 import {
   type DeviceQuantized,
   disposeQuantized,
@@ -92,8 +93,7 @@ interface DenseLinear {
 
 /** Device buffers of one input transform: the quantized input and its dequantized form. */
 interface SchemeBuffers {
-  /** The activation spec packed for the ABI, and the quantized input (W4A4 only). */
-  spec: Uint8Array<ArrayBuffer> | null;
+  /** The quantized input (W4A4 only). */
   q: DeviceQuantized | null;
   x: Tensor;
 }
@@ -217,6 +217,7 @@ export class DecodeEngine {
   #hook: Linear | undefined;
   #schemes: ReadonlyMap<string, InputScheme>;
   #schemeBuffers = new Map<string, SchemeBuffers>();
+  #packedSpecs = new Map<QuantSpec, Uint8Array<ArrayBuffer>>();
   #graphs: boolean;
   #fuse: boolean;
   #graph: Deno.PointerValue = null;
@@ -768,7 +769,7 @@ export class DecodeEngine {
     check(
       lib.fp4_fake_quantize(
         dev,
-        b.spec!,
+        this.#packedSpec(sc.act),
         X,
         x,
         R,
@@ -788,20 +789,35 @@ export class DecodeEngine {
     return out;
   }
 
+  // The ABI struct of an activation spec, packed once per spec object.
+  #packedSpec(spec: QuantSpec): Uint8Array<ArrayBuffer> {
+    let b = this.#packedSpecs.get(spec);
+    if (!b) {
+      b = packSpec(spec);
+      this.#packedSpecs.set(spec, b);
+    }
+    return b;
+  }
+
   #schemeBuffersFor(
     cols: number,
     sc: InputScheme,
     rows: number,
     dtype: ActivationDType,
   ): SchemeBuffers {
+    // A static activation scale changes no buffer: layers that differ only in it share one.
     const key = `${cols}|${
-      JSON.stringify(sc, (_k, v) => typeof v === "bigint" ? v.toString() : v)
+      JSON.stringify(sc, (k, v) =>
+        typeof v === "bigint"
+          ? v.toString()
+          : k === "tensorScale" && typeof v === "number"
+          ? "given"
+          : v)
     }`;
     const have = this.#schemeBuffers.get(key);
     if (have && have.x.shape[0] >= rows) return have;
     if (have) this.#freeSchemeBuffers(have);
     const b: SchemeBuffers = {
-      spec: sc.act ? packSpec(sc.act) : null,
       q: sc.act ? emptyQuantized(this.device, sc.act, rows, cols) : null,
       x: Tensor.empty([rows, cols], dtype, this.device),
     };

@@ -24,6 +24,7 @@ import {
   writeSafetensors,
 } from "../safetensors.ts";
 import { type InputScheme, quantizedLinear } from "./act_quant.ts";
+import { staticScheme } from "./act_scales.ts";
 import { TOOL } from "./manifest.ts";
 import { fp4KernelFormat, type Fp4Weights, fp4WeightsOf } from "../kernels/fp4_linear.ts";
 import type { QuantizedModel } from "./quantize_model.ts";
@@ -140,7 +141,11 @@ export function quantizationConfig(
       ? { type: "hadamard", block: q.hadamard, seed: null, normalized: true, order: "sylvester" }
       : null,
     activations: q.actSpec
-      ? { format: options.actFormat ?? null, dynamic: true, ...specJson(q.actSpec) }
+      ? {
+        format: options.actFormat ?? null,
+        dynamic: q.actScale !== "static",
+        ...specJson(q.actSpec),
+      }
       : null,
     calibration: options.calibration ?? null,
     quantized_modules: [...q.layers.keys()],
@@ -206,6 +211,15 @@ function tensorEntries(q: QuantizedModel): Record<string, SafetensorsEntry> {
     }
     if (z.zeros) {
       out[`${module}.weight_zero_point`] = { dtype: "U8", shape: z.scaleShape, data: z.zeros };
+    }
+    if (q.actScale === "static") {
+      const s = layer.scheme.act?.tensorScale;
+      if (typeof s !== "number") throw new Error(`"${module}" has no static activation scale`);
+      out[`${module}.input_tensor_scale`] = {
+        dtype: "F32",
+        shape: [1],
+        data: new Float32Array([s]),
+      };
     }
   }
   return out;
@@ -354,6 +368,37 @@ function weightOf(raw: { dtype: SafetensorsDType; shape: readonly number[]; data
   return null;
 }
 
+// The scheme of a layer with a static activation scale (its `input_tensor_scale`); layers
+// with the same scale (q/k/v, gate/up) get the same scheme object from `shared`, so they
+// share one input transform.
+async function staticSchemeOf(
+  ckpt: SafetensorsCheckpoint,
+  module: string,
+  scheme: InputScheme,
+  shared: Map<number, InputScheme>,
+  dir: string,
+): Promise<InputScheme> {
+  const name = `${module}.input_tensor_scale`;
+  if (!ckpt.has(name)) {
+    throw new Error(`${dir}: "${name}" is missing (the checkpoint has static activation scales)`);
+  }
+  const t = await ckpt.read(name);
+  if (t.dtype !== "F32" || t.data.length !== 4) {
+    throw new Error(`${dir}: "${name}" must be F32 [1], got ${t.dtype} of ${t.data.length} bytes`);
+  }
+  const s = new DataView(t.data.buffer, t.data.byteOffset, 4).getFloat32(0, true);
+  let fixed = shared.get(s);
+  if (!fixed) {
+    try {
+      fixed = staticScheme(scheme, s);
+    } catch (e) {
+      throw new Error(`${dir}: "${name}": ${(e as Error).message}`, { cause: e });
+    }
+    shared.set(s, fixed);
+  }
+  return fixed;
+}
+
 /**
  * Reads a model folder: a checkpoint written by {@linkcode exportQuantized} (its linears
  * dequantized exactly as the exporter had them, with their input schemes), or a plain
@@ -400,6 +445,13 @@ export async function loadQuantized(dir: string): Promise<LoadedModel> {
   const act = qc.activations
     ? specFromJson(qc.activations, `${where} quantization_config.activations`)
     : null;
+  const activations = qc.activations as Record<string, unknown> | null | undefined;
+  const staticAct = act !== null && activations?.dynamic === false;
+  if (staticAct && act.tensorScale !== "amax") {
+    throw new Error(
+      `${where}: static activation scales need an activation format with an amax tensor scale`,
+    );
+  }
   const rot = qc.rotation as { block?: unknown; seed?: unknown } | null;
   const block = rot ? Number(rot.block) : 0;
   const scheme: InputScheme = Object.freeze({
@@ -412,6 +464,7 @@ export async function loadQuantized(dir: string): Promise<LoadedModel> {
   const weights = new Map<string, Weight>();
   const schemes = new Map<string, InputScheme>();
   const fp4 = new Map<string, Fp4Weights>();
+  const sharedStatic = new Map<number, InputScheme>();
   const kernel = fp4KernelFormat(spec);
   for (const [name, shape] of llamaWeightShapes(config)) {
     const module = name.slice(0, -".weight".length);
@@ -482,7 +535,10 @@ export async function loadQuantized(dir: string): Promise<LoadedModel> {
       throw new Error(`${dir}: "${module}": ${(e as Error).message}`, { cause: e });
     }
     weights.set(name, { dtype: "f32", shape: [rows, cols], data });
-    schemes.set(module, scheme);
+    schemes.set(
+      module,
+      staticAct ? await staticSchemeOf(ckpt, module, scheme, sharedStatic, dir) : scheme,
+    );
     const kernelWeights = kernel ? fp4WeightsOf(quantized) : null;
     if (kernelWeights) fp4.set(module, kernelWeights);
   }

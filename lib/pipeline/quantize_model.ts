@@ -32,6 +32,7 @@ import { type GptqMethod, mrGptqRotation, quantizeLayer } from "../gptq/layer.ts
 import { type Linear, matmulWeight } from "../model/forward.ts";
 import type { LlamaModel, Weight } from "../model/llama.ts";
 import { type InputScheme, quantizedLinear } from "./act_quant.ts";
+import { calibrateActScales, staticScheme } from "./act_scales.ts";
 import { cpuBlockRunner, cudaBlockRunner } from "./block_runner.ts";
 import { type Fp4Weights, fp4WeightsOf } from "../kernels/fp4_linear.ts";
 import { blockLinears, hessianGroup } from "./calibrate.ts";
@@ -43,8 +44,8 @@ export const METHODS: readonly GptqMethod[] = ["rtn", "gptq", "mr-gptq"];
 /** Progress of {@linkcode quantizeModel}: one event as a stage starts (`done` 0), then one per finished step. */
 export interface QuantizeProgress {
   /** The stage running. */
-  stage: "calibrate" | "quantize" | "propagate";
-  /** Decoder block. */
+  stage: "calibrate" | "quantize" | "propagate" | "act-scales";
+  /** Decoder block (the last one for `act-scales`, which runs the whole model per window). */
   block: number;
   /** Steps of this stage done (windows, or layers for `quantize`). */
   done: number;
@@ -63,6 +64,12 @@ export interface QuantizeModelOptions {
   /** Activation format (W4A4 etc.): inputs of every quantized linear are quantized online. */
   actFormat?: string | null;
   /**
+   * The activation tensor scale of formats that have one (NVFP4): `"dynamic"` (default, from
+   * each call's input) or `"static"` (one per layer, calibrated on the calibration windows by
+   * act_scales.ts once every layer is quantized).
+   */
+  actScale?: ActScale;
+  /**
    * Where the block forward passes, Hessians and GPTQ solves run (default `"cpu"`); on
    * `"cuda"` the windows' residual streams stay on the GPU (lib/pipeline/block_runner.ts).
    */
@@ -79,6 +86,9 @@ export interface QuantizeModelOptions {
    */
   onHessians?: (block: number, hessians: ReadonlyMap<string, Hessian>) => void;
 }
+
+/** How activation tensor scales are found: per call, or calibrated once per layer. */
+export type ActScale = "dynamic" | "static";
 
 /** One quantized linear layer. */
 export interface QuantizedLinear {
@@ -107,8 +117,10 @@ export interface QuantizedModel {
   layers: Map<string, QuantizedLinear>;
   /** Weight spec as stored (for GPTQ methods with the scale rule and MSE search lib/gptq used). */
   spec: QuantSpec;
-  /** Activation spec, or null. */
+  /** Activation spec, or null (with static scales, each layer's scheme holds its own s_t). */
   actSpec: QuantSpec | null;
+  /** Whether the activation tensor scales are dynamic or static (calibrated per layer). */
+  actScale: ActScale;
   /** Method. */
   method: GptqMethod;
   /** Hadamard block size (0 = none). */
@@ -118,7 +130,7 @@ export interface QuantizedModel {
   /** The per-layer objective GPTQ minimised (objective.ts). */
   objective: CalibrationObjective;
   /** Seconds per stage, summed over blocks. */
-  timings: { calibrate: number; quantize: number; propagate: number };
+  timings: { calibrate: number; quantize: number; propagate: number; actScales: number };
 }
 
 /**
@@ -305,6 +317,22 @@ export async function quantizeModel(
   if (method !== "rtn" && calibration.length === 0) {
     throw new Error(`--method ${method} needs calibration windows; none were given`);
   }
+  const actScale = options.actScale ?? "dynamic";
+  if (actScale !== "dynamic" && actScale !== "static") {
+    throw new Error(`--act-scale must be dynamic or static, got "${actScale}"`);
+  }
+  if (actScale === "static") {
+    if (!actSpec) throw new Error("--act-scale static needs an activation format (--act-format)");
+    if (actSpec.tensorScale !== "amax") {
+      throw new Error(
+        `--act-scale static calibrates a tensor scale, which the activation format ` +
+          `${options.actFormat} does not have (its scales are per group only; use e.g. nvfp4)`,
+      );
+    }
+    if (calibration.length === 0) {
+      throw new Error("--act-scale static needs calibration windows; none were given");
+    }
+  }
   const c = model.config;
   for (const name of blockLinears(0)) {
     const cols = model.weight(`${name}.weight`).shape[1];
@@ -330,7 +358,7 @@ export async function quantizeModel(
   const schemes = new Map<string, InputScheme>();
   const linear = quantizedLinear(model, schemes);
   const layers = new Map<string, QuantizedLinear>();
-  const timings = { calibrate: 0, quantize: 0, propagate: 0 };
+  const timings = { calibrate: 0, quantize: 0, propagate: 0, actScales: 0 };
   const progress = options.onProgress ?? (() => {});
   if (objective === "teacher" && device === "cuda") {
     throw new Error(
@@ -410,12 +438,35 @@ export async function quantizeModel(
   } finally {
     runner.dispose();
   }
+  if (actScale === "static") {
+    const t = performance.now();
+    let done = 0;
+    const block = c.numLayers - 1;
+    progress({ stage: "act-scales", block, done, total: calibration.length });
+    const scales = await calibrateActScales(
+      model,
+      schemes,
+      calibration,
+      () => progress({ stage: "act-scales", block, done: ++done, total: calibration.length }),
+    );
+    // One scheme object per shared input, so q/k/v (gate/up) keep sharing one transform.
+    const byGroup = new Map<string, InputScheme>();
+    for (const [name, s] of scales) {
+      const group = hessianGroup(name);
+      const fixed = byGroup.get(group) ?? staticScheme(scheme, s);
+      byGroup.set(group, fixed);
+      schemes.set(name, fixed);
+      layers.get(name)!.scheme = fixed;
+    }
+    timings.actScales = (performance.now() - t) / 1000;
+  }
   return {
     model,
     linear,
     layers,
     spec,
     actSpec,
+    actScale,
     method,
     hadamard: hadamardBlock,
     calibrationWindows: calibration.length,
