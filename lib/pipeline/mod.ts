@@ -22,6 +22,7 @@
  */
 export * from "./calibrate.ts";
 export * from "./act_quant.ts";
+export * from "./act_scales.ts";
 export * from "./objective.ts";
 export * from "./quantize_model.ts";
 export * from "./export.ts";
