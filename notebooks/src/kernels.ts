@@ -17,10 +17,10 @@ const read = async (file: string) => JSON.parse(await Deno.readTextFile(results 
 // %% [markdown]
 // ## The latest measurement of each batch size
 //
-// - Batches 1 and 16: `fp4_gemm-h100-2026-12-06-v4.json`. Batch 1 is the library's GEMV as
-//   measured by `bench/gpu/fp4_gemm_bench.ts`. Batch 16 is the kernel the library now dispatches
-//   (the staged GEMV, variant E, where n >= 3 x 132 SMs x 32 rows, else the v3 GEMV), taken from
-//   the same run's variant sweep; that dispatch itself has not yet run through the library.
+// - Batches 1 and 16: `fp4_gemm-h100-2026-12-07.json`, the library's GEMV as measured by
+//   `bench/gpu/fp4_gemm_bench.ts` (batch 16 on the staged GEMV where n >= 3 x 132 SMs x 32 rows,
+//   else the v3 GEMV). The variant sweep behind that dispatch is in
+//   `fp4_gemm-h100-2026-12-06-v4.json`.
 // - Batches 32, 64 and 128: `fp4_gemm128-h100-2026-12-06-v2.json`, the kernels the library
 //   dispatches (the TMA warpgroup-MMA kernel; the mma.sync tile kernel at batch 64 when
 //   n >= 16384), measured with cuBLAS in the same process.
@@ -34,7 +34,7 @@ interface GemmRow {
   speedup: number;
   fractionOfCopy: number | null;
 }
-const gemv = await read("fp4_gemm-h100-2026-12-06-v4.json");
+const gemv = await read("fp4_gemm-h100-2026-12-07.json");
 const gemm = await read("fp4_gemm128-h100-2026-12-06-v2.json");
 interface BenchRow {
   format: string;
@@ -45,48 +45,16 @@ interface BenchRow {
   cublasMs: number;
   fractionOfCopy: number;
 }
-interface SweepRow {
-  kind: string;
-  format?: string;
-  n: number;
-  k: number;
-  batch: number;
-  variant?: string;
-  ms: number;
-}
-const batch1: GemmRow[] = (gemv.bench.results as BenchRow[])
-  .filter((r) => r.batch === 1)
-  .map((r) => ({
-    format: r.format,
-    shape: `${r.n}x${r.k}`,
-    batch: 1,
-    us: r.ms * 1e3,
-    cublasUs: r.cublasMs * 1e3,
-    speedup: r.cublasMs / r.ms,
-    fractionOfCopy: r.fractionOfCopy,
-  }));
-const sweep = gemv.sweep.results as SweepRow[];
-const stagedMinRows = 3 * 132 * 32;
-const batch16: GemmRow[] = sweep
-  .filter((r) =>
-    r.kind === "ours" && r.batch === 16 &&
-    r.variant === (r.n >= stagedMinRows ? "E(1,8,1,2,1)/s0" : "v3-Batch16")
-  )
-  .map((r) => {
-    const cublas = sweep.find((c) =>
-      c.kind === "cublas" && c.n === r.n && c.k === r.k && c.batch === 16
-    );
-    if (!cublas) throw new Error(`no cuBLAS timing for ${r.n}x${r.k} batch 16`);
-    return {
-      format: r.format!,
-      shape: `${r.n}x${r.k}`,
-      batch: 16,
-      us: r.ms * 1e3,
-      cublasUs: cublas.ms * 1e3,
-      speedup: cublas.ms / r.ms,
-      fractionOfCopy: null,
-    };
-  });
+const small: GemmRow[] = (gemv.results as BenchRow[]).map((r) => ({
+  format: r.format,
+  shape: `${r.n}x${r.k}`,
+  batch: r.batch,
+  us: r.ms * 1e3,
+  cublasUs: r.cublasMs * 1e3,
+  speedup: r.cublasMs / r.ms,
+  fractionOfCopy: r.fractionOfCopy,
+}));
+const batch1 = small.filter((r) => r.batch === 1);
 interface GemmTiming {
   format: string;
   n: number;
@@ -108,15 +76,15 @@ const larger: GemmRow[] = (gemm.timings as GemmTiming[]).map((t) => {
     fractionOfCopy: null,
   };
 });
-const rows = [...batch1, ...batch16, ...larger];
+const rows = [...small, ...larger];
 for (const b of [1, 16, 32, 64, 128]) {
   if (!rows.some((r) => r.batch === b)) throw new Error(`no recorded result for batch ${b}`);
 }
 ({
   device: gemv.device,
-  copyGBs: Math.round(gemv.bench.copy.gbs),
+  copyGBs: Math.round(gemv.copy.gbs),
   rows: rows.length,
-  commits: [gemv.bench.commit, gemm.commit],
+  commits: [gemv.commit, gemm.commit],
 });
 // %% [markdown]
 // ## Speedup over BF16 cuBLAS by batch size
@@ -142,12 +110,12 @@ Plot.plot({
   ],
 });
 // %%
-rows
+console.log(rows
   .filter((r) => r.batch === 1 || r.batch === 16 || r.batch === 128)
   .map((r) => `${r.format} ${r.shape.padEnd(11)} batch ${String(r.batch).padStart(3)}: ` +
     `${r.us.toFixed(1).padStart(6)} us vs cuBLAS ${r.cublasUs.toFixed(1).padStart(6)} us = ` +
     `${r.speedup.toFixed(2)}x`)
-  .join("\n");
+  .join("\n"));
 // %% [markdown]
 // ## Batch 1: fraction of the device-to-device copy bandwidth
 //
@@ -171,9 +139,11 @@ Plot.plot({
 // ## Quantization kernels
 //
 // Quantizing an 8192 x 8192 BF16 tensor, and the fused block-Hadamard-128 rotate + quantize, as
-// a fraction of the copy bandwidth (goal 80%), through the versions of the kernels. The latest
-// file ran the earlier encoder ("old") and the current one ("min") in one process, twice; each
-// pass is shown.
+// a fraction of the copy bandwidth (goal 80%), through the versions of the kernels. The
+// 2026-12-06 file ran the earlier encoder ("old") and the current one ("min") in one process,
+// twice; each pass of the current one is shown. Since 2026-12-07 NVFP4 also runs with a given
+// tensor scale (`nvfp4:ts=...`, a calibrated activation scale: one read of the input, where the
+// amax scale needs two; its bytes count the one read).
 // %%
 interface FormatsRow {
   device: string;
@@ -188,15 +158,20 @@ const versions = [
   ["2026-11-23 v2", "formats-h100-2026-11-23-v2.json"],
   ["2026-11-23 v3", "formats-h100-2026-11-23-v3.json"],
   ["2026-12-06", "formats-h100-2026-12-06.json"],
+  ["2026-12-07", "formats-h100-2026-12-07.json"],
 ] as const;
 const formats = (await Promise.all(versions.map(async ([version, file]) => {
   const d = await read(file);
   return (d.results as FormatsRow[])
     .filter((r) => r.device === "cuda" && r.op !== "copy" && (r.encoder ?? "min") === "min")
-    .map((r) => ({ ...r, version, what: `${r.op} ${r.spec}` }));
+    .map((r) => ({
+      ...r,
+      version,
+      what: `${r.op} ${r.spec?.startsWith("nvfp4:ts=") ? "nvfp4 given s_t" : r.spec}`,
+    }));
 }))).flat();
-if (!formats.some((r) => r.version === "2026-12-06")) {
-  throw new Error("no CUDA rows in formats-h100-2026-12-06.json");
+if (!formats.some((r) => r.version === "2026-12-07")) {
+  throw new Error("no CUDA rows in formats-h100-2026-12-07.json");
 }
 Plot.plot({
   document,
