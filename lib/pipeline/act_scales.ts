@@ -7,18 +7,19 @@
  * dynamic s_t any calibration window gave that layer's (rotated) input, so no calibration input
  * saturates; quantizing then reads the input once (lib/formats `tensorScale: number`).
  *
- * The calibration windows run through the quantized model on the CPU backend, every layer with
- * its dynamic scheme; layers that share an input (q/k/v, gate/up) share one scale.
+ * The calibration windows run through the quantized model on the decode engine (CPU or CUDA),
+ * every layer with its dynamic scheme; layers that share an input (q/k/v, gate/up) share one
+ * scale. A layer whose calibration inputs are all zero gets s_t = 1 (the amax rule's value).
  *
  * @module
  */
-import { hadamardOn } from "../formats/native.ts";
-import { quantize } from "../formats/quantize.ts";
+import type { Device } from "../device.ts";
+import { disposeQuantized, quantizeOn, rotateQuantizeOn } from "../formats/native.ts";
 import { resolveSpec } from "../formats/spec.ts";
-import { embed, runLayer } from "../model/forward.ts";
+import { DecodeEngine } from "../generate/engine.ts";
 import type { LlamaModel } from "../model/llama.ts";
-import { Tensor } from "../tensor.ts";
-import { type InputScheme, quantizedLinear } from "./act_quant.ts";
+import type { Tensor } from "../tensor.ts";
+import type { InputScheme } from "./act_quant.ts";
 import { hessianGroup } from "./calibrate.ts";
 
 /**
@@ -36,11 +37,20 @@ export function takesStaticScale(scheme: InputScheme): boolean {
   return scheme.act !== null && scheme.act.tensorScale === "amax";
 }
 
+/** Options of {@linkcode calibrateActScales}. */
+export interface ActScaleOptions {
+  /** Where the calibration windows run (default `"cpu"`). */
+  device?: Device;
+  /** Called after each window. */
+  onWindow?: () => void;
+}
+
 /**
  * The static activation tensor scale of every layer in `schemes` whose format has an amax
- * tensor scale: the format's s_t of the largest |value| of the layer's (rotated) input over
- * `windows` (token ids), i.e. the largest dynamic s_t of any window, with `model` running the
- * given schemes. `onWindow` is called after each window.
+ * tensor scale: the largest dynamic s_t (`amax / 2688` of NVFP4) that the layer's (rotated)
+ * input gets in any of `windows` (token ids), with `model` running the given schemes on a
+ * {@linkcode DecodeEngine} of `options.device`. The largest s_t is the s_t of the largest
+ * |value|: the amax rule is monotonic.
  *
  * @example
  * ```ts
@@ -61,58 +71,45 @@ export async function calibrateActScales(
   model: LlamaModel,
   schemes: ReadonlyMap<string, InputScheme>,
   windows: readonly Int32Array[],
-  onWindow: () => void = () => {},
+  options: ActScaleOptions = {},
 ): Promise<Map<string, number>> {
   if (windows.length === 0) throw new Error("static activation scales need calibration windows");
-  const dynamic = quantizedLinear(model, schemes);
-  const amax = new Map<string, number>();
-  let last: { group: string; x: Float32Array } | null = null;
-  const linear = async (name: string, x: Float32Array, rows: number) => {
+  const device = options.device ?? "cpu";
+  const longest = Math.max(...windows.map((w) => w.length));
+  using engine = DecodeEngine.create(model, {
+    device,
+    contextLength: Math.min(longest, model.config.maxPositionEmbeddings),
+    graphs: false,
+    schemes,
+  });
+  const byGroup = new Map<string, number>();
+  const observe = async (name: string, x: Tensor) => {
     const scheme = schemes.get(name);
-    const group = hessianGroup(name);
-    if (scheme && takesStaticScale(scheme) && !(last?.group === group && last.x === x)) {
-      last = { group, x };
-      const a = await inputAmax(x, rows, scheme);
-      amax.set(group, Math.max(amax.get(group) ?? 0, a));
+    if (!scheme || !takesStaticScale(scheme)) return;
+    const q = scheme.rotation
+      ? await rotateQuantizeOn(device, x, scheme.rotation, scheme.act!)
+      : await quantizeOn(device, x, scheme.act!);
+    try {
+      const s = (q.tensorScale!.toArray() as Float32Array)[0];
+      const group = hessianGroup(name);
+      byGroup.set(group, Math.max(byGroup.get(group) ?? 0, s));
+    } finally {
+      disposeQuantized(q);
     }
-    return await dynamic(name, x, rows);
   };
   for (const ids of windows) {
-    const hidden = embed(model, ids);
-    for (let b = 0; b < model.config.numLayers; b++) await runLayer(model, b, hidden, { linear });
-    onWindow();
+    using hidden = engine.embed(ids);
+    for (let b = 0; b < model.config.numLayers; b++) await engine.runBlock(b, hidden, observe);
+    options.onWindow?.();
   }
   const out = new Map<string, number>();
   for (const [name, scheme] of schemes) {
     if (!takesStaticScale(scheme)) continue;
-    const a = amax.get(hessianGroup(name));
-    if (a === undefined) throw new Error(`no calibration input reached "${name}"`);
-    if (a === 0) throw new Error(`the calibration inputs of "${name}" are all zero`);
-    out.set(name, amaxScale(a, scheme));
+    const s = byGroup.get(hessianGroup(name));
+    if (s === undefined) throw new Error(`no calibration input reached "${name}"`);
+    out.set(name, s);
   }
   return out;
-}
-
-// max |value| of the layer's input as its activation quantizer sees it (rotated).
-async function inputAmax(x: Float32Array, rows: number, scheme: InputScheme): Promise<number> {
-  let v = x;
-  if (scheme.rotation) {
-    using t = Tensor.from(x, [rows, x.length / rows]);
-    using y = await hadamardOn("cpu", t, scheme.rotation);
-    v = y.toArray() as Float32Array;
-  }
-  let a = 0;
-  for (let i = 0; i < v.length; i++) a = Math.max(a, Math.abs(v[i]));
-  return a;
-}
-
-// The format's own amax rule for a tensor whose largest |value| is `a`: one group holding it.
-function amaxScale(a: number, scheme: InputScheme): number {
-  const spec = scheme.act!;
-  const g = typeof spec.groupSize === "number" ? spec.groupSize : 1;
-  const probe = new Float32Array(g);
-  probe[0] = a;
-  return quantize(probe, [1, g], spec).tensorScale!;
 }
 
 /**

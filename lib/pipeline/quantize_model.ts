@@ -66,7 +66,7 @@ export interface QuantizeModelOptions {
   /**
    * The activation tensor scale of formats that have one (NVFP4): `"dynamic"` (default, from
    * each call's input) or `"static"` (one per layer, calibrated on the calibration windows by
-   * act_scales.ts once every layer is quantized).
+   * act_scales.ts on `device` once every layer is quantized).
    */
   actScale?: ActScale;
   /**
@@ -443,12 +443,11 @@ export async function quantizeModel(
     let done = 0;
     const block = c.numLayers - 1;
     progress({ stage: "act-scales", block, done, total: calibration.length });
-    const scales = await calibrateActScales(
-      model,
-      schemes,
-      calibration,
-      () => progress({ stage: "act-scales", block, done: ++done, total: calibration.length }),
-    );
+    const scales = await calibrateActScales(model, schemes, calibration, {
+      device,
+      onWindow: () =>
+        progress({ stage: "act-scales", block, done: ++done, total: calibration.length }),
+    });
     // One scheme object per shared input, so q/k/v (gate/up) keep sharing one transform.
     const byGroup = new Map<string, InputScheme>();
     for (const [name, s] of scales) {
