@@ -132,5 +132,14 @@ Deno.test({
       const g = cuda.get(name)!;
       assert(Math.abs(g - s) <= 2 ** -6 * s, `${name}: cuda ${g} vs cpu ${s} (seed ${seed})`);
     }
+    // The CUDA pipeline installs its own calibration (RTN: the same weights as on the CPU).
+    const o = { format: "nvfp4", method: "rtn", actFormat: "nvfp4", actScale: "static" } as const;
+    const a = await quantizeModel(tinyModel(seed), windows, o);
+    const b = await quantizeModel(tinyModel(seed), windows, { ...o, device: "cuda" });
+    for (const [name, l] of a.layers) {
+      const s = l.scheme.act!.tensorScale as number;
+      const g = b.layers.get(name)!.scheme.act!.tensorScale as number;
+      assert(Math.abs(g - s) <= 2 ** -6 * s, `pipeline ${name}: cuda ${g} vs cpu ${s}`);
+    }
   },
 });
