@@ -349,6 +349,13 @@ __global__ void __launch_bounds__(kTileThreads, kCtasPerSm)
   pdl_wait();
   if (q.tensor_amax) q.s_t = tensor_scale_from(q, amax_part, parts, red);
   if (q.has_st && blockIdx.x == 0 && threadIdx.x == 0) *tensor_scale = q.s_t;
+  const NvTable *nv = nullptr;
+  if constexpr (kScale == kScaleNv) {
+    __shared__ NvTable table;
+    nv_table_init(q, table);
+    __syncthreads();
+    nv = &table;
+  }
   for (uint32_t i = 0; i < walk.count; i++) {
     const uint8_t *seg = walk.wait(i);
     const uint64_t e0 = walk.first(i);
@@ -374,14 +381,14 @@ __global__ void __launch_bounds__(kTileThreads, kCtasPerSm)
         continue;
       }
       const float amax = __uint_as_float(mag[g]);
-      const GroupScale gs = fast_scale<kScale>(q, amax);
-      store_scale(scales, g0 / kLen, gs.bits, kScale == kScaleGeneric ? q.scale_nbytes : 1);
-      if (gs.S == 0.0f) {  // every code +0
+      uint32_t bits;
+      const GroupDivider div = group_divider<kScale>(q, nv, amax, &bits);
+      store_scale(scales, g0 / kLen, bits, kScale == kScaleGeneric ? q.scale_nbytes : 1);
+      if (div.S == 0.0f) {  // every code +0
 #pragma unroll
         for (int c = 0; c < kLen / 8; c++) word[g * kLen / 8 + c] = 0;
       } else {
-        encode_run<kLen / 8, true>(divider_for<kScale>(gs, amax), v + g * kLen,
-                                   word + g * kLen / 8);
+        encode_run<kLen / 8, true>(div, v + g * kLen, word + g * kLen / 8);
       }
     }
     reinterpret_cast<uint4 *>(codes)[e0 / kSeg] = make_uint4(word[0], word[1], word[2], word[3]);

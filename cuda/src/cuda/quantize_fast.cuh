@@ -10,7 +10,8 @@
 //    magic-constant FMA roundings in 16-bit lanes (3 FMAs a code instead of ~9 integer ops;
 //    the tiled kernels use it, kMin; measured in bench/notes/formats.md, version 4);
 //  - fast_scale: scale_for of the two presets' rules (E8M0 OCP; E4M3 absmax) without the
-//    generic rule switch and minifloat walk;
+//    generic rule switch and minifloat walk; NvTable / group_divider: NVFP4's scale code from
+//    one multiply and its divider from a per-CTA table of the 126 E4M3 scales;
 //  - 8-element chunk loads of bf16/f32 rows as 16-byte vectors;
 //  - programmatic dependent launch (Hopper): a kernel's loads of its input start while the
 //    kernel before it (statistics, initialisation) finishes; griddepcontrol.wait precedes every
@@ -47,17 +48,20 @@ __device__ __forceinline__ uint32_t e2m1_magnitude(float v) {
 
 // RN(m / S) for one group's elements m >= 0 (magnitudes: the sign is the input's, since S > 0).
 //  - S a normal power of two: 1/S is exact, so m * (1/S) is the same rounding of the same real.
-//  - S in [2^-64, 2^64] with amax / S below 2^60: y = RN(1/S) once, then per element
-//    q0 = RN(m y) and two corrections q <- RN(q + RN(m - S q) y) (the residual is exact by FMA).
-//    After the first, q is faithful; with y correctly rounded the second gives RN(m / S)
-//    (Markstein's theorem), for every m whose quotient is normal. Quotients that are not
-//    (m / S < 2^-60, far below e2m1's first rounding boundary 1/4) encode to magnitude 0 from
-//    any approximation near them, so the codes still agree.
+//  - S in [2^-64, 2^64] with amax / S below 2^60: y = RN(1/S) and ylo = RN(RN(1 - S y) y) once
+//    (1 - S y is exact by FMA, so y + ylo is 1/S within 2^-47), then per element
+//    q0 = RN(m y + RN(m ylo)), within half an ulp plus 2^-46 of m / S: faithful; one correction
+//    q = RN(q0 + RN(m - S q0) y) (the residual is exact by FMA) is then RN(m / S) by Markstein's
+//    theorem, for every m whose quotient is normal. Quotients that are not (m / S < 2^-60, far
+//    below e2m1's first rounding boundary 1/4) encode to magnitude 0 from any approximation near
+//    them, so the codes still agree.
 //  - otherwise the IEEE division per element.
+// base(S) is the part that depends on S alone (NvTable keeps it per scale code), finish(amax)
+// the part that needs the group's max |v|.
 struct GroupDivider {
-  float S, y;
+  float S, y, ylo;
   int mode;  // 0: power of two (or an exact product, see multiplier), 1: reciprocal +
-             // corrections, 2: division
+             // correction, 2: division
   bool small;  // every quotient of the group is below 2^13 (modes 0 and 1; encode8_min)
 
   // m -> RN(m * y) for an exact factor y: the quotient by a power of two, or a power of two
@@ -66,37 +70,55 @@ struct GroupDivider {
     GroupDivider d;
     d.S = 1.0f;
     d.y = y;
+    d.ylo = 0.0f;
     d.mode = 0;
     d.small = true;  // the callers' quotients are below 8
     return d;
   }
-  GroupDivider() = default;
-  __device__ __forceinline__ GroupDivider(float s, float amax) : S(s) {
+  // S = 0: the callers write +0 codes without dividing.
+  __device__ __forceinline__ static GroupDivider zero() {
+    GroupDivider d = base(0.0f);
+    d.small = false;
+    return d;
+  }
+  __device__ __forceinline__ static GroupDivider base(float s) {
+    GroupDivider d;
+    d.S = s;
+    d.ylo = 0.0f;
     const uint32_t b = __float_as_uint(s);
     const uint32_t e = (b >> 23) & 0xffu;
     if ((b & 0x7fffffu) == 0 && e >= 1 && e <= 253) {
-      mode = 0;
-      y = __uint_as_float((254u - e) << 23);  // 2^-(e - 127)
+      d.mode = 0;
+      d.y = __uint_as_float((254u - e) << 23);  // 2^-(e - 127)
     } else if (s >= 0x1p-64f && s <= 0x1p64f) {
-      y = __frcp_rn(s);
-      mode = amax * y <= 0x1p60f ? 1 : 2;
+      d.mode = 1;
+      d.y = __frcp_rn(s);
+      d.ylo = __fmaf_rn(-s, d.y, 1.0f) * d.y;
     } else {
-      y = 0.0f;
-      mode = 2;
+      d.mode = 2;
+      d.y = 0.0f;
     }
-    small = mode != 2 && amax * y <= 0x1p12f;  // a 2^-22 relative margin over RN(m / S)
+    return d;
   }
-
-  __device__ __forceinline__ float operator()(float m) const {
-    if (mode == 0) return m * y;
-    if (mode == 1) {
-      float q = m * y;
-      q = __fmaf_rn(__fmaf_rn(-S, q, m), y, q);
-      return __fmaf_rn(__fmaf_rn(-S, q, m), y, q);
-    }
-    return m / S;
+  __device__ __forceinline__ void finish(float amax) {
+    const float t = amax * y;
+    if (mode == 1 && !(t <= 0x1p60f)) mode = 2;
+    small = mode != 2 && t <= 0x1p12f;  // a 2^-22 relative margin over RN(m / S)
+  }
+  GroupDivider() = default;
+  __device__ __forceinline__ GroupDivider(float s, float amax) : GroupDivider(base(s)) {
+    finish(amax);
   }
 };
+
+// RN(m / S) for m = |v| (GroupDivider's modes 0 and 1).
+template <int kMode>
+__device__ __forceinline__ float quotient(const GroupDivider &div, float v) {
+  const float m = fabsf(v);
+  if (kMode == 0) return m * div.y;
+  const float q0 = __fmaf_rn(m, div.y, m * div.ylo);
+  return __fmaf_rn(__fmaf_rn(-div.S, q0, m), div.y, q0);
+}
 
 // Packed 4-bit codes (element i in bits 4i..4i+3) of 8 elements of a group with scale S > 0.
 template <int kMode>
@@ -105,17 +127,7 @@ __device__ __forceinline__ uint32_t encode8_mode(const GroupDivider &div, const 
 #pragma unroll
   for (int i = 0; i < 8; i++) {
     const uint32_t b = __float_as_uint(v[i]);
-    const float m = __uint_as_float(b & 0x7fffffffu);
-    float q;
-    if (kMode == 0) {
-      q = m * div.y;
-    } else if (kMode == 1) {
-      q = m * div.y;
-      q = __fmaf_rn(__fmaf_rn(-div.S, q, m), div.y, q);
-      q = __fmaf_rn(__fmaf_rn(-div.S, q, m), div.y, q);
-    } else {
-      q = m / div.S;
-    }
+    const float q = kMode == 2 ? fabsf(v[i]) / div.S : quotient<kMode>(div, v[i]);
     word |= (e2m1_magnitude(q) | ((b >> 28) & 8u)) << (4 * i);
   }
   return word;
@@ -128,15 +140,6 @@ __device__ __forceinline__ uint32_t encode8_mode(const GroupDivider &div, const 
 // elements share one register through the minima (16-bit lanes: elements i and i + 4, so
 // that nibble i lands at bit 4i after the shifts), and the sign bits are gathered with byte
 // permutes.
-template <int kMode>
-__device__ __forceinline__ float quotient(const GroupDivider &div, float v) {
-  const float m = fabsf(v);
-  if (kMode == 0) return m * div.y;
-  float q = m * div.y;
-  q = __fmaf_rn(__fmaf_rn(-div.S, q, m), div.y, q);
-  return __fmaf_rn(__fmaf_rn(-div.S, q, m), div.y, q);
-}
-
 template <int kMode>
 __device__ __forceinline__ uint32_t encode8_min(const GroupDivider &div, const float *v) {
   // Sign of element i (bit 31 of v[i]) to bit 4i + 3: the top bytes of the odd elements land
@@ -253,6 +256,59 @@ __device__ __forceinline__ GroupDivider divider_for(const fmt::GroupScale &gs, f
     if (gs.bits != 0) return GroupDivider::multiplier(__uint_as_float((254u - gs.bits) << 23));
   }
   return GroupDivider(gs.S, amax);
+}
+
+// NVFP4's group scales from a per-CTA table (kScaleNv), instead of the rule's two IEEE
+// divisions, the E4M3 decode and the reciprocal per group:
+//  - the E4M3 code of raw = RN(RN(amax / M) / s_t) (st_relative; RN(amax / M) otherwise) is
+//    that of r = RN(amax c), c = RN(1 / (M s_t)), wherever r is a normal E4M3 value below 447
+//    at least 16 ulps from an E4M3 rounding boundary (low 20 bits 0x80000): r and raw are each
+//    within 2^-23 of amax / (M s_t), so within 4 ulps of each other, and they round alike.
+//    Other groups (about one in 2^15 away from a boundary, and the subnormal, saturating and
+//    zero ones) take fast_scale. c = 0 (s_t outside [2^-100, 2^100]) sends every group there.
+//  - e[code] = {S, y, ylo, mode} of GroupDivider::base(S) for S = decode(code) (times s_t
+//    when has_st): what GroupDivider(S, amax) computes before it looks at amax.
+// nv_table_init runs on every thread of the CTA once s_t is known; a __syncthreads follows.
+struct NvTable {
+  float4 e[128];
+  float c;
+};
+
+__device__ __forceinline__ void nv_table_init(const fmt::QuantParams &q, NvTable &t) {
+  for (uint32_t code = threadIdx.x; code < 128; code += blockDim.x) {
+    const float d = ue4m3_decode(code);
+    const GroupDivider g = GroupDivider::base(q.has_st ? d * q.s_t : d);
+    t.e[code] = make_float4(g.S, g.y, g.ylo, __int_as_float(g.mode));
+  }
+  if (threadIdx.x == 0) {
+    const double st = q.st_relative ? double(q.s_t) : 1.0;
+    t.c = st >= 0x1p-100 && st <= 0x1p100 ? float(1.0 / (double(q.M) * st)) : 0.0f;
+  }
+}
+
+// The scale bits of a group with max |v| = amax (finite) and its divider (S = 0: every code
+// +0); nv: the CTA's NvTable for kScaleNv, unused otherwise.
+template <int kScale>
+__device__ __forceinline__ GroupDivider group_divider(const fmt::QuantParams &q, const NvTable *nv,
+                                                      float amax, uint32_t *bits) {
+  if constexpr (kScale == kScaleNv) {
+    const float r = amax * nv->c;
+    const uint32_t u = __float_as_uint(r);
+    if (u >= 0x3c800000u && r < 447.0f && ((u + 16u - 0x80000u) & 0xfffffu) >= 32u) {
+      *bits = ue4m3_encode(r);
+      const float4 e = nv->e[*bits];
+      GroupDivider d;
+      d.S = e.x;
+      d.y = e.y;
+      d.ylo = e.z;
+      d.mode = __float_as_int(e.w);
+      d.finish(amax);
+      return d;
+    }
+  }
+  const fmt::GroupScale gs = fast_scale<kScale>(q, amax);
+  *bits = gs.bits;
+  return gs.S == 0.0f ? GroupDivider::zero() : divider_for<kScale>(gs, amax);
 }
 
 // Programmatic dependent launch: let the next kernel of the stream start, and wait for the

@@ -18,11 +18,11 @@
 // elements of a block (its 64 bytes of bf16 from shared memory), so the 4 lanes of a block run
 // stages h < 32 in registers and only the last two stages by shuffles (one FMA per element and
 // stage: v·(±1) + other is the reference's single add or subtract). Groups lie inside a thread,
-// take the inlined scale rule and the exact encoder of quantize_fast.cuh, and each thread writes
-// its 16 code bytes in one store. With a tensor amax a first kernel rotates and writes each
-// CTA's max |y|; the quantize kernel reduces those and walks the tiles backwards to start on
-// what the first left in L2. Bytes moved: 2 B per element read per kernel, 0.5 B of codes and
-// 1/len B of scales written.
+// take the inlined scale rule (NVFP4: group_divider's table) and the exact encoder of
+// quantize_fast.cuh, and each thread writes its 16 code bytes in one store. With a tensor amax a
+// first kernel rotates and writes each CTA's max |y|; the quantize kernel reduces those and walks
+// the tiles backwards to start on what the first left in L2. Bytes moved: 2 B per element read
+// per kernel, 0.5 B of codes and 1/len B of scales written.
 #include <cuda_runtime.h>
 
 #include "../cuda_backend.hpp"
@@ -192,10 +192,17 @@ __global__ void __launch_bounds__(kTileThreads, kCtasPerSm)
   const int lane = threadIdx.x & 31;
   const float cn = hadamard_norm(7);
   float run = 0.0f;  // kPass 0: max |v| of this thread
+  const NvTable *nv = nullptr;
   if (kPass == 1) {
     pdl_wait();
     if (q.tensor_amax) q.s_t = tensor_scale_from(q, part, parts, red);
     if (q.has_st && blockIdx.x == 0 && threadIdx.x == 0) *tensor_scale = q.s_t;
+    if constexpr (kScale == kScaleNv) {
+      __shared__ NvTable table;
+      nv_table_init(q, table);
+      __syncthreads();
+      nv = &table;
+    }
   }
   for (uint32_t i = 0; i < walk.count; i++) {
     const uint8_t *seg = walk.wait(i);
@@ -261,16 +268,20 @@ __global__ void __launch_bounds__(kTileThreads, kCtasPerSm)
           for (int c = 0; c < kLen / 8; c++) word[g * kLen / 8 + c] = 0;
           continue;
         }
-        const GroupScale gs = fast_scale<kScale>(q, amax);
-        store_scale(scales, (e0 + g * kLen) / kLen, gs.bits,
+        uint32_t bits;
+        const GroupDivider div = group_divider<kScale>(q, nv, amax, &bits);
+        store_scale(scales, (e0 + g * kLen) / kLen, bits,
                     kScale == kScaleGeneric ? q.scale_nbytes : 1);
-        if (kScale == kScaleMx && gs.bits >= 7 && gs.bits <= 240) {
-          const float y = cn * __uint_as_float((254u - gs.bits) << 23);
-          encode_run<kLen / 8, kPass == 1>(GroupDivider::multiplier(y), w, word + g * kLen / 8);
+        uint32_t *out = word + g * kLen / 8;
+        if (kScale == kScaleMx && bits >= 7 && bits <= 240) {  // div.y = 2^-(bits - 127)
+          encode_run<kLen / 8, true>(GroupDivider::multiplier(cn * div.y), w, out);
+        } else if (div.S == 0.0f) {
+#pragma unroll
+          for (int c = 0; c < kLen / 8; c++) out[c] = 0;
         } else {
 #pragma unroll
           for (int r = 0; r < kLen; r++) w[r] = w[r] * cn;
-          encode_group<kLen / 8, kPass == 1>(gs.S, amax, w, word + g * kLen / 8);
+          encode_run<kLen / 8, true>(div, w, out);
         }
       }
       reinterpret_cast<uint4 *>(codes)[e0 / kSeg] = make_uint4(word[0], word[1], word[2], word[3]);
