@@ -159,6 +159,7 @@ const versions = [
   ["2026-11-23 v3", "formats-h100-2026-11-23-v3.json"],
   ["2026-12-06", "formats-h100-2026-12-06.json"],
   ["2026-12-07", "formats-h100-2026-12-07.json"],
+  ["2026-12-07 v2", "formats-h100-2026-12-07-v2.json"],
 ] as const;
 const formats = (await Promise.all(versions.map(async ([version, file]) => {
   const d = await read(file);
@@ -170,8 +171,8 @@ const formats = (await Promise.all(versions.map(async ([version, file]) => {
       what: `${r.op} ${r.spec?.startsWith("nvfp4:ts=") ? "nvfp4 given s_t" : r.spec}`,
     }));
 }))).flat();
-if (!formats.some((r) => r.version === "2026-12-07")) {
-  throw new Error("no CUDA rows in formats-h100-2026-12-07.json");
+if (!formats.some((r) => r.version === "2026-12-07 v2")) {
+  throw new Error("no CUDA rows in formats-h100-2026-12-07-v2.json");
 }
 Plot.plot({
   document,
