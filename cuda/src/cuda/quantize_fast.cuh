@@ -11,7 +11,7 @@
 //    the tiled kernels use it, kMin; measured in bench/notes/formats.md, version 4);
 //  - fast_scale: scale_for of the two presets' rules (E8M0 OCP; E4M3 absmax) without the
 //    generic rule switch and minifloat walk; NvTable / group_divider: NVFP4's scale code from
-//    one multiply and its divider from a per-CTA table of the 126 E4M3 scales;
+//    one multiply and its divider from a per-CTA table of the E4M3 scale codes;
 //  - 8-element chunk loads of bf16/f32 rows as 16-byte vectors;
 //  - programmatic dependent launch (Hopper): a kernel's loads of its input start while the
 //    kernel before it (statistics, initialisation) finishes; griddepcontrol.wait precedes every
@@ -111,11 +111,12 @@ struct GroupDivider {
   }
 };
 
-// RN(m / S) for m = |v| (GroupDivider's modes 0 and 1).
+// RN(m / S) for m = |v| in GroupDivider's mode kMode.
 template <int kMode>
 __device__ __forceinline__ float quotient(const GroupDivider &div, float v) {
   const float m = fabsf(v);
   if (kMode == 0) return m * div.y;
+  if (kMode == 2) return m / div.S;
   const float q0 = __fmaf_rn(m, div.y, m * div.ylo);
   return __fmaf_rn(__fmaf_rn(-div.S, q0, m), div.y, q0);
 }
@@ -127,7 +128,7 @@ __device__ __forceinline__ uint32_t encode8_mode(const GroupDivider &div, const 
 #pragma unroll
   for (int i = 0; i < 8; i++) {
     const uint32_t b = __float_as_uint(v[i]);
-    const float q = kMode == 2 ? fabsf(v[i]) / div.S : quotient<kMode>(div, v[i]);
+    const float q = quotient<kMode>(div, v[i]);
     word |= (e2m1_magnitude(q) | ((b >> 28) & 8u)) << (4 * i);
   }
   return word;
@@ -264,8 +265,8 @@ __device__ __forceinline__ GroupDivider divider_for(const fmt::GroupScale &gs, f
 //    that of r = RN(amax c), c = RN(1 / (M s_t)), wherever r is a normal E4M3 value below 447
 //    at least 16 ulps from an E4M3 rounding boundary (low 20 bits 0x80000): r and raw are each
 //    within 2^-23 of amax / (M s_t), so within 4 ulps of each other, and they round alike.
-//    Other groups (about one in 2^15 away from a boundary, and the subnormal, saturating and
-//    zero ones) take fast_scale. c = 0 (s_t outside [2^-100, 2^100]) sends every group there.
+//    Other groups (the one in about 2^15 that lies that near a boundary, and the subnormal,
+//    saturating and zero ones) take fast_scale. c = 0 (s_t outside [2^-100, 2^100]) sends every group there.
 //  - e[code] = {S, y, ylo, mode} of GroupDivider::base(S) for S = decode(code) (times s_t
 //    when has_st): what GroupDivider(S, amax) computes before it looks at amax.
 // nv_table_init runs on every thread of the CTA once s_t is known; a __syncthreads follows.
