@@ -439,7 +439,8 @@ __device__ __forceinline__ void load_seg(const uint8_t *p, float (&v)[kSeg], uin
 }
 
 // One CTA's walk over its tiles of a byte range (header comment): tile i of CTA b is
-// b + i * grid (counted from the end with `reverse`), thread t's 32 elements at t * 32. Thread
+// b + i * grid (counted from the end with `reverse`); with kThreads threads per CTA (kTileThreads
+// unless given), thread t's kTileElems / kThreads elements start at that count times t. Thread
 // 0 calls start() before the CTA first synchronizes; then per tile: wait(i), read the
 // segment into registers, release(i) (the CTA synchronizes and thread 0 refills the buffer
 // with tile i + kStages). Tile indices are 32-bit: tensors below 2^45 elements.
@@ -467,9 +468,10 @@ struct TileWalk {
     return reverse ? tiles - 1 - j : j;
   }
 
-  // First element of this thread's 32 in tile i.
+  // First element of this thread's segment of tile i.
+  template <int kThreads = kTileThreads>
   __device__ __forceinline__ uint64_t first(uint32_t i) const {
-    return uint64_t(tile(i)) * kTileElems + threadIdx.x * kSeg;
+    return uint64_t(tile(i)) * kTileElems + threadIdx.x * uint32_t(kTileElems / kThreads);
   }
 
   __device__ __forceinline__ void start() {
@@ -498,6 +500,7 @@ struct TileWalk {
   }
 
   // This thread's segment of tile i, once the tile has landed.
+  template <int kThreads = kTileThreads>
   __device__ __forceinline__ const uint8_t *wait(uint32_t i) const {
     const uint32_t s = i % kStages, parity = (i / kStages) & 1u;
     const uint32_t bar = smem_addr(&full[s]);
@@ -510,7 +513,7 @@ struct TileWalk {
           : "r"(bar), "r"(parity)
           : "memory");
     } while (!done);
-    return buf + s * tile_bytes + threadIdx.x * (tile_bytes / kTileThreads);
+    return buf + s * tile_bytes + threadIdx.x * (tile_bytes / kThreads);
   }
 
   // Every thread has read tile i: its buffer takes tile i + kStages.
@@ -520,7 +523,9 @@ struct TileWalk {
   }
 };
 
-// Max of v over the CTA (every thread gets it); red holds kTileThreads / 32 words.
+// Max of v over the CTA of kThreads threads (every thread gets it); red holds kThreads / 32
+// words.
+template <int kThreads = kTileThreads>
 __device__ __forceinline__ uint32_t block_max(uint32_t v, uint32_t *red) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -528,7 +533,7 @@ __device__ __forceinline__ uint32_t block_max(uint32_t v, uint32_t *red) {
   if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
   __syncthreads();
 #pragma unroll
-  for (int w = 0; w < kTileThreads / 32; w++) v = max(v, red[w]);
+  for (int w = 0; w < kThreads / 32; w++) v = max(v, red[w]);
   return v;
 }
 

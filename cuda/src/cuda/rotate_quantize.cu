@@ -20,9 +20,10 @@
 // stage: v·(±1) + other is the reference's single add or subtract). Groups lie inside a thread,
 // take the inlined scale rule (NVFP4: group_divider's table) and the exact encoder of
 // quantize_fast.cuh, and each thread writes its 16 code bytes in one store. With a tensor amax a
-// first kernel rotates and writes each CTA's max |y|; the quantize kernel reduces those and walks
-// the tiles backwards to start on what the first left in L2. Bytes moved: 2 B per element read
-// per kernel, 0.5 B of codes and 1/len B of scales written.
+// first kernel (tile_rotate_amax_kernel: two threads per block, one cross-lane stage) rotates and
+// writes each CTA's max |y|; the quantize kernel reduces those and walks the tiles backwards to
+// start on what the first left in L2. Bytes moved: 2 B per element read per kernel, 0.5 B of
+// codes and 1/len B of scales written.
 #include <cuda_runtime.h>
 
 #include "../cuda_backend.hpp"
@@ -163,22 +164,114 @@ __global__ void __launch_bounds__(32 * kWarps)
   }
 }
 
-// The fast path (header comment) on the tile ring: thread t of a tile owns its elements 32t ..
-// 32t + 31, a quarter of a Hadamard block. kPass 0: per-CTA max |y| into part[blockIdx.x] (the
-// first kernel of a call, it lets the quantize pass start at once); kPass 1: codes and scales,
-// the tensor scale from the partials when q.tensor_amax, bad[blockIdx.x] the first non-finite
-// rotated index seen. max |y| = RN(max |v| · c) for the unnormalised v (rounding is monotone),
-// so the maxima run on v. MXFP4 folds the normalisation into the power-of-two quotient:
+// The amax pass of the fast path: per-CTA max |y| of the rotated tile ring into
+// part[blockIdx.x] (the first kernel of a call, it lets the quantize pass start at once).
+// kAmaxThreads threads per CTA, thread t owning elements 64t .. 64t + 63 of a tile, half a
+// Hadamard block: the stages h < 64 run in registers, and the last one needs no signs, since
+// for its pair (a, b) max(|RN(a + b)|, |RN(a - b)|) = RN(|a| + |b|) (one of the two has operands
+// of one sign, the other is no larger; RN is monotone and odd). So each lane of a pair sends the
+// half of its values that the other one finishes: 32 shuffles per 64 elements where the
+// quantize pass's layout takes 128. Shared-memory reads without bank conflicts: thread t puts
+// the 16-byte chunk c ^ (t & 7) of its segment in register chunk c (8 neighbouring threads, 128
+// or 256 bytes apart, then read 8 distinct bank quads). That permutes the element index by an
+// xor with s = (t & 7) * (elements per chunk), on bits the in-register stages own, and the
+// butterfly run on the permuted registers still yields the reference's values up to sign: a stage
+// on bit b pairs the reference's partners, makes a + b (addition commutes) and a - b or its
+// negation b - a (where bit b of s is set), and leaves bit b of the permutation cleared, so after
+// stage 32 the registers are in place and only signs differ, which neither |a| + |b| nor the
+// maximum sees. max |y| = RN(max |v| · c) for the unnormalised v (rounding is monotone), so the
+// maxima run on v. Non-finite values do not count (the quantize pass reports them, and a finite
+// pair's RN(|a| + |b|) overflows exactly when one of its outputs does).
+constexpr int kAmaxThreads = 128;
+constexpr int kAmaxRun = kTileElems / kAmaxThreads;  // 64 elements per thread and tile
+
+template <bool kBf16>
+__global__ void __launch_bounds__(kAmaxThreads, kCtasPerSm)
+    tile_rotate_amax_kernel(const void *x, uint64_t n, uint64_t cols, const float *sign,
+                            uint32_t *part) {
+  constexpr uint32_t kEB = kBf16 ? 2 : 4;
+  extern __shared__ __align__(128) uint8_t ring[];
+  __shared__ uint64_t full[kStages];
+  __shared__ uint32_t red[kAmaxThreads / 32];
+  TileWalk walk(x, n * kEB, kEB, false, ring, full);
+  if (threadIdx.x == 0) walk.start();
+  __syncthreads();
+  const bool lower = (threadIdx.x & 1) == 0;
+  constexpr int K = 16 / int(kEB);  // elements per 16-byte chunk
+  const int swz = int(threadIdx.x & 7);  // chunk xor
+  float run = 0.0f;
+  for (uint32_t i = 0; i < walk.count; i++) {
+    const uint8_t *seg = walk.wait<kAmaxThreads>(i);
+    const uint64_t e0 = walk.first<kAmaxThreads>(i);
+    const bool live = e0 < n;  // both lanes of a block are live or dead; dead ones add zeros
+    float v[kAmaxRun];
+    const uint4 *p = reinterpret_cast<const uint4 *>(seg);
+#pragma unroll
+    for (int c = 0; c < kAmaxRun / K; c++) {
+      const uint4 q = live ? p[c ^ swz] : make_uint4(0, 0, 0, 0);
+      const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+      for (int k = 0; k < 4; k++) {
+        if constexpr (kBf16) {
+          v[K * c + 2 * k] = __uint_as_float(w[k] << 16);
+          v[K * c + 2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+        } else {
+          v[K * c + k] = __uint_as_float(w[k]);
+        }
+      }
+    }
+    walk.release(i);
+    if (live && sign) {
+      const float4 *sg = reinterpret_cast<const float4 *>(sign + e0 % cols);
+#pragma unroll
+      for (int c = 0; c < kAmaxRun / 4; c++) {
+        const float4 s4 = sg[c ^ (swz * K / 4)];  // the signs of the chunk's elements
+        v[4 * c] = v[4 * c] * s4.x;
+        v[4 * c + 1] = v[4 * c + 1] * s4.y;
+        v[4 * c + 2] = v[4 * c + 2] * s4.z;
+        v[4 * c + 3] = v[4 * c + 3] * s4.w;
+      }
+    }
+#pragma unroll
+    for (int h = 1; h < kAmaxRun; h <<= 1) {
+#pragma unroll
+      for (int j = 0; j < kAmaxRun; j++) {
+        if ((j & h) == 0) {
+          const float a = v[j], b = v[j + h];
+          v[j] = a + b;
+          v[j + h] = a - b;
+        }
+      }
+    }
+    constexpr int H = kAmaxRun / 2;
+#pragma unroll
+    for (int r = 0; r < H; r++) {
+      const float keep = lower ? v[r] : v[r + H];
+      const float other = __shfl_xor_sync(0xffffffffu, lower ? v[r + H] : v[r], 1);
+      run = fmaxf(run, fabsf(keep) + fabsf(other));
+    }
+  }
+  // The quantize pass may launch once this CTA's loads are done, not before: launched at the
+  // start, the pair ran 14 µs slower on the H100 (bench/notes/formats.md, version 6).
+  pdl_launch_dependents();
+  const uint32_t m = block_max<kAmaxThreads>(__float_as_uint(run), red);
+  if (threadIdx.x == 0) part[blockIdx.x] = __float_as_uint(__uint_as_float(m) * hadamard_norm(7));
+}
+
+// The quantize pass of the fast path (header comment) on the tile ring: thread t of a tile owns
+// its elements 32t .. 32t + 31, a quarter of a Hadamard block; codes and scales, the tensor
+// scale from tile_rotate_amax_kernel's partials when q.tensor_amax, bad[blockIdx.x] the first
+// non-finite rotated index seen. The group maxima run on the unnormalised v as in the amax pass.
+// MXFP4 folds the normalisation into the power-of-two quotient:
 // RN(RN(v c) / 2^e) = RN(v · (c 2^-e)) while both products are normal, and a scale of at least
 // 2^-120 makes any subnormal RN(v c) encode to +-0 either way.
-template <bool kBf16, int kPass, int kLen, int kScale>
+template <bool kBf16, int kLen, int kScale>
 __global__ void __launch_bounds__(kTileThreads, kCtasPerSm)
     tile_rotate_kernel(QuantParams q, const void *x, uint64_t n, uint64_t cols, const float *sign,
                        uint32_t *part, int parts, float *tensor_scale, uint8_t *codes,
                        uint8_t *scales, unsigned long long *bad, bool reverse) {
   constexpr uint32_t kEB = kBf16 ? 2 : 4;
   constexpr int P = 128 / kSeg;  // lanes per Hadamard block
-  if (kPass == 0) pdl_launch_dependents();
   extern __shared__ __align__(128) uint8_t ring[];
   __shared__ uint64_t full[kStages];
   __shared__ uint32_t red[kTileThreads / 32];
@@ -191,18 +284,15 @@ __global__ void __launch_bounds__(kTileThreads, kCtasPerSm)
   __syncthreads();
   const int lane = threadIdx.x & 31;
   const float cn = hadamard_norm(7);
-  float run = 0.0f;  // kPass 0: max |v| of this thread
   const NvTable *nv = nullptr;
-  if (kPass == 1) {
-    pdl_wait();
-    if (q.tensor_amax) q.s_t = tensor_scale_from(q, part, parts, red);
-    if (q.has_st && blockIdx.x == 0 && threadIdx.x == 0) *tensor_scale = q.s_t;
-    if constexpr (kScale == kScaleNv) {
-      __shared__ NvTable table;
-      nv_table_init(q, table);
-      __syncthreads();
-      nv = &table;
-    }
+  pdl_wait();
+  if (q.tensor_amax) q.s_t = tensor_scale_from(q, part, parts, red);
+  if (q.has_st && blockIdx.x == 0 && threadIdx.x == 0) *tensor_scale = q.s_t;
+  if constexpr (kScale == kScaleNv) {
+    __shared__ NvTable table;
+    nv_table_init(q, table);
+    __syncthreads();
+    nv = &table;
   }
   for (uint32_t i = 0; i < walk.count; i++) {
     const uint8_t *seg = walk.wait(i);
@@ -245,53 +335,42 @@ __global__ void __launch_bounds__(kTileThreads, kCtasPerSm)
       for (int r = 0; r < kSeg; r++) v[r] = __fmaf_rn(v[r], sg, __shfl_xor_sync(0xffffffffu, v[r], m));
     }
     if (!live) continue;
-    if constexpr (kPass == 0) {
+    uint32_t word[kSeg / 8];
 #pragma unroll
-      for (int r = 0; r < kSeg; r++) run = fmaxf(run, fabsf(v[r]));
-    } else {
-      uint32_t word[kSeg / 8];
+    for (int g = 0; g < kSeg / kLen; g++) {
+      float *w = v + g * kLen;
+      float m = 0.0f;
 #pragma unroll
-      for (int g = 0; g < kSeg / kLen; g++) {
-        float *w = v + g * kLen;
-        float m = 0.0f;
-#pragma unroll
-        for (int r = 0; r < kLen; r++) m = max_abs_nan(m, w[r]);
-        const float amax = m * cn;
-        if (!is_finite(amax)) {  // a non-finite group: note its first bad element, the call fails
-          for (int r = 0; r < kLen; r++) {
-            if (!is_finite(w[r])) {
-              atomicMin(&first_bad, (unsigned long long)(e0 + g * kLen + r));
-              break;
-            }
+      for (int r = 0; r < kLen; r++) m = max_abs_nan(m, w[r]);
+      const float amax = m * cn;
+      if (!is_finite(amax)) {  // a non-finite group: note its first bad element, the call fails
+        for (int r = 0; r < kLen; r++) {
+          if (!is_finite(w[r])) {
+            atomicMin(&first_bad, (unsigned long long)(e0 + g * kLen + r));
+            break;
           }
-#pragma unroll
-          for (int c = 0; c < kLen / 8; c++) word[g * kLen / 8 + c] = 0;
-          continue;
         }
-        uint32_t bits;
-        const GroupDivider div = group_divider<kScale>(q, nv, amax, &bits);
-        store_scale(scales, (e0 + g * kLen) / kLen, bits,
-                    kScale == kScaleGeneric ? q.scale_nbytes : 1);
-        uint32_t *out = word + g * kLen / 8;
-        if (kScale == kScaleMx && bits >= 7 && bits <= 240) {  // div.y = 2^-(bits - 127)
-          encode_run<kLen / 8, true>(GroupDivider::multiplier(cn * div.y), w, out);
-        } else if (div.S == 0.0f) {
 #pragma unroll
-          for (int c = 0; c < kLen / 8; c++) out[c] = 0;
-        } else {
-#pragma unroll
-          for (int r = 0; r < kLen; r++) w[r] = w[r] * cn;
-          encode_run<kLen / 8, true>(div, w, out);
-        }
+        for (int c = 0; c < kLen / 8; c++) word[g * kLen / 8 + c] = 0;
+        continue;
       }
-      reinterpret_cast<uint4 *>(codes)[e0 / kSeg] = make_uint4(word[0], word[1], word[2], word[3]);
+      uint32_t bits;
+      const GroupDivider div = group_divider<kScale>(q, nv, amax, &bits);
+      store_scale(scales, (e0 + g * kLen) / kLen, bits,
+                  kScale == kScaleGeneric ? q.scale_nbytes : 1);
+      uint32_t *out = word + g * kLen / 8;
+      if (kScale == kScaleMx && bits >= 7 && bits <= 240) {  // div.y = 2^-(bits - 127)
+        encode_run<kLen / 8, true>(GroupDivider::multiplier(cn * div.y), w, out);
+      } else if (div.S == 0.0f) {
+#pragma unroll
+        for (int c = 0; c < kLen / 8; c++) out[c] = 0;
+      } else {
+#pragma unroll
+        for (int r = 0; r < kLen; r++) w[r] = w[r] * cn;
+        encode_run<kLen / 8, true>(div, w, out);
+      }
     }
-  }
-  if constexpr (kPass == 0) {
-    // Non-finite values do not count here (the quantize pass reports them).
-    const uint32_t m = block_max(__float_as_uint(run), red);
-    if (threadIdx.x == 0) part[blockIdx.x] = __float_as_uint(__uint_as_float(m) * cn);
-    return;
+    reinterpret_cast<uint4 *>(codes)[e0 / kSeg] = make_uint4(word[0], word[1], word[2], word[3]);
   }
   __syncthreads();
   if (threadIdx.x == 0) bad[blockIdx.x] = first_bad;
@@ -339,17 +418,16 @@ fp4_status launch(const Plan &p) {
 // grid, whose bad-index partials the caller reads.
 template <bool kBf16, int kLen, int kScale>
 cudaError_t launch_tiled_as(const Plan &p, const Workspace &ws, int *parts) {
-  constexpr auto kAmax = tile_rotate_kernel<kBf16, 0, kSeg, kScaleGeneric>;
-  constexpr auto kQuant = tile_rotate_kernel<kBf16, 1, kLen, kScale>;
+  constexpr auto kAmax = tile_rotate_amax_kernel<kBf16>;
+  constexpr auto kQuant = tile_rotate_kernel<kBf16, kLen, kScale>;
   if (cudaError_t e = allow_tile_smem<kAmax>()) return e;
   if (cudaError_t e = allow_tile_smem<kQuant>()) return e;
   const TilePlan plan = tile_plan(ws, p.n, kBf16);
   int amax_parts = 0;
   if (p.q.tensor_amax) {
     amax_parts = int(plan.grid);
-    if (cudaError_t e = launch_ex(kAmax, plan.grid, kTileThreads, plan.smem, false, p.q, p.x, p.n,
-                                  p.cols, p.sign, ws.amax, 0, p.s_t, p.codes, p.scales, ws.bad,
-                                  false)) {
+    if (cudaError_t e = launch_ex(kAmax, plan.grid, kAmaxThreads, plan.smem, false, p.x, p.n,
+                                  p.cols, p.sign, ws.amax)) {
       return e;
     }
   }
