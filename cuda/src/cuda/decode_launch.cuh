@@ -43,11 +43,11 @@ inline std::atomic<bool> &pdl_on() {
   return on;
 }
 
-// kernel<<<grid, block>>>(args...) on launch_stream() with PDL, as clusters of `cluster_x`
-// blocks along x when cluster_x > 1.
+// kernel<<<grid, block, smem, stream>>>(args...) with PDL (while pdl_on()), as clusters of
+// `cluster_x` blocks along x when cluster_x > 1.
 template <typename... Params, typename... Args>
-fp4_status launch_decode(void (*kernel)(Params...), dim3 grid, dim3 block, unsigned cluster_x,
-                         Args &&...args) {
+fp4_status launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                      cudaStream_t stream, unsigned cluster_x, Args &&...args) {
   cudaLaunchAttribute attrs[2];
   unsigned n = 0;
   if (cluster_x > 1) {
@@ -60,8 +60,8 @@ fp4_status launch_decode(void (*kernel)(Params...), dim3 grid, dim3 block, unsig
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
-  cfg.dynamicSmemBytes = 0;
-  cfg.stream = launch_stream();
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
   cfg.attrs = attrs;
   if (pdl_on().load(std::memory_order_relaxed)) {
     attrs[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -77,6 +77,14 @@ fp4_status launch_decode(void (*kernel)(Params...), dim3 grid, dim3 block, unsig
   cfg.numAttrs = n;
   FP4_CU(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
   return FP4_OK;
+}
+
+// The same on launch_stream() without dynamic shared memory (the decode ops).
+template <typename... Params, typename... Args>
+fp4_status launch_decode(void (*kernel)(Params...), dim3 grid, dim3 block, unsigned cluster_x,
+                         Args &&...args) {
+  return launch_pdl(kernel, grid, block, 0, launch_stream(), cluster_x,
+                    std::forward<Args>(args)...);
 }
 
 }  // namespace fp4::cuda

@@ -44,6 +44,9 @@
 // chunks each and keeps the next P stages' loads in flight (a ring of P + 1 register stages); the
 // KW partial sums meet in shared memory.
 // Bytes moved: n*k/2 codes + n*k/group scales + batch*k*2 activations + batch*n*2 outputs.
+// Recorded into a graph (the decode step, whose weights are constants of the recording) the
+// kernel launches with programmatic dependent launch: it loads its first P stages of codes and
+// scales, then waits for the kernel before it (which writes x), and lets the next one launch.
 #include <cuda_bf16.h>
 #include <cooperative_groups.h>
 #include <cuda_fp8.h>
@@ -56,6 +59,7 @@
 #include "../gemm_backend.hpp"
 #include "../gemv_segments.hpp"
 #include "check.cuh"
+#include "decode_launch.cuh"
 #include "fp4lab/gemm.h"
 #include "stream.cuh"
 
@@ -266,6 +270,7 @@ __global__ void __launch_bounds__(C::kThreads, C::MINB)
   const int nchunks = (k + kChunk - 1) / kChunk;
   const int groups = k / (FMT == FP4_WEIGHTS_MXFP4 ? 32 : 16);
   constexpr int step = KW * U;  // chunks between a warp's consecutive stages
+  pdl_trigger();
 
   auto load_stage = [&](Stage<C, FMT> &st, int c0) {
 #pragma unroll
@@ -297,6 +302,9 @@ __global__ void __launch_bounds__(C::kThreads, C::MINB)
   const int cfirst = kw * U;
 #pragma unroll
   for (int s = 0; s < P; s++) load_stage(ring[s], cfirst + s * step);
+  // Launched with PDL (recorded into a graph, header comment) the first weight stages are in
+  // flight before the kernel waits for the one that writes x.
+  pdl_wait();
 
   // Slot path: x (batch row 0) permuted to the pairs, times 2^64, in uint4 blocks
   // [chunk][t][q ^ (t >> 1 & 1)] (the XOR keeps the 4 lanes that read one q on distinct banks),
@@ -746,6 +754,10 @@ fp4_status run(int32_t format, const uint16_t *x, const uint8_t *codes, const ui
                     (format == FP4_WEIGHTS_NVFP4 ? tensor_scales[j] : 1.0f);
   }
   const int64_t blocks = (n + C::kRows - 1) / C::kRows;
+  if (stream != nullptr && stream == launch_stream()) {
+    return launch_pdl(kernel, dim3(unsigned(blocks)), dim3(C::kThreads), smem, stream, 1, x, codes,
+                      scales, posts, y, int(batch), int(n), int(k));
+  }
   kernel<<<unsigned(blocks), C::kThreads, smem, stream>>>(x, codes, scales, posts, y, int(batch),
                                                          int(n), int(k));
   FP4_CU_LAUNCH();
