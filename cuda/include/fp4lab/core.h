@@ -67,6 +67,8 @@ FP4_API fp4_status fp4_free(int32_t device, void *ptr);
 /* Copies between host and device memory; `kind` 0 = host->device, 1 = device->host,
  * 2 = device->device. On the CPU device every kind is a memcpy. */
 FP4_API fp4_status fp4_memcpy(int32_t device, void *dst, const void *src, uint64_t bytes, int32_t kind);
+/* Waits for the library's work on the device, all of which runs on the legacy default stream
+ * (so a graph another thread is recording meanwhile neither blocks it nor makes it fail). */
 FP4_API fp4_status fp4_synchronize(int32_t device);
 /* y[i] = x[i] converted from x_dtype to y_dtype (f32 or bf16; f32 -> bf16 rounds to nearest
  * even, bf16 -> f32 is exact), n elements; x and y must not overlap. On CUDA it is ordered with

@@ -17,5 +17,10 @@
     }                                                                                       \
   } while (0)
 
+// Waits for the library's work, all of which runs on the legacy default stream. Not
+// cudaDeviceSynchronize: that also waits on the stream another thread may be recording a graph
+// on (graph.cu), which the runtime refuses for as long as the recording lasts.
+inline cudaError_t sync_library() { return cudaStreamSynchronize(cudaStreamLegacy); }
+
 // Checks the launch that just happened (bad configuration, missing kernel image).
 #define FP4_CU_LAUNCH() FP4_CU(cudaGetLastError())

@@ -121,7 +121,7 @@ fp4_status lower_inverse_of_cholesky(double *b, int64_t n, bool *pd) {
     return s;
   };
   int info = 0;
-  cudaError_t e = cudaDeviceSynchronize();  // b was written by this library's kernels
+  cudaError_t e = sync_library();  // b was written by this library's kernels
   if (e != cudaSuccess)
     return release(fp4::fail(FP4_ERR_CUDA, "cusolver: %s", cudaGetErrorString(e)));
   if (int s = a.potrf(a.handle, a.params, kFillUpper, n, kR64F, b, n, kR64F, work, dev_potrf,

@@ -162,7 +162,7 @@ fp4_status gptq_hessian_add(float *h, const float *x, int64_t rows, int64_t cols
   const float beta = float(double(seen) / double(seen + rows));
   const float alpha = float(2.0 / double(seen + rows));
   if (fp4_status s = syrk_f32(x, rows, cols, h, alpha, beta)) return s;
-  FP4_CU(cudaDeviceSynchronize());
+  FP4_CU(sync_library());
   return FP4_OK;
 }
 
@@ -182,7 +182,7 @@ fp4_status gptq_cross_add(float *d, const float *a, const float *b, int64_t rows
   const float alpha = float(2.0 / double(seen + rows));
   gram_kernel<false><<<unsigned(nb * nb), kThreads>>>(a, b, rows, cols, d, alpha, beta);
   FP4_CU_LAUNCH();
-  FP4_CU(cudaDeviceSynchronize());
+  FP4_CU(sync_library());
   return FP4_OK;
 }
 

@@ -381,7 +381,7 @@ fp4_status gptq_solve(float *w, const float *h, int64_t rows, int64_t cols, cons
   FP4_CU(buf.alloc(&err_t, size_t(bs) * rows));
   FP4_CU(buf.alloc(&gpos_d, n));
   FP4_CU(cudaMemcpy(gpos_d, gpos.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice));
-  FP4_CU(cudaDeviceSynchronize());
+  FP4_CU(sync_library());
   const double t1 = fp4::gptq::now_seconds();
 
   gather_kernel<<<grid_for(rows * n), 256>>>(w, rows, n, perm_d, dead_d, wp);
@@ -404,7 +404,7 @@ fp4_status gptq_solve(float *w, const float *h, int64_t rows, int64_t cols, cons
   FP4_CU(buf.alloc(&d, size_t(rows) * n));
   finish_kernel<<<grid_for(rows * n), 256>>>(w, codes, wp, codes_p, perm_d, rows, n, d);
   FP4_CU_LAUNCH();
-  FP4_CU(cudaDeviceSynchronize());
+  FP4_CU(sync_library());
   const double t2 = fp4::gptq::now_seconds();
 
   // Proxy loss trace(D H D^T) = sum_ij H_ij (D^T D)_ij.

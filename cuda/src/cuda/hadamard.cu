@@ -109,7 +109,7 @@ fp4_status hadamard(int32_t dtype, const void *x, int32_t out_dtype, void *out, 
   if (fp4_status s = hadamard_async(dtype, x, out_dtype, out, rows, cols, block, inverse,
                                     has_seed, seed))
     return s;
-  FP4_CU(cudaDeviceSynchronize());
+  FP4_CU(sync_library());
   return FP4_OK;
 }
 

@@ -813,14 +813,14 @@ fp4_status encode(int32_t codec, const float *x, uint64_t n, const uint32_t *ran
                   uint8_t *codes) {
   encode_kernel<<<grid_for(n, 256), 256>>>(codec, x, n, random, codes);
   FP4_CU_LAUNCH();
-  FP4_CU(cudaDeviceSynchronize());
+  FP4_CU(sync_library());
   return FP4_OK;
 }
 
 fp4_status decode(int32_t codec, const uint8_t *codes, uint64_t n, float *out) {
   decode_kernel<<<grid_for(n, 256), 256>>>(codec, codes, n, out);
   FP4_CU_LAUNCH();
-  FP4_CU(cudaDeviceSynchronize());
+  FP4_CU(sync_library());
   return FP4_OK;
 }
 
@@ -853,7 +853,7 @@ fp4_status dequantize(const fp4_quant_spec &spec, const uint8_t *codes, const ui
   if (fp4_status s = dequantize_async(spec, codes, scales, zeros, tensor_scale, rows, cols,
                                       out_dtype, out))
     return s;
-  FP4_CU(cudaDeviceSynchronize());
+  FP4_CU(sync_library());
   return FP4_OK;
 }
 

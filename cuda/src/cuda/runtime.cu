@@ -82,7 +82,7 @@ fp4_status memory(uint64_t *free_bytes, uint64_t *total_bytes) {
 }
 
 fp4_status synchronize() {
-  FP4_CU(cudaDeviceSynchronize());
+  FP4_CU(sync_library());
   return FP4_OK;
 }
 
