@@ -7,6 +7,8 @@
 // freed); a launch under stream capture that finds one too small runs without splitting k.
 // Launches sharing a device must not run concurrently on two streams (they share the
 // workspaces' tile counters).
+#include <mutex>
+
 #include "../gemm_backend.hpp"
 #include "fp4_gemm_wgmma.cuh"
 
@@ -72,6 +74,11 @@ fp4_status dispatch(const uint16_t *x, const uint8_t *codes, const uint8_t *scal
 fp4_status fp4_gemm_launch(int32_t format, const uint16_t *x, const uint8_t *codes,
                            const uint8_t *scales, float tensor_scale, uint16_t *y, int64_t batch,
                            int64_t n, int64_t k, void *stream) {
+  // Calls from several threads (parallel test workers, a notebook's workers) enqueue one at a
+  // time: the workspaces are grown and handed out here, and one thread's launch must not take a
+  // buffer another thread is about to free and replace.
+  static std::mutex serial;
+  std::lock_guard<std::mutex> hold(serial);
   auto s = static_cast<cudaStream_t>(stream);
   return format == FP4_WEIGHTS_NVFP4
              ? dispatch<FP4_WEIGHTS_NVFP4>(x, codes, scales, tensor_scale, y, batch, n, k, s)
