@@ -2,7 +2,7 @@
 // largest dynamic s_t its (rotated) input gets over the calibration windows, recomputed here
 // with the TypeScript reference on inputs captured by lib/model's forward pass (the engine's
 // attention sums in another order, so the inputs agree to f32 rounding and the scales to 1e-5
-// relative); on CUDA (bf16 activations) within 2^-5 of the CPU engine's. quantizeModel installs
+// relative); on CUDA (bf16 activations) within 2^-3 of the CPU engine's. quantizeModel installs
 // them (shared by q/k/v and gate/up), they change the W4A4 forward pass, and bad requests fail.
 import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import { calibrateActScales, staticScheme } from "../lib/pipeline/act_scales.ts";
@@ -128,9 +128,14 @@ Deno.test({
     const windows = tokenWindows(seed, 2, 40);
     const cpu = await calibrateActScales(model, schemes, windows);
     const cuda = await calibrateActScales(model, schemes, windows, { device: "cuda" });
+    // Measured on an H100 over 40 seeds (2026-12-07): the worst layer of a seed differs by 1.5 %
+    // (median) to 7.5 % (max), always o_proj or down_proj, whose inputs come out of bf16 softmax
+    // and SiLU; 9 of the 40 exceeded the 2^-5 first assumed here. The statistic itself is pinned
+    // exactly by the CPU tests above.
+    const bound = 2 ** -3;
     for (const [name, s] of cpu) {
       const g = cuda.get(name)!;
-      assert(Math.abs(g - s) <= 2 ** -5 * s, `${name}: cuda ${g} vs cpu ${s} (seed ${seed})`);
+      assert(Math.abs(g - s) <= bound * s, `${name}: cuda ${g} vs cpu ${s} (seed ${seed})`);
     }
     // The CUDA pipeline installs its own calibration (RTN: the same weights as on the CPU).
     const o = { format: "nvfp4", method: "rtn", actFormat: "nvfp4", actScale: "static" } as const;
@@ -139,7 +144,7 @@ Deno.test({
     for (const [name, l] of a.layers) {
       const s = l.scheme.act!.tensorScale as number;
       const g = b.layers.get(name)!.scheme.act!.tensorScale as number;
-      assert(Math.abs(g - s) <= 2 ** -5 * s, `pipeline ${name}: cuda ${g} vs cpu ${s}`);
+      assert(Math.abs(g - s) <= bound * s, `pipeline ${name}: cuda ${g} vs cpu ${s}`);
     }
   },
 });
