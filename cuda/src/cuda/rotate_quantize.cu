@@ -164,6 +164,38 @@ __global__ void __launch_bounds__(32 * kWarps)
   }
 }
 
+// v[r] times the random sign of its element: sign points at the signs of the segment's first
+// element, and register chunk c of 4 holds the segment's chunk c ^ swz4.
+template <int N>
+__device__ __forceinline__ void apply_signs(float (&v)[N], const float *sign, int swz4) {
+  const float4 *sg = reinterpret_cast<const float4 *>(sign);
+#pragma unroll
+  for (int c = 0; c < N / 4; c++) {
+    const float4 s4 = sg[c ^ swz4];
+    v[4 * c] = v[4 * c] * s4.x;
+    v[4 * c + 1] = v[4 * c + 1] * s4.y;
+    v[4 * c + 2] = v[4 * c + 2] * s4.z;
+    v[4 * c + 3] = v[4 * c + 3] * s4.w;
+  }
+}
+
+// The butterfly stages h = 1 .. N/2 inside the registers, each output the reference's single
+// float32 add or subtract.
+template <int N>
+__device__ __forceinline__ void butterfly(float (&v)[N]) {
+#pragma unroll
+  for (int h = 1; h < N; h <<= 1) {
+#pragma unroll
+    for (int j = 0; j < N; j++) {
+      if ((j & h) == 0) {
+        const float a = v[j], b = v[j + h];
+        v[j] = a + b;
+        v[j + h] = a - b;
+      }
+    }
+  }
+}
+
 // The amax pass of the fast path: per-CTA max |y| of the rotated tile ring into
 // part[blockIdx.x] (the first kernel of a call, it lets the quantize pass start at once).
 // kAmaxThreads threads per CTA, thread t owning elements 64t .. 64t + 63 of a tile, half a
@@ -221,28 +253,8 @@ __global__ void __launch_bounds__(kAmaxThreads, kCtasPerSm)
       }
     }
     walk.release(i);
-    if (live && sign) {
-      const float4 *sg = reinterpret_cast<const float4 *>(sign + e0 % cols);
-#pragma unroll
-      for (int c = 0; c < kAmaxRun / 4; c++) {
-        const float4 s4 = sg[c ^ (swz * K / 4)];  // the signs of the chunk's elements
-        v[4 * c] = v[4 * c] * s4.x;
-        v[4 * c + 1] = v[4 * c + 1] * s4.y;
-        v[4 * c + 2] = v[4 * c + 2] * s4.z;
-        v[4 * c + 3] = v[4 * c + 3] * s4.w;
-      }
-    }
-#pragma unroll
-    for (int h = 1; h < kAmaxRun; h <<= 1) {
-#pragma unroll
-      for (int j = 0; j < kAmaxRun; j++) {
-        if ((j & h) == 0) {
-          const float a = v[j], b = v[j + h];
-          v[j] = a + b;
-          v[j + h] = a - b;
-        }
-      }
-    }
+    if (live && sign) apply_signs(v, sign + e0 % cols, swz * K / 4);
+    butterfly(v);
     constexpr int H = kAmaxRun / 2;
 #pragma unroll
     for (int r = 0; r < H; r++) {
@@ -306,28 +318,8 @@ __global__ void __launch_bounds__(kTileThreads, kCtasPerSm)
       for (int r = 0; r < kSeg; r++) v[r] = 0.0f;
     }
     walk.release(i);
-    if (live && sign) {
-      const float4 *sg = reinterpret_cast<const float4 *>(sign + e0 % cols);
-#pragma unroll
-      for (int c = 0; c < kSeg / 4; c++) {
-        const float4 s4 = sg[c];
-        v[4 * c] = v[4 * c] * s4.x;
-        v[4 * c + 1] = v[4 * c + 1] * s4.y;
-        v[4 * c + 2] = v[4 * c + 2] * s4.z;
-        v[4 * c + 3] = v[4 * c + 3] * s4.w;
-      }
-    }
-#pragma unroll
-    for (int h = 1; h < kSeg; h <<= 1) {
-#pragma unroll
-      for (int j = 0; j < kSeg; j++) {
-        if ((j & h) == 0) {
-          const float a = v[j], b = v[j + h];
-          v[j] = a + b;
-          v[j + h] = a - b;
-        }
-      }
-    }
+    if (live && sign) apply_signs(v, sign + e0 % cols, 0);
+    butterfly(v);
 #pragma unroll
     for (int m = 1; m < P; m <<= 1) {
       const float sg = (lane & m) ? -1.0f : 1.0f;
