@@ -41,6 +41,38 @@ namespace {
 constexpr int kWarps = 8;  // warps per CTA of the generic kernel
 
 
+// v[r] times the random sign of its element: sign points at the signs of the segment's first
+// element, and register chunk c of 4 holds the segment's chunk c ^ swz4.
+template <int N>
+__device__ __forceinline__ void apply_signs(float (&v)[N], const float *sign, int swz4) {
+  const float4 *sg = reinterpret_cast<const float4 *>(sign);
+#pragma unroll
+  for (int c = 0; c < N / 4; c++) {
+    const float4 s4 = sg[c ^ swz4];
+    v[4 * c] = v[4 * c] * s4.x;
+    v[4 * c + 1] = v[4 * c + 1] * s4.y;
+    v[4 * c + 2] = v[4 * c + 2] * s4.z;
+    v[4 * c + 3] = v[4 * c + 3] * s4.w;
+  }
+}
+
+// The butterfly stages h = 1 .. N/2 inside the registers, each output the reference's single
+// float32 add or subtract.
+template <int N>
+__device__ __forceinline__ void butterfly(float (&v)[N]) {
+#pragma unroll
+  for (int h = 1; h < N; h <<= 1) {
+#pragma unroll
+    for (int j = 0; j < N; j++) {
+      if ((j & h) == 0) {
+        const float a = v[j], b = v[j + h];
+        v[j] = a + b;
+        v[j + h] = a - b;
+      }
+    }
+  }
+}
+
 template <int E, bool kBf16>
 __device__ __forceinline__ void load_lane(const void *x, uint64_t base, float (&v)[E]) {
   if constexpr (kBf16 && E % 4 == 0) {
@@ -85,17 +117,7 @@ __global__ void __launch_bounds__(32 * kWarps)
 #pragma unroll
       for (int r = 0; r < E; r++) v[r] = v[r] * sign[(base + r) % cols];
     }
-#pragma unroll
-    for (int h = 1; h < E; h <<= 1) {
-#pragma unroll
-      for (int j = 0; j < E; j++) {
-        if ((j & h) == 0) {
-          const float u = v[j], w = v[j + h];
-          v[j] = u + w;
-          v[j + h] = u - w;
-        }
-      }
-    }
+    butterfly(v);
 #pragma unroll
     for (int h = E; h < B; h <<= 1) {
       const int m = h / E;
@@ -161,38 +183,6 @@ __global__ void __launch_bounds__(32 * kWarps)
       if (a2 > amax_run) amax_run = a2;
     }
     if (lane == 0) atomicMax(&st->amax, __float_as_uint(amax_run));
-  }
-}
-
-// v[r] times the random sign of its element: sign points at the signs of the segment's first
-// element, and register chunk c of 4 holds the segment's chunk c ^ swz4.
-template <int N>
-__device__ __forceinline__ void apply_signs(float (&v)[N], const float *sign, int swz4) {
-  const float4 *sg = reinterpret_cast<const float4 *>(sign);
-#pragma unroll
-  for (int c = 0; c < N / 4; c++) {
-    const float4 s4 = sg[c ^ swz4];
-    v[4 * c] = v[4 * c] * s4.x;
-    v[4 * c + 1] = v[4 * c + 1] * s4.y;
-    v[4 * c + 2] = v[4 * c + 2] * s4.z;
-    v[4 * c + 3] = v[4 * c + 3] * s4.w;
-  }
-}
-
-// The butterfly stages h = 1 .. N/2 inside the registers, each output the reference's single
-// float32 add or subtract.
-template <int N>
-__device__ __forceinline__ void butterfly(float (&v)[N]) {
-#pragma unroll
-  for (int h = 1; h < N; h <<= 1) {
-#pragma unroll
-    for (int j = 0; j < N; j++) {
-      if ((j & h) == 0) {
-        const float a = v[j], b = v[j + h];
-        v[j] = a + b;
-        v[j + h] = a - b;
-      }
-    }
   }
 }
 
