@@ -266,7 +266,8 @@ __device__ __forceinline__ GroupDivider divider_for(const fmt::GroupScale &gs, f
 //    at least 16 ulps from an E4M3 rounding boundary (low 20 bits 0x80000): r and raw are each
 //    within 2^-23 of amax / (M s_t), so within 4 ulps of each other, and they round alike.
 //    Other groups (the one in about 2^15 that lies that near a boundary, and the subnormal,
-//    saturating and zero ones) take fast_scale. c = 0 (s_t outside [2^-100, 2^100]) sends every group there.
+//    saturating and zero ones) take fast_scale. c = 0 (s_t outside [2^-100, 2^100]) sends every
+//    group there.
 //  - e[code] = {S, y, ylo, mode} of GroupDivider::base(S) for S = decode(code) (times s_t
 //    when has_st): what GroupDivider(S, amax) computes before it looks at amax.
 // nv_table_init runs on every thread of the CTA once s_t is known; a __syncthreads follows.
@@ -439,14 +440,15 @@ __device__ __forceinline__ void load_seg(const uint8_t *p, float (&v)[kSeg], uin
 }
 
 // One CTA's walk over its tiles of a byte range (header comment): tile i of CTA b is
-// b + i * grid (counted from the end with `reverse`); with kThreads threads per CTA (kTileThreads
-// unless given), thread t's kTileElems / kThreads elements start at that count times t. Thread
+// b + i * grid (counted from the end with `reverse`); of the kThreads threads of the CTA, thread
+// t's kTileElems / kThreads elements start at that count times t. Thread
 // 0 calls start() before the CTA first synchronizes; then per tile: wait(i), read the
 // segment into registers, release(i) (the CTA synchronizes and thread 0 refills the buffer
 // with tile i + kStages). Tile indices are 32-bit: tensors below 2^45 elements.
 constexpr int kStages = 2;     // tiles in flight per CTA
 constexpr int kCtasPerSm = 4;  // 32 warps per SM; __launch_bounds__ caps registers at 64
 
+template <int kThreads = kTileThreads>
 struct TileWalk {
   const uint8_t *src;
   uint64_t total;
@@ -469,7 +471,6 @@ struct TileWalk {
   }
 
   // First element of this thread's segment of tile i.
-  template <int kThreads = kTileThreads>
   __device__ __forceinline__ uint64_t first(uint32_t i) const {
     return uint64_t(tile(i)) * kTileElems + threadIdx.x * uint32_t(kTileElems / kThreads);
   }
@@ -500,7 +501,6 @@ struct TileWalk {
   }
 
   // This thread's segment of tile i, once the tile has landed.
-  template <int kThreads = kTileThreads>
   __device__ __forceinline__ const uint8_t *wait(uint32_t i) const {
     const uint32_t s = i % kStages, parity = (i / kStages) & 1u;
     const uint32_t bar = smem_addr(&full[s]);

@@ -215,7 +215,7 @@ __global__ void __launch_bounds__(kAmaxThreads, kCtasPerSm)
   extern __shared__ __align__(128) uint8_t ring[];
   __shared__ uint64_t full[kStages];
   __shared__ uint32_t red[kAmaxThreads / 32];
-  TileWalk walk(x, n * kEB, kEB, false, ring, full);
+  TileWalk<kAmaxThreads> walk(x, n * kEB, kEB, false, ring, full);
   if (threadIdx.x == 0) walk.start();
   __syncthreads();
   const bool lower = (threadIdx.x & 1) == 0;
@@ -223,8 +223,8 @@ __global__ void __launch_bounds__(kAmaxThreads, kCtasPerSm)
   const int swz = int(threadIdx.x & 7);  // chunk xor
   float run = 0.0f;
   for (uint32_t i = 0; i < walk.count; i++) {
-    const uint8_t *seg = walk.wait<kAmaxThreads>(i);
-    const uint64_t e0 = walk.first<kAmaxThreads>(i);
+    const uint8_t *seg = walk.wait(i);
+    const uint64_t e0 = walk.first(i);
     const bool live = e0 < n;  // both lanes of a block are live or dead; dead ones add zeros
     float v[kAmaxRun];
     const uint4 *p = reinterpret_cast<const uint4 *>(seg);
