@@ -192,3 +192,77 @@ Deno.test({
     assert(same >= 12, `only ${same}/16 greedy picks agree`);
   },
 });
+
+// DecodeEngine.greedy chooses each next input on the device; the tokens, the position and the
+// last logits must equal the host loop's (forward + argmax) bit for bit: the same kernels run on
+// the same inputs, only the token's route differs.
+async function hostLoop(engine: DecodeEngine, prompt: Int32Array, limit: number) {
+  await engine.forward(prompt);
+  const tokens = [engine.argmax()];
+  while (tokens.length < limit) {
+    await engine.forward(new Int32Array([tokens[tokens.length - 1]]));
+    tokens.push(engine.argmax());
+  }
+  return tokens;
+}
+
+async function deviceLoop(engine: DecodeEngine, prompt: Int32Array, limit: number, chunk: number) {
+  await engine.forward(prompt);
+  const tokens: number[] = [];
+  for await (const t of engine.greedy(limit, chunk)) tokens.push(t);
+  return tokens;
+}
+
+Deno.test("greedy() on the device yields the host loop's tokens, position and logits", async () => {
+  const model = LlamaModel.random(tiny(), { seed: seed + 7, std: 0.3 });
+  const V = model.config.vocabSize;
+  const prompt = Int32Array.from({ length: 4 }, () => Math.floor(Math.random() * V));
+  using a = DecodeEngine.create(model, { contextLength: 20 });
+  using b = DecodeEngine.create(model, { contextLength: 20 });
+  const want = await hostLoop(a, prompt, 11);
+  // 11 tokens in chunks of 3: 10 steps as 3 + 3 + 3 + 1; then the context's last position.
+  assertEquals(await deviceLoop(b, prompt, 11, 3), want);
+  assertEquals(b.position, a.position);
+  assertEquals(b.logits(), a.logits());
+  a.reset();
+  b.reset();
+  assertEquals(await deviceLoop(b, prompt, 17, 16), await hostLoop(a, prompt, 17));
+  assertEquals(b.position, 20);
+});
+
+Deno.test("greedy() bad input: before forward, bad limit or chunk, past the context", async () => {
+  const model = LlamaModel.random(tiny(), { seed, std: 0.15 });
+  using engine = DecodeEngine.create(model, { contextLength: 8 });
+  const drain = async (limit: number, chunk?: number) => {
+    for await (const _ of engine.greedy(limit, chunk)) { /* consume */ }
+  };
+  await assertRejects(() => drain(2), Error, "no logits yet");
+  await engine.forward(new Int32Array([1, 2, 3]));
+  await assertRejects(() => drain(0), Error, "limit must be an integer >= 1");
+  await assertRejects(() => drain(2, 0), Error, "chunk must be an integer >= 1");
+  await assertRejects(() => drain(7), Error, "6 more steps after 3 do not fit the context of 8");
+  assertEquals(engine.position, 3);
+  await drain(6, 4);
+  assertEquals(engine.position, 8);
+});
+
+Deno.test({
+  name: "CUDA greedy() on the device equals the CUDA host loop, with and without graphs",
+  ignore: !cudaStatus().available,
+  async fn() {
+    const model = LlamaModel.random(tiny({ max_position_embeddings: 64 }), {
+      seed: seed + 11,
+      std: 0.3,
+    });
+    const V = model.config.vocabSize;
+    const prompt = Int32Array.from({ length: 5 }, () => Math.floor(Math.random() * V));
+    for (const graphs of [true, false]) {
+      using a = DecodeEngine.create(model, { device: "cuda", contextLength: 48, graphs });
+      using b = DecodeEngine.create(model, { device: "cuda", contextLength: 48, graphs });
+      const want = await hostLoop(a, prompt, 40);
+      assertEquals(await deviceLoop(b, prompt, 40, 7), want, `graphs ${graphs}`);
+      assertEquals(b.position, a.position);
+      assertEquals(b.logits(), a.logits(), `graphs ${graphs}`);
+    }
+  },
+});

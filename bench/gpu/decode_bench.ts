@@ -3,8 +3,11 @@
  * 14336, 32 layers, 32 heads, 8 KV heads, vocab 128256) with random weights, run by our
  * DecodeEngine three ways on the same run: BF16 weights (dense products through cuBLAS), MXFP4
  * and NVFP4 weights (our W4A16 kernels; the LM head stays BF16 in all three). Batch 1, greedy:
- * a 16-token prompt, then 128 decode steps, each ending with the argmax copied to the host (as
- * generation does). Each configuration runs once to warm up (the graph is recorded there), then
+ * a 16-token prompt, then 128 decode steps, each choosing its token two ways (`loop`): on the
+ * device, feeding the next step without a host round trip and copying the tokens back 16 at a
+ * time (`device`: DecodeEngine.greedy, what generation does), or with the argmax copied to the
+ * host after every step and the next step's input copied back (`host`: forward + argmax). Each
+ * configuration runs once to warm up (the graph is recorded there), then
  * is timed; with and without CUDA graphs, and with q/k/v and gate/up fused into one product
  * each (the engine's default) or not (`fused`; the unfused runs with graphs only). Both BF16
  * baselines are reported: FP4 against BF16 with the same fusion (`vsBf16`) and against the
@@ -18,8 +21,8 @@
  * PyTorch reference written by bench/gpu/decode_torch_baseline.py.
  *
  * Usage: deno run -A bench/gpu/decode_bench.ts --out DIR [--layers N] [--tokens N]
- *   [--formats bf16,mxfp4,nvfp4] [--fuse on,off] [--graphs-only] [--op-launches N]
- *   [--torch FILE]
+ *   [--formats bf16,mxfp4,nvfp4] [--fuse on,off] [--loop device,host] [--graphs-only]
+ *   [--op-launches N] [--torch FILE]
  * (few layers, tokens and op launches make a short run to profile under ncu).
  * Writes DIR/decode.json (device, date, commit, figures) and prints a table last. The decode
  * kernels' programmatic dependent launch follows $FP4LAB_PDL (recorded as `pdl`).
@@ -51,6 +54,7 @@ const { values: args } = parseArgs({
     fuse: { type: "string", default: "on,off" },
     "graphs-only": { type: "boolean", default: false },
     "op-launches": { type: "string", default: "200" },
+    loop: { type: "string", default: "device,host" },
     torch: { type: "string" },
   },
 });
@@ -128,6 +132,8 @@ interface Run {
   graphs: boolean;
   /** q/k/v and gate/up as one product each. */
   fused: boolean;
+  /** Where each step's token is chosen and fed to the next step (module doc). */
+  loop: Loop;
   prefillTokS: number;
   decodeTokS: number;
   msPerToken: number;
@@ -141,11 +147,22 @@ interface Run {
   sameTokens: boolean;
 }
 
-async function timeDecode(engine: DecodeEngine, prompt: Int32Array) {
+type Loop = "device" | "host";
+const GREEDY_CHUNK = 16;
+
+async function timeDecode(engine: DecodeEngine, prompt: Int32Array, loop: Loop) {
   engine.reset();
   const tokens = new Int32Array(TOKENS + 1);
   const t0 = performance.now();
   await engine.forward(prompt);
+  if (loop === "device") {
+    let i = 0, t1 = 0;
+    for await (const t of engine.greedy(TOKENS + 1, GREEDY_CHUNK)) {
+      tokens[i++] = t;
+      if (i === 1) t1 = performance.now();
+    }
+    return { prefillMs: t1 - t0, decodeMs: performance.now() - t1, tokens };
+  }
   let t = tokens[0] = engine.argmax();
   const t1 = performance.now();
   for (let i = 0; i < TOKENS; i++) {
@@ -160,6 +177,11 @@ const prompt = Int32Array.from({ length: PROMPT }, (_, i) => (i * 7919) % config
 const runs: Run[] = [];
 const formats = args.formats!.split(",") as ("bf16" | Fp4WeightFormat)[];
 const fuses = args.fuse!.split(",").map((f) => f === "on");
+const loops = args.loop!.split(",") as Loop[];
+if (loops.some((l) => l !== "device" && l !== "host")) {
+  console.error(`--loop must list device and/or host, got ${args.loop}`);
+  Deno.exit(1);
+}
 for (const format of formats) {
   console.log(`--- ${format}: loading`);
   const before = cudaMemory();
@@ -177,36 +199,43 @@ for (const format of formats) {
       fuse: fused,
     });
     try {
-      await timeDecode(engine, prompt);
-      const { prefillMs, decodeMs, tokens } = await timeDecode(engine, prompt);
-      firstTokens ??= tokens;
       const engineBytes = before.free - cudaMemory().free;
-      const run: Run = {
-        weights: format,
-        graphs,
-        fused,
-        prefillTokS: PROMPT / (prefillMs / 1000),
-        decodeTokS: TOKENS / (decodeMs / 1000),
-        msPerToken: decodeMs / TOKENS,
-        engineBytes,
-        checkpointBytes: checkpointBytes(format),
-        vsBf16: null,
-        vsBf16Unfused: null,
-        sameTokens: tokens.every((t, i) => t === firstTokens![i]),
-      };
-      const bf16 = (f: boolean) =>
-        runs.find((r) => r.weights === "bf16" && r.graphs === graphs && r.fused === f);
-      const base = bf16(fused), unfused = bf16(false);
-      if (base) run.vsBf16 = run.decodeTokS / base.decodeTokS;
-      if (unfused) run.vsBf16Unfused = run.decodeTokS / unfused.decodeTokS;
-      runs.push(run);
-      console.log(
-        `${format} graphs=${graphs} fused=${fused}: decode ${run.decodeTokS.toFixed(1)} tok/s (${
-          run.msPerToken.toFixed(2)
-        } ms/token), prefill ${run.prefillTokS.toFixed(0)} tok/s, engine ${
-          (engineBytes / 2 ** 30).toFixed(2)
-        } GiB, tokens ${run.sameTokens ? "same" : "DIFFER"}`,
-      );
+      for (const loop of loops) {
+        await timeDecode(engine, prompt, loop);
+        const { prefillMs, decodeMs, tokens } = await timeDecode(engine, prompt, loop);
+        firstTokens ??= tokens;
+        const run: Run = {
+          weights: format,
+          graphs,
+          fused,
+          loop,
+          prefillTokS: PROMPT / (prefillMs / 1000),
+          decodeTokS: TOKENS / (decodeMs / 1000),
+          msPerToken: decodeMs / TOKENS,
+          engineBytes,
+          checkpointBytes: checkpointBytes(format),
+          vsBf16: null,
+          vsBf16Unfused: null,
+          sameTokens: tokens.every((t, i) => t === firstTokens![i]),
+        };
+        const bf16 = (f: boolean) =>
+          runs.find((r) =>
+            r.weights === "bf16" && r.graphs === graphs && r.fused === f && r.loop === loop
+          );
+        const base = bf16(fused), unfused = bf16(false);
+        if (base) run.vsBf16 = run.decodeTokS / base.decodeTokS;
+        if (unfused) run.vsBf16Unfused = run.decodeTokS / unfused.decodeTokS;
+        runs.push(run);
+        console.log(
+          `${format} graphs=${graphs} fused=${fused} loop=${loop}: decode ${
+            run.decodeTokS.toFixed(1)
+          } tok/s (${run.msPerToken.toFixed(2)} ms/token), prefill ${
+            run.prefillTokS.toFixed(0)
+          } tok/s, engine ${(engineBytes / 2 ** 30).toFixed(2)} GiB, tokens ${
+            run.sameTokens ? "same" : "DIFFER"
+          }`,
+        );
+      }
     } finally {
       engine.dispose();
     }
@@ -505,6 +534,7 @@ console.log(formatTable(
     "weights",
     "graphs",
     "fused",
+    "loop",
     "decode tok/s",
     "ms/token",
     "vs bf16 (same fusion)",
@@ -517,6 +547,7 @@ console.log(formatTable(
     r.weights,
     String(r.graphs),
     String(r.fused),
+    r.loop,
     r.decodeTokS.toFixed(1),
     r.msPerToken.toFixed(2),
     r.vsBf16 === null ? "-" : r.vsBf16.toFixed(2),

@@ -51,6 +51,8 @@ fp4_status dec_attention(const void *q, int32_t q_dtype, const void *k_cache,
 fp4_status dec_silu_mul(const void *gate, const void *up, void *out, int32_t dtype, uint64_t n);
 fp4_status dec_add(float *y, const void *x, int32_t x_dtype, uint64_t n);
 fp4_status dec_argmax(const float *x, int64_t rows, int64_t n, int32_t *out);
+fp4_status dec_argmax_feed(const float *x, int64_t n, int32_t *out, int32_t *pos,
+                           int32_t *history, int64_t capacity);
 // fp4_cublas_status (cublas_runtime.cu).
 int32_t cublas_status(char *buf, int32_t cap);
 

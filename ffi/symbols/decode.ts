@@ -7,7 +7,8 @@
  */
 
 /** Symbols of the decode ABI: embedding, RMSNorm (alone or after the residual add), linear,
- * RoPE, KV store (alone or fused with RoPE), attention, SwiGLU, residual add, argmax. */
+ * RoPE, KV store (alone or fused with RoPE), attention, SwiGLU, residual add, argmax (alone or
+ * feeding the next step). */
 export const decodeSymbols = {
   fp4_cublas_status: { parameters: ["buffer", "i32"], result: "i32" },
   fp4_dec_embedding: {
@@ -104,4 +105,8 @@ export const decodeSymbols = {
   },
   fp4_dec_add: { parameters: ["i32", "pointer", "pointer", "i32", "u64"], result: "i32" },
   fp4_dec_argmax: { parameters: ["i32", "pointer", "i64", "i64", "pointer"], result: "i32" },
+  fp4_dec_argmax_feed: {
+    parameters: ["i32", "pointer", "i64", "pointer", "pointer", "pointer", "i64"],
+    result: "i32",
+  },
 } as const satisfies Deno.ForeignLibraryInterface;

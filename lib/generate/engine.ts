@@ -221,7 +221,11 @@ export class DecodeEngine {
   #graphs: boolean;
   #fuse: boolean;
   #graph: Deno.PointerValue = null;
+  /** The step followed by the device-side choice of the next input (greedy). */
+  #feedGraph: Deno.PointerValue = null;
   #graphScratch: Scratch | undefined;
+  /** Greedy: the input id of every position, written by the device ([contextLength]). */
+  #history: Tensor | undefined;
   #eagerSteps = 0;
   #allLogits: Tensor | undefined;
   #captures = new Map<string, Tensor>();
@@ -612,6 +616,24 @@ export class DecodeEngine {
     );
   }
 
+  /** `dst.length` int32 values of `src` from byte `at` into the host array `dst`. */
+  #copyOut(dst: Int32Array, src: Tensor, at: number): void {
+    if (this.device === "cpu") {
+      dst.set((src.data() as Int32Array).subarray(at / 4, at / 4 + dst.length));
+      return;
+    }
+    check(
+      native().fp4_memcpy(
+        this.#dev,
+        Deno.UnsafePointer.of(dst as BufferSource),
+        offset(src, at),
+        BigInt(dst.byteLength),
+        D2H,
+      ),
+      "fp4_memcpy",
+    );
+  }
+
   /** Linears that read the same input: with one input scheme, it is transformed once. */
   async #sameInput(
     lws: LinearWeights[],
@@ -891,19 +913,24 @@ export class DecodeEngine {
    * position from the device buffers #begin fills, so one recording serves every step while
    * the scratch stays the same.
    */
-  async #replayStep(s: Scratch): Promise<void> {
+  async #replayStep(s: Scratch, feed = false): Promise<void> {
     const lib = native();
-    if (this.#graph && this.#graphScratch !== s) this.#dropGraph();
-    if (!this.#graph) {
+    if (this.#graphScratch !== s) this.#dropGraph();
+    const body = async () => {
+      await this.#step(s, 1);
+      if (feed) this.#feed(s);
+    };
+    let graph = feed ? this.#feedGraph : this.#graph;
+    if (!graph) {
       if (this.#eagerSteps === 0) {
-        await this.#step(s, 1);
+        await body();
         this.#eagerSteps++;
         return;
       }
       check(lib.fp4_graph_begin(this.#dev), "fp4_graph_begin");
       let failure: unknown = null;
       try {
-        await this.#step(s, 1);
+        await body();
       } catch (e) {
         failure = e;
       }
@@ -911,15 +938,111 @@ export class DecodeEngine {
       const ended = lib.fp4_graph_end(this.#dev, out);
       if (failure) throw failure;
       check(ended, "fp4_graph_end");
-      this.#graph = Deno.UnsafePointer.create(out[0]);
+      graph = Deno.UnsafePointer.create(out[0]);
+      if (feed) this.#feedGraph = graph;
+      else this.#graph = graph;
       this.#graphScratch = s;
     }
-    check(lib.fp4_graph_launch(this.#dev, this.#graph), "fp4_graph_launch");
+    check(lib.fp4_graph_launch(this.#dev, graph), "fp4_graph_launch");
+  }
+
+  /** After a step: its greedy token becomes the next input, and the device position advances. */
+  #feed(s: Scratch): void {
+    check(
+      native().fp4_dec_argmax_feed(
+        this.#dev,
+        s.logits.pointer(),
+        BigInt(this.model.config.vocabSize),
+        s.ids.pointer(),
+        this.#pos.pointer(),
+        this.#history!.pointer(),
+        BigInt(this.contextLength + 1),
+      ),
+      "fp4_dec_argmax_feed",
+    );
+  }
+
+  /**
+   * Greedy decoding with the token choice on the device: yields up to `limit` tokens, the first
+   * being {@linkcode argmax} of the current logits, each later one the argmax after a
+   * single-token step on the previous one. Steps run in chunks of `chunk` (default 16) without
+   * a copy from the host between them (each step's input is the previous step's argmax, on the
+   * device; on CUDA each step replays one recorded graph), and a chunk's tokens come back with
+   * one copy before they are yielded. The steps of a chunk run before its first token is
+   * yielded: a consumer that stops early leaves up to `chunk - 1` more steps in the cache, and
+   * {@linkcode position} counts them. Throws before any step when `limit - 1` steps do not fit
+   * the context.
+   *
+   * @example
+   * ```ts
+   * import { DecodeEngine } from "./engine.ts";
+   * import { LlamaModel, parseLlamaConfig } from "../model/mod.ts";
+   * const model = LlamaModel.random(parseLlamaConfig({
+   *   model_type: "llama", hidden_size: 16, intermediate_size: 24, num_hidden_layers: 1,
+   *   num_attention_heads: 2, vocab_size: 10, max_position_embeddings: 8,
+   * }));
+   * using engine = DecodeEngine.create(model);
+   * await engine.forward(new Int32Array([1, 2]));
+   * const tokens: number[] = [];
+   * for await (const t of engine.greedy(4, 2)) tokens.push(t);
+   * console.assert(tokens.length === 4 && engine.position === 5);
+   * ```
+   */
+  async *greedy(limit: number, chunk = 16): AsyncGenerator<number, void, undefined> {
+    this.#ready();
+    if (!Number.isSafeInteger(limit) || limit < 1) {
+      throw new Error(`greedy: limit must be an integer >= 1, got ${limit}`);
+    }
+    if (!Number.isSafeInteger(chunk) || chunk < 1) {
+      throw new Error(`greedy: chunk must be an integer >= 1, got ${chunk}`);
+    }
+    if (this.#position + limit - 1 > this.contextLength) {
+      throw new Error(
+        `greedy: ${
+          limit - 1
+        } more steps after ${this.#position} do not fit the context of ${this.contextLength} positions`,
+      );
+    }
+    let token = this.argmax();
+    yield token;
+    // One entry past the context: the token chosen after its last position is never run.
+    const cap = this.contextLength + 1;
+    this.#history ??= this.#own(Tensor.empty([cap], "i32", this.device));
+    const got = new Int32Array(chunk);
+    for (let done = 1; done < limit;) {
+      const steps = Math.min(chunk, limit - done);
+      const p0 = this.#position;
+      if (p0 + steps > this.contextLength) {
+        throw new Error(`greedy: the context of ${this.contextLength} positions is full`);
+      }
+      const s = this.#scratchFor(1);
+      this.#copyIn(s.ids, new Int32Array([token]));
+      this.#copyIn(this.#pos, new Int32Array([p0]));
+      for (let i = 0; i < steps; i++) {
+        if (this.#graphs) {
+          await this.#replayStep(s, true);
+        } else {
+          await this.#step(s, 1);
+          this.#eagerSteps++;
+          this.#feed(s);
+        }
+        this.#position++;
+      }
+      // history[p0 + 1 + i]: the token chosen after step i, the input of position p0 + 1 + i.
+      this.#copyOut(got.subarray(0, steps), this.#history, (p0 + 1) * 4);
+      for (let i = 0; i < steps; i++) {
+        token = got[i];
+        done++;
+        yield token;
+      }
+    }
   }
 
   #dropGraph(): void {
     if (this.#graph) native().fp4_graph_destroy(this.#dev, this.#graph);
+    if (this.#feedGraph) native().fp4_graph_destroy(this.#dev, this.#feedGraph);
     this.#graph = null;
+    this.#feedGraph = null;
     this.#graphScratch = undefined;
   }
 

@@ -59,9 +59,13 @@ export interface GenerationStats {
   prefillTokensPerSecond: number;
   /** Tokens produced (the first comes from the prefill pass). */
   generatedTokens: number;
-  /** Single-token forward steps run (generatedTokens - 1, or fewer when stopped early). */
+  /** Tokens produced by single-token steps (generatedTokens - 1). */
   decodeSteps: number;
-  /** Seconds of the decode steps (forward, token choice, detokenization excluded). */
+  /**
+   * Seconds of the decode steps (forward, token choice, detokenization excluded). Greedy
+   * decoding runs its steps in chunks (DecodeEngine.greedy): after a stop token this includes
+   * the rest of its chunk.
+   */
   decodeSeconds: number;
   /** decodeSteps / decodeSeconds (NaN when no step ran). */
   decodeTokensPerSecond: number;
@@ -178,13 +182,23 @@ export function generate(
       schemes: options.schemes,
       linear: options.linear,
     });
-    const next = (step: number) =>
-      greedy ? engine.argmax() : sampleToken(engine.logits(), sampling, uniformAt(seed, step));
     const text = textStream(options.tokenizer);
     const generated: number[] = [];
     const t0 = performance.now();
     await engine.forward(ids);
-    let token = next(0);
+    // Greedy: the device chooses each next input itself (DecodeEngine.greedy), so steps run in
+    // chunks without a round trip through the host; sampling needs the logits on the host.
+    const greedyTokens = greedy ? engine.greedy(maxTokens) : undefined;
+    const next = async (step: number) => {
+      if (greedyTokens) {
+        const r = await greedyTokens.next();
+        if (r.done) throw new Error("generate: the greedy decode ended early");
+        return r.value;
+      }
+      if (step > 0) await engine.forward(new Int32Array([generated[generated.length - 1]]));
+      return sampleToken(engine.logits(), sampling, uniformAt(seed, step));
+    };
+    let token = await next(0);
     const prefillSeconds = (performance.now() - t0) / 1000;
     let decodeSeconds = 0;
     let steps = 0;
@@ -206,12 +220,12 @@ export function generate(
         yield { token, text: text(generated, done) };
         if (done) break;
         const t1 = performance.now();
-        await engine.forward(new Int32Array([token]));
-        token = next(generated.length);
+        token = await next(generated.length);
         decodeSeconds += (performance.now() - t1) / 1000;
         steps++;
       }
     } finally {
+      await greedyTokens?.return();
       finish();
     }
   });

@@ -99,4 +99,10 @@ FP4_API fp4_status fp4_dec_add(int32_t device, float *y, const void *x, int32_t 
 FP4_API fp4_status fp4_dec_argmax(int32_t device, const float *x, int64_t rows, int64_t n,
                                   int32_t *out);
 
+/* The next input of a greedy decode loop, chosen on the device so that the next step needs no
+ * copy from the host: out[0] = argmax of x [n] (as fp4_dec_argmax), then *pos += 1 and, where the
+ * new *pos < capacity, history[*pos] = out[0]. out, pos and history live on the device. */
+FP4_API fp4_status fp4_dec_argmax_feed(int32_t device, const float *x, int64_t n, int32_t *out,
+                                       int32_t *pos, int32_t *history, int64_t capacity);
+
 #endif

@@ -180,6 +180,14 @@ void argmax_cpu(const float *x, int64_t rows, int64_t n, int32_t *out) {
   }
 }
 
+void argmax_feed_cpu(const float *x, int64_t n, int32_t *out, int32_t *pos, int32_t *history,
+                     int64_t capacity) {
+  argmax_cpu(x, 1, n, out);
+  const int32_t p = *pos + 1;
+  *pos = p;
+  if (p < capacity) history[p] = out[0];
+}
+
 }  // namespace
 
 // CPU work runs here; CUDA work is enqueued by the backend.
@@ -387,6 +395,19 @@ FP4_API fp4_status fp4_dec_add(int32_t device, float *y, const void *x, int32_t 
     FP4_REQUIRE(y && x, "%s: null pointer", fn);
     DEC_DISPATCH(add_cpu(y, x, x_dtype, n),
                  fp4::cuda::dec_add(y, x, x_dtype, n))
+  })
+}
+
+FP4_API fp4_status fp4_dec_argmax_feed(int32_t device, const float *x, int64_t n, int32_t *out,
+                                       int32_t *pos, int32_t *history, int64_t capacity) {
+  FP4_GUARD({
+    const char *fn = "fp4_dec_argmax_feed";
+    if (fp4_status s = check_device(device, fn)) return s;
+    FP4_REQUIRE(n > 0 && n < (int64_t(1) << 31) && capacity >= 0,
+                "%s: bad sizes (n %lld, capacity %lld)", fn, (long long)n, (long long)capacity);
+    FP4_REQUIRE(x && out && pos && (history || capacity == 0), "%s: null pointer", fn);
+    DEC_DISPATCH(argmax_feed_cpu(x, n, out, pos, history, capacity),
+                 fp4::cuda::dec_argmax_feed(x, n, out, pos, history, capacity))
   })
 }
 

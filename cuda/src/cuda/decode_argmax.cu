@@ -2,7 +2,9 @@
 // (rows * n * 4 bytes; 16-byte loads when the row allows). Each thread keeps its best (value,
 // first index), each block reduces its threads', and the cluster's first block reduces the
 // blocks' through distributed shared memory: two stages, one launch, no workspace. Ties go to
-// the lower index and NaNs never win, as in the CPU twin.
+// the lower index and NaNs never win, as in the CPU twin. Feeding a decode loop
+// (fp4_dec_argmax_feed), the same thread that writes the token also advances the position and
+// records the token, so the next step's kernels read both from the device.
 #include <cooperative_groups.h>
 
 #include "../cuda_backend.hpp"
@@ -34,7 +36,8 @@ __device__ __forceinline__ void consider(float v, int32_t i, float &bv, int32_t 
 }
 
 __global__ void __launch_bounds__(kThreads)
-    argmax_kernel(const float *x, int64_t n, int32_t *out, bool vec) {
+    argmax_kernel(const float *x, int64_t n, int32_t *out, bool vec, int32_t *pos,
+                  int32_t *history, int64_t capacity) {
   __shared__ float sv[kThreads];
   __shared__ int32_t si[kThreads];
   pdl_trigger();
@@ -104,7 +107,13 @@ __global__ void __launch_bounds__(kThreads)
         si[0] = i;
       }
     }
-    out[row] = si[0] < 0 ? 0 : si[0];
+    const int32_t best = si[0] < 0 ? 0 : si[0];
+    out[row] = best;
+    if (pos) {
+      const int32_t p = *pos + 1;
+      *pos = p;
+      if (p < capacity) history[p] = best;
+    }
   }
   cluster.sync();  // no block leaves while the first may still read its shared memory
 }
@@ -116,7 +125,15 @@ fp4_status dec_argmax(const float *x, int64_t rows, int64_t n, int32_t *out) {
   FP4_REQUIRE(rows < 65536, "fp4_dec_argmax: CUDA handles fewer than 65536 rows per call");
   const bool vec = n % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
   return launch_decode(argmax_kernel, dim3(kSplit, unsigned(rows)), dim3(kThreads), kSplit, x, n,
-                       out, vec);
+                       out, vec, nullptr, nullptr, int64_t(0));
+}
+
+fp4_status dec_argmax_feed(const float *x, int64_t n, int32_t *out, int32_t *pos,
+                           int32_t *history, int64_t capacity) {
+  if (fp4_status s = ensure_device()) return s;
+  const bool vec = n % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  return launch_decode(argmax_kernel, dim3(kSplit, 1), dim3(kThreads), kSplit, x, n, out, vec,
+                       pos, history, capacity);
 }
 
 }  // namespace fp4::cuda
