@@ -13,10 +13,10 @@
  * engine's device before each product. On CUDA a single-token step is recorded once as a CUDA
  * graph and replayed (`graphs`), and `nll` scores whole windows for evaluation. `greedy` decodes
  * with the argmax chosen on the device and fed to the next step, chunks of steps running without
- * a round trip through the host. A single-token
- * step runs q/k/v and gate/up as one product each (`fuse`): their weights are stacked by rows
- * at load, which changes no output bit where the product's rows are independent (the FP4 kernels,
- * NVFP4 segments keeping their own tensor scales).
+ * a round trip through the host. A single-token step runs q/k/v and gate/up as one product each
+ * (`fuse`): their weights are stacked by rows at load, which changes no output bit where the
+ * product's rows are independent (the FP4 kernels, NVFP4 segments keeping their own tensor
+ * scales).
  *
  * @module
  */
