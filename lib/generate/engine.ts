@@ -967,7 +967,8 @@ export class DecodeEngine {
   /**
    * Greedy decoding with the token choice on the device: yields up to `limit` tokens, the first
    * being {@linkcode argmax} of the current logits, each later one the argmax after a
-   * single-token step on the previous one. Steps run in chunks of `chunk` (default 16) without
+   * single-token step on the previous one. Steps run in chunks of `chunk` (default 16 on CUDA;
+   * 1 on the CPU, where there is no round trip to save and tokens stream one by one) without
    * a copy from the host between them (each step's input is the previous step's argmax, on the
    * device; on CUDA each step replays one recorded graph), and a chunk's tokens come back with
    * one copy before they are yielded. The steps of a chunk run before its first token is
@@ -990,7 +991,10 @@ export class DecodeEngine {
    * console.assert(tokens.length === 4 && engine.position === 5);
    * ```
    */
-  async *greedy(limit: number, chunk = 16): AsyncGenerator<number, void, undefined> {
+  async *greedy(
+    limit: number,
+    chunk: number = this.device === "cpu" ? 1 : 16,
+  ): AsyncGenerator<number, void, undefined> {
     this.#ready();
     if (!Number.isSafeInteger(limit) || limit < 1) {
       throw new Error(`greedy: limit must be an integer >= 1, got ${limit}`);
