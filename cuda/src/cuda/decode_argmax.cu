@@ -118,22 +118,25 @@ __global__ void __launch_bounds__(kThreads)
   cluster.sync();  // no block leaves while the first may still read its shared memory
 }
 
+// One cluster per row; pos (null: plain argmax) as in argmax_kernel.
+fp4_status launch(const float *x, int64_t rows, int64_t n, int32_t *out, int32_t *pos,
+                  int32_t *history, int64_t capacity) {
+  if (fp4_status s = ensure_device()) return s;
+  const bool vec = n % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  return launch_decode(argmax_kernel, dim3(kSplit, unsigned(rows)), dim3(kThreads), kSplit, x, n,
+                       out, vec, pos, history, capacity);
+}
+
 }  // namespace
 
 fp4_status dec_argmax(const float *x, int64_t rows, int64_t n, int32_t *out) {
-  if (fp4_status s = ensure_device()) return s;
   FP4_REQUIRE(rows < 65536, "fp4_dec_argmax: CUDA handles fewer than 65536 rows per call");
-  const bool vec = n % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
-  return launch_decode(argmax_kernel, dim3(kSplit, unsigned(rows)), dim3(kThreads), kSplit, x, n,
-                       out, vec, nullptr, nullptr, int64_t(0));
+  return launch(x, rows, n, out, nullptr, nullptr, 0);
 }
 
 fp4_status dec_argmax_feed(const float *x, int64_t n, int32_t *out, int32_t *pos,
                            int32_t *history, int64_t capacity) {
-  if (fp4_status s = ensure_device()) return s;
-  const bool vec = n % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
-  return launch_decode(argmax_kernel, dim3(kSplit, 1), dim3(kThreads), kSplit, x, n, out, vec,
-                       pos, history, capacity);
+  return launch(x, 1, n, out, pos, history, capacity);
 }
 
 }  // namespace fp4::cuda
