@@ -9,7 +9,9 @@
  * host after every step and the next step's input copied back (`host`: forward + argmax). Each
  * configuration runs once to warm up (the graph is recorded there), then
  * is timed; with and without CUDA graphs, and with q/k/v and gate/up fused into one product
- * each (the engine's default) or not (`fused`; the unfused runs with graphs only). Both BF16
+ * each (the engine's default) or not (`fused`; the unfused runs with graphs only), and for FP4
+ * with those products' RoPE/KV store and SwiGLU in their kernel or not (`epilogues`, the
+ * engine's default on; `--epilogues on,off` runs both). Both BF16
  * baselines are reported: FP4 against BF16 with the same fusion (`vsBf16`) and against the
  * unfused BF16 path (`vsBf16Unfused`).
  *
@@ -21,8 +23,8 @@
  * PyTorch reference written by bench/gpu/decode_torch_baseline.py.
  *
  * Usage: deno run -A bench/gpu/decode_bench.ts --out DIR [--layers N] [--tokens N]
- *   [--formats bf16,mxfp4,nvfp4] [--fuse on,off] [--loop device,host] [--graphs-only]
- *   [--op-launches N] [--torch FILE]
+ *   [--formats bf16,mxfp4,nvfp4] [--fuse on,off] [--epilogues on,off] [--loop device,host]
+ *   [--graphs-only] [--op-launches N] [--torch FILE]
  * (few layers, tokens and op launches make a short run to profile under ncu).
  * Writes DIR/decode.json (device, date, commit, figures) and prints a table last. The decode
  * kernels' programmatic dependent launch follows $FP4LAB_PDL (recorded as `pdl`).
@@ -52,6 +54,7 @@ const { values: args } = parseArgs({
     tokens: { type: "string", default: "128" },
     formats: { type: "string", default: "bf16,mxfp4,nvfp4" },
     fuse: { type: "string", default: "on,off" },
+    epilogues: { type: "string", default: "on" },
     "graphs-only": { type: "boolean", default: false },
     "op-launches": { type: "string", default: "200" },
     loop: { type: "string", default: "device,host" },
@@ -132,6 +135,8 @@ interface Run {
   graphs: boolean;
   /** q/k/v and gate/up as one product each. */
   fused: boolean;
+  /** FP4 q/k/v and gate/up products finished with RoPE/KV store and SwiGLU in their kernel. */
+  epilogues: boolean;
   /** Where each step's token is chosen and fed to the next step (module doc). */
   loop: Loop;
   prefillTokS: number;
@@ -177,6 +182,7 @@ const prompt = Int32Array.from({ length: PROMPT }, (_, i) => (i * 7919) % config
 const runs: Run[] = [];
 const formats = args.formats!.split(",") as ("bf16" | Fp4WeightFormat)[];
 const fuses = args.fuse!.split(",").map((f) => f === "on");
+const epilogueList = args.epilogues!.split(",").map((f) => f === "on");
 const loops = args.loop!.split(",") as Loop[];
 if (loops.some((l) => l !== "device" && l !== "host")) {
   console.error(`--loop must list device and/or host, got ${args.loop}`);
@@ -187,16 +193,21 @@ for (const format of formats) {
   const before = cudaMemory();
   const quantized = format === "bf16" ? new Map<string, Fp4Weights>() : fp4Weights(format);
   let firstTokens: Int32Array | null = null;
+  // BF16 runs have no epilogues to switch (their products go through cuBLAS).
+  const epis = format === "bf16" ? [false] : epilogueList;
   const configs = fuses.flatMap((fused, i) =>
-    (args["graphs-only"] || i > 0 ? [true] : [true, false]).map((graphs) => ({ fused, graphs }))
+    (args["graphs-only"] || i > 0 ? [true] : [true, false]).flatMap((graphs) =>
+      (fused ? epis : [false]).map((epilogues) => ({ fused, graphs, epilogues }))
+    )
   );
-  for (const { fused, graphs } of configs) {
+  for (const { fused, graphs, epilogues } of configs) {
     const engine = DecodeEngine.create(model, {
       device: "cuda",
       contextLength: CONTEXT,
       quantized,
       graphs,
       fuse: fused,
+      epilogues,
     });
     try {
       const engineBytes = before.free - cudaMemory().free;
@@ -208,6 +219,7 @@ for (const format of formats) {
           weights: format,
           graphs,
           fused,
+          epilogues,
           loop,
           prefillTokS: PROMPT / (prefillMs / 1000),
           decodeTokS: TOKENS / (decodeMs / 1000),
@@ -227,7 +239,7 @@ for (const format of formats) {
         if (unfused) run.vsBf16Unfused = run.decodeTokS / unfused.decodeTokS;
         runs.push(run);
         console.log(
-          `${format} graphs=${graphs} fused=${fused} loop=${loop}: decode ${
+          `${format} graphs=${graphs} fused=${fused} epilogues=${epilogues} loop=${loop}: decode ${
             run.decodeTokS.toFixed(1)
           } tok/s (${run.msPerToken.toFixed(2)} ms/token), prefill ${
             run.prefillTokS.toFixed(0)
@@ -313,6 +325,40 @@ function opBreakdown(): { eager: Record<string, number>; graph: Record<string, n
     );
   };
   const qkvRows = [heads * hd, kvh * hd, kvh * hd], gateUpRows = [m, m];
+  // The same products with their next op in the call (the engine's `epilogues`).
+  const qkvRope = (format: number) =>
+    lib.fp4_dec_qkv_rope_kv_store(
+      CUDA,
+      format,
+      x.pointer(),
+      codes.pointer(),
+      scales.pointer(),
+      new Float32Array(3).fill(1),
+      y.pointer(),
+      cos.pointer(),
+      sin.pointer(),
+      pos.pointer(),
+      BigInt(CONTEXT),
+      BigInt(heads),
+      BigInt(kvh),
+      BigInt(hd),
+      BigInt(h),
+      kc.pointer(),
+      vc.pointer(),
+      BF16,
+    );
+  const gateUpSilu = (format: number) =>
+    lib.fp4_dec_gate_up_silu(
+      CUDA,
+      format,
+      x.pointer(),
+      codes.pointer(),
+      scales.pointer(),
+      new Float32Array(2).fill(1),
+      y.pointer(),
+      BigInt(m),
+      BigInt(h),
+    );
   const attention = (p: Tensor) =>
     lib.fp4_dec_attention(
       CUDA,
@@ -431,6 +477,10 @@ function opBreakdown(): { eager: Record<string, number>; graph: Record<string, n
     gemv_nvfp4_gateup_28672x4096: () => gemvSegments(1, gateUpRows),
     gemv_mxfp4_qkv_6144x4096: () => gemvSegments(0, qkvRows),
     gemv_mxfp4_gateup_28672x4096: () => gemvSegments(0, gateUpRows),
+    qkv_rope_kv_store_nvfp4: () => qkvRope(1),
+    gate_up_silu_nvfp4: () => gateUpSilu(1),
+    qkv_rope_kv_store_mxfp4: () => qkvRope(0),
+    gate_up_silu_mxfp4: () => gateUpSilu(0),
   };
   // One NVFP4 layer's launches in the step's order (every GEMV reading the same weight buffer):
   // against the sum of its ops, the cost of the switches between kernels of different kinds.
@@ -448,7 +498,7 @@ function opBreakdown(): { eager: Record<string, number>; graph: Record<string, n
     ops.silu_mul,
     () => gemv(1, h, m),
   ];
-  // The same with the fused products (10 launches).
+  // The same with the fused products (9 launches).
   const fusedLayer = [
     ops.add_rmsnorm,
     () => gemvSegments(1, qkvRows),
@@ -460,6 +510,16 @@ function opBreakdown(): { eager: Record<string, number>; graph: Record<string, n
     ops.silu_mul,
     () => gemv(1, h, m),
   ];
+  // And with each product's next op in its call (8 launches).
+  const epilogueLayer = [
+    ops.add_rmsnorm,
+    ops.qkv_rope_kv_store_nvfp4,
+    ops.attention,
+    () => gemv(1, h),
+    ops.add_rmsnorm,
+    ops.gate_up_silu_nvfp4,
+    () => gemv(1, h, m),
+  ];
   const sequence = (list: (() => number)[]) => () => {
     for (const op of list) {
       const st = op();
@@ -469,6 +529,7 @@ function opBreakdown(): { eager: Record<string, number>; graph: Record<string, n
   };
   ops.layer_nvfp4 = sequence(layer);
   ops.layer_nvfp4_fused = sequence(fusedLayer);
+  ops.layer_nvfp4_epilogues = sequence(epilogueLayer);
   const N = Number(args["op-launches"]);
   const eager: Record<string, number> = {}, graph: Record<string, number> = {};
   const sync = () => check(lib.fp4_synchronize(CUDA), "fp4_synchronize");
@@ -534,6 +595,7 @@ console.log(formatTable(
     "weights",
     "graphs",
     "fused",
+    "epilogues",
     "loop",
     "decode tok/s",
     "ms/token",
@@ -547,6 +609,7 @@ console.log(formatTable(
     r.weights,
     String(r.graphs),
     String(r.fused),
+    String(r.epilogues),
     r.loop,
     r.decodeTokS.toFixed(1),
     r.msPerToken.toFixed(2),

@@ -3,6 +3,7 @@
 // cuda/src/cpu/decode.cpp before they reach the CUDA functions; those only enqueue work on the
 // default stream.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "fp4lab.h"
@@ -20,6 +21,16 @@ FP4_HD float load(const void *p, int32_t dtype, int64_t i) {
 FP4_HD void store(void *p, int32_t dtype, int64_t i, float v) {
   if (dtype == FP4_DTYPE_BF16) static_cast<uint16_t *>(p)[i] = fp4::fmt::f32_to_bf16(v);
   else static_cast<float *>(p)[i] = v;
+}
+
+// silu(g) * u in f32: the one SwiGLU expression of the kernels and their CPU twin (expf both
+// sides; no contraction, -fmad=false and -ffp-contract=off).
+FP4_HD float silu_mul(float g, float u) { return (g / (1.0f + expf(-g))) * u; }
+
+// The rotary embedding of the pair (a, b) = (x[i], x[i + head_dim / 2]) by angle (c, s).
+FP4_HD void rope_pair(float a, float b, float c, float s, float &ra, float &rb) {
+  ra = a * c - b * s;
+  rb = b * c + a * s;
 }
 
 }  // namespace fp4::dec
@@ -51,6 +62,17 @@ fp4_status dec_attention(const void *q, int32_t q_dtype, const void *k_cache,
 fp4_status dec_silu_mul(const void *gate, const void *up, void *out, int32_t dtype, uint64_t n);
 fp4_status dec_add(float *y, const void *x, int32_t x_dtype, uint64_t n);
 fp4_status dec_argmax(const float *x, int64_t rows, int64_t n, int32_t *out);
+// The fused batch-1 GEMV epilogues (fp4_gemv.cu): fp4_dec_gate_up_silu and
+// fp4_dec_qkv_rope_kv_store of fp4lab/decode.h on the decode stream.
+fp4_status gemm_gate_up_silu(int32_t format, const uint16_t *x, const uint8_t *codes,
+                             const uint8_t *scales, const float *tensor_scales, uint16_t *y,
+                             int64_t half, int64_t k);
+fp4_status gemm_qkv_rope_kv_store(int32_t format, const uint16_t *x, const uint8_t *codes,
+                                  const uint8_t *scales, const float *tensor_scales,
+                                  uint16_t *qkv, const float *cos, const float *sin,
+                                  const int32_t *pos, int64_t ctx, int64_t heads,
+                                  int64_t kv_heads, int64_t head_dim, int64_t k, void *k_cache,
+                                  void *v_cache, int32_t cache_dtype);
 fp4_status dec_argmax_feed(const float *x, int64_t n, int32_t *out, int32_t *pos,
                            int32_t *history, int64_t capacity);
 // fp4_cublas_status (cublas_runtime.cu).

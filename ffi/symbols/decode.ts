@@ -7,8 +7,9 @@
  */
 
 /** Symbols of the decode ABI: embedding, RMSNorm (alone or after the residual add), linear,
- * RoPE, KV store (alone or fused with RoPE), attention, SwiGLU, residual add, argmax (alone or
- * feeding the next step). */
+ * RoPE, KV store (alone or fused with RoPE), attention, SwiGLU, the FP4 q/k/v and gate/up
+ * products with their RoPE/KV store and SwiGLU, residual add, argmax (alone or feeding the next
+ * step). */
 export const decodeSymbols = {
   fp4_cublas_status: { parameters: ["buffer", "i32"], result: "i32" },
   fp4_dec_embedding: {
@@ -101,6 +102,43 @@ export const decodeSymbols = {
   },
   fp4_dec_silu_mul: {
     parameters: ["i32", "pointer", "pointer", "pointer", "i32", "u64"],
+    result: "i32",
+  },
+  fp4_dec_gate_up_silu: {
+    parameters: [
+      "i32",
+      "i32",
+      "pointer",
+      "pointer",
+      "pointer",
+      "buffer",
+      "pointer",
+      "i64",
+      "i64",
+    ],
+    result: "i32",
+  },
+  fp4_dec_qkv_rope_kv_store: {
+    parameters: [
+      "i32",
+      "i32",
+      "pointer",
+      "pointer",
+      "pointer",
+      "buffer",
+      "pointer",
+      "pointer",
+      "pointer",
+      "pointer",
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "pointer",
+      "pointer",
+      "i32",
+    ],
     result: "i32",
   },
   fp4_dec_add: { parameters: ["i32", "pointer", "pointer", "i32", "u64"], result: "i32" },

@@ -76,6 +76,13 @@ export interface EngineOptions {
    */
   fuse?: boolean;
   /**
+   * Single-token steps finish a fused FP4 q/k/v product with RoPE and the KV-cache store, and a
+   * fused FP4 gate/up product with SwiGLU, in the product's own call (`fp4_dec_qkv_rope_kv_store`,
+   * `fp4_dec_gate_up_silu`: on CUDA inside the GEMV kernel), which changes no output bit
+   * (default true; only where `fuse` stacked the group and activations are bf16).
+   */
+  epilogues?: boolean;
+  /**
    * CPU only: runs every linear layer through this hook instead (e.g. the online rotation and
    * activation quantization of a `loadQuantized` checkpoint), with f32 activations.
    */
@@ -222,6 +229,7 @@ export class DecodeEngine {
   #packedSpecs = new Map<QuantSpec, Uint8Array<ArrayBuffer>>();
   #graphs: boolean;
   #fuse: boolean;
+  #epilogues: boolean;
   #graph: Deno.PointerValue = null;
   /** The step followed by the device-side choice of the next input (greedy). */
   #feedGraph: Deno.PointerValue = null;
@@ -242,9 +250,11 @@ export class DecodeEngine {
     schemes: ReadonlyMap<string, InputScheme>,
     graphs: boolean,
     fuse: boolean,
+    epilogues: boolean,
   ) {
     this.model = model;
     this.#fuse = fuse;
+    this.#epilogues = epilogues;
     this.#hook = hook;
     this.#schemes = schemes;
     this.#graphs = graphs;
@@ -314,6 +324,7 @@ export class DecodeEngine {
       schemes,
       graphs,
       options.fuse ?? true,
+      options.epilogues ?? true,
     );
     try {
       engine.#load(quantized);
@@ -652,6 +663,14 @@ export class DecodeEngine {
     for (let i = 0; i < lws.length; i++) {
       await this.#linear(lws[i], xin, xDtype, ys[i], yDtype, rows, shared);
     }
+  }
+
+  /** The FP4 weights of a fused group whose call also runs the op after it (`epilogues`). */
+  #epilogueOf(g: FusedGroup | undefined): Fp4Linear | undefined {
+    const lw = g?.lw;
+    return this.#epilogues && lw?.kind === "fp4" && this.activationDtype === "bf16"
+      ? lw
+      : undefined;
   }
 
   /**
@@ -1430,31 +1449,58 @@ export class DecodeEngine {
       );
     }
     await seen(L.q, x);
-    if (qkv) await this.#fusedLinear(qkv, x, act, q);
-    else await this.#sameInput([L.q, L.k, L.v], x, act, [q, k, v], act, T);
     const hd = BigInt(c.headDim);
     const kc = L.kCache.pointer(), vc = L.vCache.pointer();
-    check(
-      lib.fp4_dec_rope_kv_store(
-        dev,
-        q,
-        k,
-        v,
-        A,
-        this.#cos.pointer(),
-        this.#sin.pointer(),
-        pos,
-        ctx,
-        TT,
-        BigInt(c.numHeads),
-        BigInt(c.numKvHeads),
-        hd,
-        kc,
-        vc,
-        C,
-      ),
-      "fp4_dec_rope_kv_store",
-    );
+    const qkvEpi = this.#epilogueOf(qkv);
+    if (qkvEpi) {
+      check(
+        lib.fp4_dec_qkv_rope_kv_store(
+          dev,
+          qkvEpi.format,
+          x,
+          qkvEpi.codes.pointer(),
+          qkvEpi.scales.pointer(),
+          qkv!.tensorScales,
+          q,
+          this.#cos.pointer(),
+          this.#sin.pointer(),
+          pos,
+          ctx,
+          BigInt(c.numHeads),
+          BigInt(c.numKvHeads),
+          hd,
+          BigInt(qkvEpi.in),
+          kc,
+          vc,
+          C,
+        ),
+        "fp4_dec_qkv_rope_kv_store",
+      );
+    } else {
+      if (qkv) await this.#fusedLinear(qkv, x, act, q);
+      else await this.#sameInput([L.q, L.k, L.v], x, act, [q, k, v], act, T);
+      check(
+        lib.fp4_dec_rope_kv_store(
+          dev,
+          q,
+          k,
+          v,
+          A,
+          this.#cos.pointer(),
+          this.#sin.pointer(),
+          pos,
+          ctx,
+          TT,
+          BigInt(c.numHeads),
+          BigInt(c.numKvHeads),
+          hd,
+          kc,
+          vc,
+          C,
+        ),
+        "fp4_dec_rope_kv_store",
+      );
+    }
     check(
       lib.fp4_dec_attention(
         dev,
@@ -1479,12 +1525,30 @@ export class DecodeEngine {
     await this.#linear(L.o, s.att.pointer(), act, s.proj.pointer(), act, T);
     addNorm(L.postNorm);
     await seen(L.gate, x);
-    if (gateUp) await this.#fusedLinear(gateUp, x, act, gate);
-    else await this.#sameInput([L.gate, L.up], x, act, [gate, up], act, T);
-    check(
-      lib.fp4_dec_silu_mul(dev, gate, up, gate, A, BigInt(T * c.intermediateSize)),
-      "fp4_dec_silu_mul",
-    );
+    const gateUpEpi = this.#epilogueOf(gateUp);
+    if (gateUpEpi) {
+      check(
+        lib.fp4_dec_gate_up_silu(
+          dev,
+          gateUpEpi.format,
+          x,
+          gateUpEpi.codes.pointer(),
+          gateUpEpi.scales.pointer(),
+          gateUp!.tensorScales,
+          gate,
+          BigInt(L.gate.out),
+          BigInt(gateUpEpi.in),
+        ),
+        "fp4_dec_gate_up_silu",
+      );
+    } else {
+      if (gateUp) await this.#fusedLinear(gateUp, x, act, gate);
+      else await this.#sameInput([L.gate, L.up], x, act, [gate, up], act, T);
+      check(
+        lib.fp4_dec_silu_mul(dev, gate, up, gate, A, BigInt(T * c.intermediateSize)),
+        "fp4_dec_silu_mul",
+      );
+    }
     await seen(L.down, gate);
     await this.#linear(L.down, gate, act, s.proj.pointer(), act, T);
     if (fuse.nextNorm) {

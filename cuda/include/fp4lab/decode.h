@@ -90,6 +90,31 @@ FP4_API fp4_status fp4_dec_attention(int32_t device, const void *q, int32_t q_dt
 FP4_API fp4_status fp4_dec_silu_mul(int32_t device, const void *gate, const void *up, void *out,
                                     int32_t dtype, uint64_t n);
 
+/* One token's gate/up product and SwiGLU in one call: y = x W^T of bf16 x [k] with the FP4
+ * weights of gate_proj and up_proj stacked by rows ([2 half, k], as fp4_gemm_segments with
+ * segment ends {half, 2 half} and tensor_scales[0..1]), then y[i] = silu(y[i]) * y[half + i]
+ * for i < half (as fp4_dec_silu_mul, bf16); y [2 half] bf16 keeps the up products in
+ * y[half..]. The same values as those two calls; on CUDA one kernel where the batch-1 GEMV
+ * takes k (each block computes the gate and up rows of the same outputs), else the two. */
+FP4_API fp4_status fp4_dec_gate_up_silu(int32_t device, int32_t format, const uint16_t *x,
+                                        const uint8_t *codes, const uint8_t *scales,
+                                        const float *tensor_scales, uint16_t *y, int64_t half,
+                                        int64_t k);
+
+/* One token's q/k/v product and the attention block's position-dependent writes in one call:
+ * qkv = x W^T of bf16 x [k] with the FP4 weights of q_proj, k_proj and v_proj stacked by rows
+ * ([(heads + 2 kv_heads) head_dim, k], as fp4_gemm_segments with tensor_scales[0..2]), then
+ * fp4_dec_rope_kv_store of its q, k and v parts (bf16, tokens = 1, position *pos). The same
+ * values as those two calls; on CUDA one kernel where the batch-1 GEMV takes k (each block
+ * computes both rows of its rotated pairs), else the two. */
+FP4_API fp4_status fp4_dec_qkv_rope_kv_store(int32_t device, int32_t format, const uint16_t *x,
+                                             const uint8_t *codes, const uint8_t *scales,
+                                             const float *tensor_scales, uint16_t *qkv,
+                                             const float *cos, const float *sin,
+                                             const int32_t *pos, int64_t ctx, int64_t heads,
+                                             int64_t kv_heads, int64_t head_dim, int64_t k,
+                                             void *k_cache, void *v_cache, int32_t cache_dtype);
+
 /* y[i] += x[i]: y f32 (the residual stream), x f32|bf16. */
 FP4_API fp4_status fp4_dec_add(int32_t device, float *y, const void *x, int32_t x_dtype,
                                uint64_t n);

@@ -88,9 +88,11 @@ void rope_cpu(void *x, int32_t dtype, const float *cos, const float *sin, int64_
       const int64_t base = (t * heads + h) * head_dim;
       const float *c = cos + (p0 + t) * half, *s = sin + (p0 + t) * half;
       for (int64_t i = 0; i < half; i++) {
-        const float a = load(x, dtype, base + i), b = load(x, dtype, base + i + half);
-        store(x, dtype, base + i, a * c[i] - b * s[i]);
-        store(x, dtype, base + i + half, b * c[i] + a * s[i]);
+        float ra, rb;
+        fp4::dec::rope_pair(load(x, dtype, base + i), load(x, dtype, base + i + half), c[i], s[i],
+                            ra, rb);
+        store(x, dtype, base + i, ra);
+        store(x, dtype, base + i + half, rb);
       }
     }
 }
@@ -157,8 +159,8 @@ void kv_store_cpu(const void *x, int32_t x_dtype, void *cache, int32_t cache_dty
 
 void silu_mul_cpu(const void *gate, const void *up, void *out, int32_t dtype, uint64_t n) {
   for (uint64_t i = 0; i < n; i++) {
-    const float g = load(gate, dtype, int64_t(i));
-    store(out, dtype, int64_t(i), (g / (1.0f + std::exp(-g))) * load(up, dtype, int64_t(i)));
+    store(out, dtype, int64_t(i),
+          fp4::dec::silu_mul(load(gate, dtype, int64_t(i)), load(up, dtype, int64_t(i))));
   }
 }
 

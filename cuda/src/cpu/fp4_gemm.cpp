@@ -9,6 +9,7 @@
 #include <cmath>
 #include <vector>
 
+#include "../decode_backend.hpp"
 #include "../error.hpp"
 #include "../formats.hpp"
 #include "../gemm_backend.hpp"
@@ -94,28 +95,35 @@ FP4_API fp4_status fp4_gemm(int32_t device, int32_t format, const uint16_t *x,
   })
 }
 
+// The checks of fp4_gemm_segments, in the words of `fn`.
+static fp4_status check_segments(const char *fn, int32_t format, const uint16_t *x, const uint8_t *codes,
+                          const uint8_t *scales, const float *tensor_scales,
+                          const int64_t *segment_ends, int32_t segments, const uint16_t *y,
+                          int64_t batch, int64_t n, int64_t k) {
+  FP4_REQUIRE(segments >= 1 && segments <= fp4::cuda::kMaxGemvSegments,
+              "%s: %d segments, expected 1 to %d", fn, segments, fp4::cuda::kMaxGemvSegments);
+  FP4_REQUIRE(tensor_scales && segment_ends, "%s: null pointer", fn);
+  for (int32_t i = 0; i < segments; i++) {
+    const int64_t lo = i == 0 ? 0 : segment_ends[i - 1];
+    FP4_REQUIRE(segment_ends[i] > lo, "%s: segment %d ends at %lld, not above %lld", fn, i,
+                (long long)segment_ends[i], (long long)lo);
+    if (fp4_status s = check_shape(fn, format, tensor_scales[i], batch, n, k)) return s;
+  }
+  FP4_REQUIRE(segment_ends[segments - 1] == n, "%s: the last segment ends at %lld, not at n = %lld",
+              fn, (long long)segment_ends[segments - 1], (long long)n);
+  FP4_REQUIRE(x && codes && scales && y, "%s: null pointer", fn);
+  return FP4_OK;
+}
+
 FP4_API fp4_status fp4_gemm_segments(int32_t device, int32_t format, const uint16_t *x,
                                      const uint8_t *codes, const uint8_t *scales,
                                      const float *tensor_scales, const int64_t *segment_ends,
                                      int32_t segments, uint16_t *y, int64_t batch, int64_t n,
                                      int64_t k) {
   FP4_GUARD({
-    FP4_REQUIRE(segments >= 1 && segments <= fp4::cuda::kMaxGemvSegments,
-                "fp4_gemm_segments: %d segments, expected 1 to %d", segments,
-                fp4::cuda::kMaxGemvSegments);
-    FP4_REQUIRE(tensor_scales && segment_ends, "fp4_gemm_segments: null pointer");
-    for (int32_t i = 0; i < segments; i++) {
-      const int64_t lo = i == 0 ? 0 : segment_ends[i - 1];
-      FP4_REQUIRE(segment_ends[i] > lo, "fp4_gemm_segments: segment %d ends at %lld, not above %lld",
-                  i, (long long)segment_ends[i], (long long)lo);
-      if (fp4_status s =
-              check_shape("fp4_gemm_segments", format, tensor_scales[i], batch, n, k))
-        return s;
-    }
-    FP4_REQUIRE(segment_ends[segments - 1] == n,
-                "fp4_gemm_segments: the last segment ends at %lld, not at n = %lld",
-                (long long)segment_ends[segments - 1], (long long)n);
-    FP4_REQUIRE(x && codes && scales && y, "fp4_gemm_segments: null pointer");
+    if (fp4_status s = check_segments("fp4_gemm_segments", format, x, codes, scales,
+                                      tensor_scales, segment_ends, segments, y, batch, n, k))
+      return s;
     if (device == FP4_DEVICE_CPU) {
       gemm_cpu(format, x, codes, scales, tensor_scales, segment_ends, y, batch, n, k);
       return FP4_OK;
@@ -127,6 +135,73 @@ FP4_API fp4_status fp4_gemm_segments(int32_t device, int32_t format, const uint1
                 (long long)batch, (long long)fp4::cuda::kGemvMaxBatch);
     FP4_CUDA_ONLY(return fp4::cuda::gemm_segments(format, x, codes, scales, tensor_scales,
                                                   segment_ends, segments, y, batch, n, k));
+  })
+}
+
+FP4_API fp4_status fp4_dec_gate_up_silu(int32_t device, int32_t format, const uint16_t *x,
+                                        const uint8_t *codes, const uint8_t *scales,
+                                        const float *tensor_scales, uint16_t *y, int64_t half,
+                                        int64_t k) {
+  FP4_GUARD({
+    const char *fn = "fp4_dec_gate_up_silu";
+    FP4_REQUIRE(half >= 1 && half <= (int64_t(1) << 30), "%s: half = %lld out of range", fn,
+                (long long)half);
+    int64_t ends[2];  // not a braced list: FP4_GUARD's argument
+    ends[0] = half;
+    ends[1] = 2 * half;
+    if (fp4_status s = check_segments(fn, format, x, codes, scales, tensor_scales, ends, 2, y, 1,
+                                      2 * half, k))
+      return s;
+    if (device == FP4_DEVICE_CPU) {
+      gemm_cpu(format, x, codes, scales, tensor_scales, ends, y, 1, 2 * half, k);
+      return fp4_dec_silu_mul(FP4_DEVICE_CPU, y, y + half, y, FP4_DTYPE_BF16, uint64_t(half));
+    }
+    FP4_REQUIRE(device == FP4_DEVICE_CUDA, "%s: unknown device id %d (0 = cpu, 1 = cuda)", fn,
+                device);
+    FP4_CUDA_ONLY(return fp4::cuda::gemm_gate_up_silu(format, x, codes, scales, tensor_scales, y,
+                                                      half, k));
+  })
+}
+
+FP4_API fp4_status fp4_dec_qkv_rope_kv_store(int32_t device, int32_t format, const uint16_t *x,
+                                             const uint8_t *codes, const uint8_t *scales,
+                                             const float *tensor_scales, uint16_t *qkv,
+                                             const float *cos, const float *sin,
+                                             const int32_t *pos, int64_t ctx, int64_t heads,
+                                             int64_t kv_heads, int64_t head_dim, int64_t k,
+                                             void *k_cache, void *v_cache, int32_t cache_dtype) {
+  FP4_GUARD({
+    const char *fn = "fp4_dec_qkv_rope_kv_store";
+    FP4_REQUIRE(ctx > 0 && heads > 0 && kv_heads > 0 && head_dim > 0 && head_dim % 2 == 0 &&
+                    (heads + 2 * kv_heads) * head_dim <= (int64_t(1) << 31) - 1,
+                "%s: bad sizes (ctx %lld, heads %lld, kv_heads %lld, head_dim %lld must be even)",
+                fn, (long long)ctx, (long long)heads, (long long)kv_heads, (long long)head_dim);
+    FP4_REQUIRE(cache_dtype == FP4_DTYPE_F32 || cache_dtype == FP4_DTYPE_BF16,
+                "%s: cache dtype %d is not f32 (0) or bf16 (2)", fn, cache_dtype);
+    FP4_REQUIRE(cos && sin && pos && k_cache && v_cache, "%s: null pointer", fn);
+    const int64_t qn = heads * head_dim;
+    const int64_t kn = kv_heads * head_dim;
+    int64_t ends[3];  // not a braced list: FP4_GUARD's argument
+    ends[0] = qn;
+    ends[1] = qn + kn;
+    ends[2] = qn + 2 * kn;
+    if (fp4_status s = check_segments(fn, format, x, codes, scales, tensor_scales, ends, 3, qkv,
+                                      1, ends[2], k))
+      return s;
+    if (device == FP4_DEVICE_CPU) {
+      // Checked before the product so that a bad position leaves qkv as it was.
+      FP4_REQUIRE(*pos >= 0 && *pos < ctx, "%s: position %d does not fit a cache of %lld rows",
+                  fn, *pos, (long long)ctx);
+      gemm_cpu(format, x, codes, scales, tensor_scales, ends, qkv, 1, ends[2], k);
+      return fp4_dec_rope_kv_store(FP4_DEVICE_CPU, qkv, qkv + qn, qkv + qn + kn, FP4_DTYPE_BF16,
+                                   cos, sin, pos, ctx, 1, heads, kv_heads, head_dim, k_cache,
+                                   v_cache, cache_dtype);
+    }
+    FP4_REQUIRE(device == FP4_DEVICE_CUDA, "%s: unknown device id %d (0 = cpu, 1 = cuda)", fn,
+                device);
+    FP4_CUDA_ONLY(return fp4::cuda::gemm_qkv_rope_kv_store(
+                      format, x, codes, scales, tensor_scales, qkv, cos, sin, pos, ctx, heads,
+                      kv_heads, head_dim, k, k_cache, v_cache, cache_dtype));
   })
 }
 

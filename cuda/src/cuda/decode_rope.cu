@@ -39,9 +39,10 @@ __global__ void rope_kernel(void *x, int32_t dtype, const float *cos, const floa
       continue;
     }
     const float c = cos[p * half + j], s = sin[p * half + j];
-    const float a = load(x, dtype, base + j), b = load(x, dtype, base + j + half);
-    store(x, dtype, base + j, a * c - b * s);
-    store(x, dtype, base + j + half, b * c + a * s);
+    float ra, rb;
+    fp4::dec::rope_pair(load(x, dtype, base + j), load(x, dtype, base + j + half), c, s, ra, rb);
+    store(x, dtype, base + j, ra);
+    store(x, dtype, base + j + half, rb);
   }
 }
 
@@ -87,8 +88,8 @@ __global__ void rope_kv_store_kernel(void *q, void *k, const void *v, int32_t dt
       continue;
     }
     const float c = cos[p * half + j], s = sin[p * half + j];
-    const float a = load(x, dtype, base + j), b = load(x, dtype, base + j + half);
-    const float ra = a * c - b * s, rb = b * c + a * s;
+    float ra, rb;
+    fp4::dec::rope_pair(load(x, dtype, base + j), load(x, dtype, base + j + half), c, s, ra, rb);
     store(x, dtype, base + j, ra);
     store(x, dtype, base + j + half, rb);
     if (is_q) continue;

@@ -55,6 +55,7 @@
 #include <climits>
 
 #include "../cuda_backend.hpp"
+#include "../decode_backend.hpp"
 #include "../formats.hpp"
 #include "../gemm_backend.hpp"
 #include "../gemv_segments.hpp"
@@ -82,6 +83,81 @@ struct RowPosts {
   int end[kMaxGemvSegments];
   float post[kMaxGemvSegments];
 };
+
+__device__ __forceinline__ float post_of(const RowPosts &posts, int64_t row) {
+  float post = posts.post[0];
+#pragma unroll
+  for (int i = 1; i < kMaxGemvSegments; i++)
+    if (row >= posts.end[i - 1]) post = posts.post[i];
+  return post;
+}
+
+// Epilogues of the batch-1 kernel. kEpiPlain writes y. The paired ones finish two rows of the
+// product together, so a block's 16 MT tile rows are 8 MT row pairs instead of 16 MT consecutive
+// rows: tile m, half h, lane row g of block b computes row pair_row(8 (MT b + m) + g, h).
+// kEpiSwiglu (fp4_dec_gate_up_silu): pair i is (gate row i, up row half + i); y[i] =
+// silu(gate) * up, y[half + i] = up. kEpiRope (fp4_dec_qkv_rope_kv_store): pair i is (j, j +
+// half) of head i / half, j = i % half (half = head_dim / 2) over the stacked q, k, v heads; q and
+// k pairs are rotated at *pos, k and v pairs stored into the caches. Either writes exactly what
+// the plain kernel followed by fp4_dec_silu_mul or fp4_dec_rope_kv_store would (the same f32
+// sums, the same bf16 roundings, the element math of decode_backend.hpp).
+enum GemvEpi { kEpiPlain = 0, kEpiSwiglu = 1, kEpiRope = 2 };
+struct PairEpilogue {
+  int64_t half = 1;   // swiglu: gate rows; rope: head_dim / 2
+  int64_t pairs = 0;  // row pairs of the product (n / 2)
+  int64_t q_rows = 0, k_rows = 0;  // rope: heads * head_dim and kv_heads * head_dim
+  const float *cos = nullptr, *sin = nullptr;
+  const int32_t *pos = nullptr;
+  int64_t ctx = 0;
+  void *k_cache = nullptr, *v_cache = nullptr;
+  int32_t cache_dtype = FP4_DTYPE_BF16;
+};
+
+// Row h (0, 1) of pair i; n (no row: zero codes) past the last pair.
+template <int EPI>
+__device__ __forceinline__ int64_t pair_row(const PairEpilogue &e, int64_t i, int h, int64_t n) {
+  if (i >= e.pairs) return n;
+  if constexpr (EPI == kEpiSwiglu) return i + h * e.half;
+  return (i / e.half) * 2 * e.half + h * e.half + i % e.half;
+}
+
+// Finishes pair i from its two rounded products a (row ra) and b (row rb = ra + half).
+template <int EPI>
+__device__ __forceinline__ void finish_pair(const PairEpilogue &e, int64_t i, int64_t ra,
+                                            int64_t rb, uint16_t a, uint16_t b, uint16_t *y) {
+  using fp4::dec::store;
+  const float fa = fmt::bf16_to_f32(a), fb = fmt::bf16_to_f32(b);
+  if constexpr (EPI == kEpiSwiglu) {
+    y[ra] = fmt::f32_to_bf16(fp4::dec::silu_mul(fa, fb));
+    y[rb] = b;
+  } else {
+    const int64_t j = i % e.half, p = *e.pos, width = e.k_rows;
+    if (ra >= e.q_rows + e.k_rows) {  // a value pair: stored as it is
+      y[ra] = a;
+      y[rb] = b;
+      if (p >= 0 && p < e.ctx) {
+        const int64_t at = p * width + (ra - e.q_rows - e.k_rows);
+        store(e.v_cache, e.cache_dtype, at, fa);
+        store(e.v_cache, e.cache_dtype, at + e.half, fb);
+      }
+      return;
+    }
+    if (p < 0 || p >= e.ctx) {
+      store(y, FP4_DTYPE_BF16, ra, __int_as_float(0x7fc00000));
+      store(y, FP4_DTYPE_BF16, rb, __int_as_float(0x7fc00000));
+      return;
+    }
+    float qa, qb;
+    fp4::dec::rope_pair(fa, fb, e.cos[p * e.half + j], e.sin[p * e.half + j], qa, qb);
+    y[ra] = fmt::f32_to_bf16(qa);
+    y[rb] = fmt::f32_to_bf16(qb);
+    if (ra >= e.q_rows) {
+      const int64_t at = p * width + (ra - e.q_rows);
+      store(e.k_cache, e.cache_dtype, at, fmt::bf16_to_f32(y[ra]));
+      store(e.k_cache, e.cache_dtype, at + e.half, fmt::bf16_to_f32(y[rb]));
+    }
+  }
+}
 
 // Compile-time variant: MT weight tiles of 16 rows per warp, KW warps per block splitting k, U
 // chunks per stage, P stages in flight ahead of the one computed, NB: 1 = group slots (batch 1),
@@ -255,11 +331,12 @@ struct Stage {
   uint32_t ss[C::kSlot ? C::MT : 1][slot_frags<C, FMT>()][2];
 };
 
-template <class C, int FMT, bool AL16>
+template <class C, int FMT, bool AL16, int EPI>
 __global__ void __launch_bounds__(C::kThreads, C::MINB)
     gemv_kernel(const uint16_t *__restrict__ x, const uint8_t *__restrict__ codes,
-                const uint8_t *__restrict__ scales, RowPosts posts, uint16_t *__restrict__ y,
-                int batch, int n, int k) {
+                const uint8_t *__restrict__ scales, RowPosts posts, PairEpilogue epi,
+                uint16_t *__restrict__ y, int batch, int n, int k) {
+  static_assert(EPI == kEpiPlain || C::kSlot, "paired epilogues are batch-1 only");
   constexpr int MT = C::MT, KW = C::KW, U = C::U, P = C::P, NB = C::NB;
   constexpr int NF = slot_frags<C, FMT>();
   constexpr int kGroupsPerChunk = FMT == FP4_WEIGHTS_MXFP4 ? 4 : 8;
@@ -271,6 +348,19 @@ __global__ void __launch_bounds__(C::kThreads, C::MINB)
   const int groups = k / (FMT == FP4_WEIGHTS_MXFP4 ? 32 : 16);
   constexpr int step = KW * U;  // chunks between a warp's consecutive stages
   pdl_trigger();
+  // Weight row of tile m, half h of this lane (the epilogue comment above).
+  int prow[EPI == kEpiPlain ? 1 : MT][2];  // rows < n < 2^31: half the registers of int64
+  if constexpr (EPI != kEpiPlain) {
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+      for (int h = 0; h < 2; h++)
+        prow[m][h] = int(pair_row<EPI>(epi, 8 * (int64_t(MT) * blockIdx.x + m) + g, h, n));
+  }
+  auto row_of = [&](int m, int h) -> int64_t {
+    if constexpr (EPI == kEpiPlain) return row0 + 16 * m + 8 * h + g;
+    else return prow[m][h];
+  };
 
   auto load_stage = [&](Stage<C, FMT> &st, int c0) {
 #pragma unroll
@@ -279,12 +369,12 @@ __global__ void __launch_bounds__(C::kThreads, C::MINB)
       for (int m = 0; m < MT; m++)
 #pragma unroll
         for (int h = 0; h < 2; h++)
-          st.q[u][m][h] = load_codes<AL16>(codes, row0 + 16 * m + 8 * h + g, n, k, c0 + u, t);
+          st.q[u][m][h] = load_codes<AL16>(codes, row_of(m, h), n, k, c0 + u, t);
 #pragma unroll
     for (int m = 0; m < MT; m++)
 #pragma unroll
       for (int h = 0; h < 2; h++) {
-        const int64_t r = row0 + 16 * m + 8 * h + g;
+        const int64_t r = row_of(m, h);
         if constexpr (C::kSlot) {
 #pragma unroll
           for (int f = 0; f < NF; f++)
@@ -464,17 +554,31 @@ __global__ void __launch_bounds__(C::kThreads, C::MINB)
         }
   }
   __syncthreads();
-  for (int o = threadIdx.x; o < kOut; o += C::kThreads) {
-    float s = 0.0f;
+  if constexpr (EPI != kEpiPlain) {
+    // Thread o finishes pair 8 (MT b + m) + r: tile rows 16 m + r (its row 0) and 16 m + 8 + r.
+    for (int o = threadIdx.x; o < 8 * MT; o += C::kThreads) {
+      const int m = o / 8, r = o % 8;
+      const int64_t i = 8 * (int64_t(MT) * blockIdx.x + m) + r;
+      if (i >= epi.pairs) continue;
+      float sa = 0.0f, sb = 0.0f;
 #pragma unroll
-    for (int w = 0; w < KW; w++) s += red[w][o];
-    const int64_t row = row0 + o % (16 * MT);
-    const int b = o / (16 * MT);
-    float post = posts.post[0];
+      for (int w = 0; w < KW; w++) sa += red[w][16 * m + r];
 #pragma unroll
-    for (int i = 1; i < kMaxGemvSegments; i++)
-      if (row >= posts.end[i - 1]) post = posts.post[i];
-    if (row < n && b < batch) y[int64_t(b) * n + row] = fmt::f32_to_bf16(s * post);
+      for (int w = 0; w < KW; w++) sb += red[w][16 * m + 8 + r];
+      const int64_t ra = pair_row<EPI>(epi, i, 0, n), rb = pair_row<EPI>(epi, i, 1, n);
+      finish_pair<EPI>(epi, i, ra, rb, fmt::f32_to_bf16(sa * post_of(posts, ra)),
+                       fmt::f32_to_bf16(sb * post_of(posts, rb)), y);
+    }
+  } else {
+    for (int o = threadIdx.x; o < kOut; o += C::kThreads) {
+      float s = 0.0f;
+#pragma unroll
+      for (int w = 0; w < KW; w++) s += red[w][o];
+      const int64_t row = row0 + o % (16 * MT);
+      const int b = o / (16 * MT);
+      if (row < n && b < batch)
+        y[int64_t(b) * n + row] = fmt::f32_to_bf16(s * post_of(posts, row));
+    }
   }
 }
 
@@ -658,11 +762,7 @@ __global__ void __launch_bounds__(C::kThreads, C::MINB)
   auto write = [&](int o, float s) {
     const int64_t row = brow0 + o % C::kRows;
     const int b = o / C::kRows;
-    float post = posts.post[0];
-#pragma unroll
-    for (int i = 1; i < kMaxGemvSegments; i++)
-      if (row >= posts.end[i - 1]) post = posts.post[i];
-    if (row < n && b < batch) y[int64_t(b) * n + row] = fmt::f32_to_bf16(s * post);
+    if (row < n && b < batch) y[int64_t(b) * n + row] = fmt::f32_to_bf16(s * post_of(posts, row));
   };
   const int splits = gridDim.y;
   for (int o = threadIdx.x; o < C::kOut; o += C::kThreads) {
@@ -703,7 +803,7 @@ using Batch16 = GemvCfg<2, 8, 1, 1, 16, 2>;    // batch 9..16
 using Staged16 = StagedCfg<1, 8, 1, 2, 1, 16, 2>;
 
 using KernelFn = void (*)(const uint16_t *, const uint8_t *, const uint8_t *, RowPosts,
-                          uint16_t *, int, int, int);
+                          PairEpilogue, uint16_t *, int, int, int);
 
 // Aligned: 16-byte code rows (k % 32 == 0 and codes 16-byte aligned) and 16-bit scale pairs (an
 // even number of groups per row, scales 2-byte aligned).
@@ -714,12 +814,12 @@ bool aligned_call(int32_t format, const uint8_t *codes, const uint8_t *scales, i
 
 // The kernel of variant C for a call's format and alignment, with the slot path's shared memory
 // limit raised once per device; `smem` is the call's dynamic shared memory.
-template <class C>
+template <class C, int EPI = kEpiPlain>
 fp4_status kernel_for(int32_t format, bool aligned, int64_t k, KernelFn *out, size_t *smem) {
   const int i = (format == FP4_WEIGHTS_NVFP4 ? 2 : 0) + (aligned ? 1 : 0);
   static const KernelFn kernels[4] = {
-      gemv_kernel<C, FP4_WEIGHTS_MXFP4, false>, gemv_kernel<C, FP4_WEIGHTS_MXFP4, true>,
-      gemv_kernel<C, FP4_WEIGHTS_NVFP4, false>, gemv_kernel<C, FP4_WEIGHTS_NVFP4, true>};
+      gemv_kernel<C, FP4_WEIGHTS_MXFP4, false, EPI>, gemv_kernel<C, FP4_WEIGHTS_MXFP4, true, EPI>,
+      gemv_kernel<C, FP4_WEIGHTS_NVFP4, false, EPI>, gemv_kernel<C, FP4_WEIGHTS_NVFP4, true, EPI>};
   *out = kernels[i];
   *smem = C::kSlot ? size_t((k + kChunk - 1) / kChunk + C::U) * 16 * sizeof(uint4) : 0;
   if constexpr (C::kSlot) {
@@ -736,15 +836,17 @@ fp4_status kernel_for(int32_t format, bool aligned, int64_t k, KernelFn *out, si
 }
 
 // Enqueues variant C (batch within its NB; the slot path needs k within kSlotMaxChunks chunks)
-// for the row segments `ends` (ascending, the last = n) with their tensor scales.
-template <class C>
+// for the row segments `ends` (ascending, the last = n) with their tensor scales, finished by
+// epilogue EPI.
+template <class C, int EPI = kEpiPlain>
 fp4_status run(int32_t format, const uint16_t *x, const uint8_t *codes, const uint8_t *scales,
                const float *tensor_scales, const int64_t *ends, int segments, uint16_t *y,
-               int64_t batch, int64_t n, int64_t k, cudaStream_t stream) {
+               int64_t batch, int64_t n, int64_t k, cudaStream_t stream,
+               const PairEpilogue &epi = PairEpilogue()) {
   KernelFn kernel = nullptr;
   size_t smem = 0;
-  if (fp4_status s = kernel_for<C>(format, aligned_call(format, codes, scales, k), k, &kernel,
-                                   &smem))
+  if (fp4_status s = kernel_for<C, EPI>(format, aligned_call(format, codes, scales, k), k,
+                                        &kernel, &smem))
     return s;
   RowPosts posts;
   for (int i = 0; i < kMaxGemvSegments; i++) {
@@ -756,10 +858,10 @@ fp4_status run(int32_t format, const uint16_t *x, const uint8_t *codes, const ui
   const int64_t blocks = (n + C::kRows - 1) / C::kRows;
   if (stream != nullptr && stream == launch_stream()) {
     return launch_pdl(kernel, dim3(unsigned(blocks)), dim3(C::kThreads), smem, stream, 1, x, codes,
-                      scales, posts, y, int(batch), int(n), int(k));
+                      scales, posts, epi, y, int(batch), int(n), int(k));
   }
-  kernel<<<unsigned(blocks), C::kThreads, smem, stream>>>(x, codes, scales, posts, y, int(batch),
-                                                         int(n), int(k));
+  kernel<<<unsigned(blocks), C::kThreads, smem, stream>>>(x, codes, scales, posts, epi, y,
+                                                         int(batch), int(n), int(k));
   FP4_CU_LAUNCH();
   return FP4_OK;
 }
@@ -843,6 +945,23 @@ fp4_status slot_rounds(int32_t format, const uint8_t *codes, const uint8_t *scal
   return FP4_OK;
 }
 
+bool slot_fits(int64_t k) { return (k + kChunk - 1) / kChunk <= kSlotMaxChunks; }
+
+// Batch 1 on the slot path (slot_fits(k)) with epilogue EPI.
+template <int EPI>
+fp4_status run_slot(int32_t format, const uint16_t *x, const uint8_t *codes,
+                    const uint8_t *scales, const float *ts, const int64_t *ends, int segments,
+                    uint16_t *y, int64_t n, int64_t k, cudaStream_t s,
+                    const PairEpilogue &epi = PairEpilogue()) {
+  // A second round of resident blocks that is mostly empty (n = 8192 on the H100: 1.3 rounds)
+  // costs more than the wider tiles' lower occupancy.
+  double rounds = 0;
+  if (fp4_status st = slot_rounds(format, codes, scales, n, k, &rounds)) return st;
+  return rounds > 1.0 && rounds < 1.5
+             ? run<SlotWide, EPI>(format, x, codes, scales, ts, ends, segments, y, 1, n, k, s, epi)
+             : run<Slot, EPI>(format, x, codes, scales, ts, ends, segments, y, 1, n, k, s, epi);
+}
+
 }  // namespace
 
 // The launch of gemm_segments; fp4_gemv_launch is its one-segment case.
@@ -859,15 +978,8 @@ static fp4_status fp4_gemv_segments_launch(int32_t format, const uint16_t *x,
   auto s = static_cast<cudaStream_t>(stream);
   const float *ts = tensor_scales;
   // Dispatch from the H100 sweeps (bench/notes/fp4_gemm.md, version 3).
-  if (batch == 1 && (k + kChunk - 1) / kChunk <= kSlotMaxChunks) {
-    // A second round of resident blocks that is mostly empty (n = 8192 on the H100: 1.3 rounds)
-    // costs more than the wider tiles' lower occupancy.
-    double rounds = 0;
-    if (fp4_status st = slot_rounds(format, codes, scales, n, k, &rounds)) return st;
-    return rounds > 1.0 && rounds < 1.5
-               ? run<SlotWide>(format, x, codes, scales, ts, ends, segments, y, batch, n, k, s)
-               : run<Slot>(format, x, codes, scales, ts, ends, segments, y, batch, n, k, s);
-  }
+  if (batch == 1 && slot_fits(k))
+    return run_slot<kEpiPlain>(format, x, codes, scales, ts, ends, segments, y, n, k, s);
   if (batch <= 8)
     return run<Batch8>(format, x, codes, scales, ts, ends, segments, y, batch, n, k, s);
   // Where every SM gets at least 3 of the 32-row blocks, the staged kernel (activations read from
@@ -895,6 +1007,62 @@ fp4_status gemm_segments(int32_t format, const uint16_t *x, const uint8_t *codes
   if (fp4_status s = ensure_device()) return s;
   return fp4_gemv_segments_launch(format, x, codes, scales, tensor_scales, ends, segments, y,
                                   batch, n, k, launch_stream());
+}
+
+fp4_status gemm_gate_up_silu(int32_t format, const uint16_t *x, const uint8_t *codes,
+                             const uint8_t *scales, const float *tensor_scales, uint16_t *y,
+                             int64_t half, int64_t k) {
+  FP4_REQUIRE(uintptr_t(x) % 16 == 0 && uintptr_t(codes) % 8 == 0,
+              "%s: x must be 16-byte and codes 8-byte aligned", "fp4_dec_gate_up_silu");
+  if (fp4_status s = ensure_device()) return s;
+  const int64_t ends[2] = {half, 2 * half};
+  const cudaStream_t s = launch_stream();
+  if (!slot_fits(k)) {
+    if (fp4_status st = fp4_gemv_segments_launch(format, x, codes, scales, tensor_scales, ends, 2,
+                                                 y, 1, 2 * half, k, s))
+      return st;
+    return dec_silu_mul(y, y + half, y, FP4_DTYPE_BF16, uint64_t(half));
+  }
+  PairEpilogue e;
+  e.half = half;
+  e.pairs = half;
+  return run_slot<kEpiSwiglu>(format, x, codes, scales, tensor_scales, ends, 2, y, 2 * half, k, s,
+                              e);
+}
+
+fp4_status gemm_qkv_rope_kv_store(int32_t format, const uint16_t *x, const uint8_t *codes,
+                                  const uint8_t *scales, const float *tensor_scales,
+                                  uint16_t *qkv, const float *cos, const float *sin,
+                                  const int32_t *pos, int64_t ctx, int64_t heads,
+                                  int64_t kv_heads, int64_t head_dim, int64_t k, void *k_cache,
+                                  void *v_cache, int32_t cache_dtype) {
+  FP4_REQUIRE(uintptr_t(x) % 16 == 0 && uintptr_t(codes) % 8 == 0,
+              "%s: x must be 16-byte and codes 8-byte aligned", "fp4_dec_qkv_rope_kv_store");
+  if (fp4_status s = ensure_device()) return s;
+  const int64_t qn = heads * head_dim, kn = kv_heads * head_dim;
+  const int64_t ends[3] = {qn, qn + kn, qn + 2 * kn};
+  const cudaStream_t s = launch_stream();
+  if (!slot_fits(k)) {
+    if (fp4_status st = fp4_gemv_segments_launch(format, x, codes, scales, tensor_scales, ends, 3,
+                                                 qkv, 1, ends[2], k, s))
+      return st;
+    return dec_rope_kv_store(qkv, qkv + qn, qkv + qn + kn, FP4_DTYPE_BF16, cos, sin, pos, ctx, 1,
+                             heads, kv_heads, head_dim, k_cache, v_cache, cache_dtype);
+  }
+  PairEpilogue e;
+  e.half = head_dim / 2;
+  e.pairs = ends[2] / 2;
+  e.q_rows = qn;
+  e.k_rows = kn;
+  e.cos = cos;
+  e.sin = sin;
+  e.pos = pos;
+  e.ctx = ctx;
+  e.k_cache = k_cache;
+  e.v_cache = v_cache;
+  e.cache_dtype = cache_dtype;
+  return run_slot<kEpiRope>(format, x, codes, scales, tensor_scales, ends, 3, qkv, ends[2], k, s,
+                            e);
 }
 
 }  // namespace fp4::cuda
