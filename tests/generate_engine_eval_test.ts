@@ -14,12 +14,12 @@ const seed = (Math.random() * 2 ** 31) >>> 0;
 console.log(`generate_engine_eval_test seed ${seed}`);
 const cuda = cudaStatus().available;
 
-function tinyModel(s: number, dtype: "f32" | "bf16" = "f32"): LlamaModel {
+function tinyModel(s: number, dtype: "f32" | "bf16" = "f32", hidden = 64, mlp = 96): LlamaModel {
   return LlamaModel.random(
     parseLlamaConfig({
       model_type: "llama",
-      hidden_size: 64,
-      intermediate_size: 96,
+      hidden_size: hidden,
+      intermediate_size: mlp,
       num_hidden_layers: 2,
       num_attention_heads: 4,
       num_key_value_heads: 2,
@@ -208,15 +208,24 @@ function randomFp4(model: LlamaModel, format: "mxfp4" | "nvfp4"): Map<string, Fp
 }
 
 // A fused step runs the members' rows through the same arithmetic (stacked weights; NVFP4 rows
-// with their segment's tensor scale): equal bit for bit to the unfused step, eager and
-// replayed. The exception is CUDA's dense BF16, where cuBLAS may pick another kernel for the
-// taller matrix: within 2^-7 of the logits' scale there (bf16 rounding of a few activations).
+// with their segment's tensor scale; FP4 products finished by RoPE/KV store and SwiGLU in their
+// own call, or not): equal bit for bit to the unfused step, eager and replayed. The exception is
+// CUDA's dense BF16, where cuBLAS may pick another kernel for the taller matrix: within 2^-7 of
+// the logits' scale there (bf16 rounding of a few activations). FP4 also at hidden 256, MLP 512
+// (k a multiple of 256: the batch-1 ring kernel on CUDA).
 for (const device of ["cpu", ...(cuda ? ["cuda"] : [])] as Device[]) {
   Deno.test(`${device}: fused q/k/v and gate/up steps equal unfused ones`, async () => {
-    const kinds = ["f32", "bf16", "mxfp4", "nvfp4"] as const;
-    for (const kind of kinds) {
+    const cases = [
+      ["f32", 64, 96],
+      ["bf16", 64, 96],
+      ["mxfp4", 64, 96],
+      ["nvfp4", 64, 96],
+      ["mxfp4", 256, 512],
+      ["nvfp4", 256, 512],
+    ] as const;
+    for (const [kind, hidden, mlp] of cases) {
       if (device === "cuda" && kind === "f32") continue;
-      const model = tinyModel(seed + 5, kind === "f32" ? "f32" : "bf16");
+      const model = tinyModel(seed + 5, kind === "f32" ? "f32" : "bf16", hidden, mlp);
       const quantized = kind === "mxfp4" || kind === "nvfp4"
         ? randomFp4(model, kind)
         : new Map<string, Fp4Weights>();
@@ -224,14 +233,18 @@ for (const device of ["cpu", ...(cuda ? ["cuda"] : [])] as Device[]) {
       const opts = { device, contextLength: 40, quantized } as const;
       using plain = DecodeEngine.create(model, { ...opts, fuse: false, graphs: false });
       using fused = DecodeEngine.create(model, opts);
+      using products = DecodeEngine.create(model, { ...opts, epilogues: false });
       await plain.forward(prompt);
       await fused.forward(prompt);
+      await products.forward(prompt);
       const exact = device === "cpu" || quantized.size > 0;
       let worst = 0;
       for (let step = 0; step < 8; step++) {
         const a = plain.logits(), b = fused.logits();
         if (exact) {
-          assertEquals(Array.from(b), Array.from(a), `${kind} step ${step} (seed ${seed})`);
+          const what = `${kind} ${hidden}/${mlp} step ${step} (seed ${seed})`;
+          assertEquals(Array.from(b), Array.from(a), what);
+          assertEquals(Array.from(products.logits()), Array.from(a), `without epilogues: ${what}`);
         } else {
           const scale = Math.max(...a.map(Math.abs));
           worst = Math.max(worst, maxAbsDiff(a, b) / scale);
@@ -240,6 +253,7 @@ for (const device of ["cpu", ...(cuda ? ["cuda"] : [])] as Device[]) {
         const t = plain.argmax();
         await plain.forward(new Int32Array([t]));
         await fused.forward(new Int32Array([t]));
+        await products.forward(new Int32Array([t]));
       }
       if (!exact) {
         console.log(`${device} ${kind}: fused vs unfused logits within ${worst} of scale`);

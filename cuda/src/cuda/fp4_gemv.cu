@@ -53,6 +53,9 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 
 #include "../cuda_backend.hpp"
 #include "../decode_backend.hpp"
@@ -314,6 +317,37 @@ __device__ __forceinline__ void load_x(const uint16_t *x, int64_t b, int64_t bat
   }
 }
 
+// Slot path: x (batch row 0) permuted to the pairs, times 2^64, into shared uint4 blocks
+// [chunk][t][q ^ (t >> 1 & 1)] (the XOR keeps the 4 lanes that read one q on distinct banks),
+// zeros for the U chunks past the end; lanes that hold no slot of a chunk read the last block.
+// Ends with a block barrier; gives lane (g, t) the block index base and chunk stride of its two
+// column selections (a lane reads chunk c's q at xbase[sel] + c * xstride[sel] + (q ^ tsw)).
+template <int FMT, int U, int kThreads>
+__device__ __forceinline__ void stage_slot_x(const uint16_t *__restrict__ x, uint4 *xs, int k,
+                                             int nchunks, int g, int t, int xbase[2],
+                                             int xstride[2]) {
+  for (int i = threadIdx.x; i < (nchunks + U) * 16; i += kThreads) {
+    const int k0 = 8 * i;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (k0 < k) {
+      v = __ldg(reinterpret_cast<const uint4 *>(x) + i);
+      const uint32_t p0 = __byte_perm(v.x, v.z, 0x5410), p1 = __byte_perm(v.x, v.z, 0x7632);
+      const uint32_t p2 = __byte_perm(v.y, v.w, 0x5410), p3 = __byte_perm(v.y, v.w, 0x7632);
+      v = make_uint4(bf16x2_mul(p0, kX64), bf16x2_mul(p1, kX64), bf16x2_mul(p2, kX64),
+                     bf16x2_mul(p3, kX64));
+    }
+    const int q = i & 3, tt = (i >> 2) & 3;
+    xs[(i & ~3) | (q ^ ((tt >> 1) & 1))] = v;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int sel = 0; sel < 2; sel++) {
+    const bool mine = FMT == FP4_WEIGHTS_MXFP4 ? g == t + 4 * sel : g == 2 * t + sel;
+    xbase[sel] = mine ? 4 * t : (nchunks + U - 1) * 16 + 4 * t;
+    xstride[sel] = mine ? 16 : 0;
+  }
+}
+
 // Slot path: C fragments (8 slot columns each) per tile and stage: MXFP4 has 4 groups per chunk,
 // NVFP4 8.
 template <class C, int FMT>
@@ -396,33 +430,9 @@ __global__ void __launch_bounds__(C::kThreads, C::MINB)
   // flight before the kernel waits for the one that writes x.
   pdl_wait();
 
-  // Slot path: x (batch row 0) permuted to the pairs, times 2^64, in uint4 blocks
-  // [chunk][t][q ^ (t >> 1 & 1)] (the XOR keeps the 4 lanes that read one q on distinct banks),
-  // zeros for the U chunks past the end; lanes that hold no slot of a chunk read the last block.
   int xbase[2] = {0, 0}, xstride[2] = {0, 0};
   const int tsw = (t >> 1) & 1;
-  if constexpr (C::kSlot) {
-    for (int i = threadIdx.x; i < (nchunks + U) * 16; i += C::kThreads) {
-      const int k0 = 8 * i;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (k0 < k) {
-        v = __ldg(reinterpret_cast<const uint4 *>(x) + i);
-        const uint32_t p0 = __byte_perm(v.x, v.z, 0x5410), p1 = __byte_perm(v.x, v.z, 0x7632);
-        const uint32_t p2 = __byte_perm(v.y, v.w, 0x5410), p3 = __byte_perm(v.y, v.w, 0x7632);
-        v = make_uint4(bf16x2_mul(p0, kX64), bf16x2_mul(p1, kX64), bf16x2_mul(p2, kX64),
-                       bf16x2_mul(p3, kX64));
-      }
-      const int q = i & 3, tt = (i >> 2) & 3;
-      xs[(i & ~3) | (q ^ ((tt >> 1) & 1))] = v;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int sel = 0; sel < 2; sel++) {
-      const bool mine = FMT == FP4_WEIGHTS_MXFP4 ? g == t + 4 * sel : g == 2 * t + sel;
-      xbase[sel] = mine ? 4 * t : (nchunks + U - 1) * 16 + 4 * t;
-      xstride[sel] = mine ? 16 : 0;
-    }
-  }
+  if constexpr (C::kSlot) stage_slot_x<FMT, U, C::kThreads>(x, xs, k, nchunks, g, t, xbase, xstride);
 
   // Slot path: acc[m][h][0] sums weight row 16m + 8h + g over the lane's slot columns. Batch
   // path: acc[m][bh] is the C fragment of batch rows 8 bh .. 8 bh + 7: acc[m][bh][i] is weight
@@ -580,6 +590,173 @@ __global__ void __launch_bounds__(C::kThreads, C::MINB)
         y[int64_t(b) * n + row] = fmt::f32_to_bf16(s * post_of(posts, row));
     }
   }
+}
+
+// Batch 1 through a ring in shared memory ("ring" kernel): the slot path's arithmetic (the same
+// lanes, MMAs, scale order and warp sums as gemv_kernel with Slot, so the same bits), but a
+// warp's codes and scales arrive by cp.async into D shared-memory stages, D - 1 of them in
+// flight while one is computed: the bytes in flight no longer cost registers. Persistent: grid =
+// blocks resident at once, block b takes 16-row tiles b, b + gridDim.x, ...; x is staged once per
+// block, and a warp's ring runs on across tile boundaries, so the next tile's loads are in
+// flight during a tile's warp reduction and epilogue. Needs k % 256 == 0 and 16-byte aligned
+// codes and scales (ring_fits). A stage of warp kw: chunks c0, c0 + 1 (c0 = kw U + j KW U) of
+// the tile's 16 rows: codes [u][h][lane] (2 KB; lane (g, t) copies its own rows g, g + 8 and
+// k), scales [16 rows][2 x groups per chunk bytes] (lanes 0..15 copy one row each).
+// Bytes moved: as gemv_kernel's (codes, scales and x once, y once).
+constexpr int kRingKW = 8, kRingU = 2, kRingThreads = 32 * kRingKW;
+constexpr int kRingStage = kRingU * 2 * 32 + 16;  // uint4: codes, then 256 bytes of scales
+
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool ok) {
+  const unsigned d = unsigned(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
+               "r"(ok ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async8(void *dst, const void *src, bool ok) {
+  const unsigned d = unsigned(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(d), "l"(src),
+               "r"(ok ? 8 : 0));
+}
+
+template <int FMT, int D, int EPI>
+__global__ void __launch_bounds__(kRingThreads, 3)
+    gemv_ring_kernel(const uint16_t *__restrict__ x, const uint8_t *__restrict__ codes,
+                     const uint8_t *__restrict__ scales, RowPosts posts, PairEpilogue epi,
+                     uint16_t *__restrict__ y, int n, int k) {
+  constexpr int KW = kRingKW, U = kRingU;
+  constexpr int NF = FMT == FP4_WEIGHTS_MXFP4 ? 1 : 2;        // C fragments per stage
+  constexpr int kGroupsPerChunk = FMT == FP4_WEIGHTS_MXFP4 ? 4 : 8;
+  constexpr int SB = U * kGroupsPerChunk;                       // scale bytes per row and stage
+  extern __shared__ uint4 smem[];  // x blocks (nchunks + U) * 16, then the KW x D stages
+  const int lane = threadIdx.x & 31, kw = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int nchunks = k / kChunk, groups = k / (FMT == FP4_WEIGHTS_MXFP4 ? 32 : 16);
+  const int ntiles = (EPI == kEpiPlain ? n + 15 : int(epi.pairs) + 7) / (EPI == kEpiPlain ? 16 : 8);
+  const int mine = ntiles > int(blockIdx.x) ? (ntiles - 1 - int(blockIdx.x)) / gridDim.x + 1 : 0;
+  constexpr int step = KW * U;
+  const int S = nchunks > kw * U ? (nchunks - kw * U + step - 1) / step : 0;  // stages per tile
+  const int total = S * mine;
+  uint4 *xs = smem, *ring = smem + (nchunks + U) * 16 + kw * D * kRingStage;
+  pdl_trigger();
+
+  // Weight row of tile row r (0..15) of the block's i-th tile.
+  auto row_of = [&](int i, int r) -> int64_t {
+    const int64_t tile = int64_t(blockIdx.x) + int64_t(i) * gridDim.x;
+    if constexpr (EPI == kEpiPlain) return tile * 16 + r;
+    else return pair_row<EPI>(epi, tile * 8 + (r & 7), r >> 3, n);
+  };
+  auto issue = [&](int s) {
+    if (s < total) {
+      const int i = s / S, c0 = kw * U + (s % S) * step;
+      uint4 *st = ring + (s % D) * kRingStage;
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const int64_t r = row_of(i, 8 * h + g), rr = r < n ? r : 0;  // rows past n: zeros
+#pragma unroll
+        for (int u = 0; u < U; u++)
+          cp_async16(st + (u * 2 + h) * 32 + lane,
+                     codes + rr * (k / 2) + (c0 + u) * (kChunk / 2) + 16 * t, r < n);
+      }
+      if (lane < 16) {
+        const int64_t r = row_of(i, lane), rr = r < n ? r : 0;
+        const uint8_t *src = scales + rr * groups + c0 * kGroupsPerChunk;
+        uint8_t *dst = reinterpret_cast<uint8_t *>(st + U * 2 * 32) + lane * SB;
+        if constexpr (SB == 16) {
+          cp_async16(dst, src, r < n);
+        } else {
+          cp_async8(dst, src, r < n);
+        }
+      }
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+  };
+
+#pragma unroll
+  for (int s = 0; s < D - 1; s++) issue(s);
+  // Launched with PDL (recorded into a graph) the first stages are in flight before the wait.
+  pdl_wait();
+  int xbase[2], xstride[2];
+  const int tsw = (t >> 1) & 1;
+  stage_slot_x<FMT, U, kRingThreads>(x, xs, k, nchunks, g, t, xbase, xstride);
+
+  __shared__ float red[KW][16];
+  int s = 0;
+  for (int i = 0; i < mine; i++) {
+    float acc[2] = {0.0f, 0.0f};
+    for (int j = 0; j < S; j++, s++) {
+      __syncwarp();  // every lane is done with the stage the next copy overwrites
+      issue(s + D - 1);
+      asm volatile("cp.async.wait_group %0;\n" ::"n"(D - 1));
+      __syncwarp();  // the scales copied by other lanes are visible
+      const uint4 *st = ring + (s % D) * kRingStage;
+      const int c0 = kw * U + j * step;
+      float cf[NF][4];
+#pragma unroll
+      for (int f = 0; f < NF; f++) cf[f][0] = cf[f][1] = cf[f][2] = cf[f][3] = 0.0f;
+#pragma unroll
+      for (int u = 0; u < U; u++) {
+        const int f = FMT == FP4_WEIGHTS_MXFP4 ? u / 2 : u;
+        uint4 xv[4];
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+          const int sel = FMT == FP4_WEIGHTS_MXFP4 ? u & 1 : q >> 1;
+          xv[q] = xs[xbase[sel] + (c0 + u) * xstride[sel] + (q ^ tsw)];
+        }
+        const uint4 w0 = st[(u * 2) * 32 + lane], w1 = st[(u * 2 + 1) * 32 + lane];
+        const uint32_t wa[4] = {w0.x, w0.y, w0.z, w0.w}, wb[4] = {w1.x, w1.y, w1.z, w1.w};
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+          uint32_t a[4], b[4];
+          e2m1_pairs(wa[q], a);
+          e2m1_pairs(wb[q], b);
+          mma_bf16(cf[f], a[0], b[0], a[1], b[1], xv[q].x, xv[q].y);
+          mma_bf16(cf[f], a[2], b[2], a[3], b[3], xv[q].z, xv[q].w);
+        }
+      }
+      const uint8_t *sc = reinterpret_cast<const uint8_t *>(st + U * 2 * 32);
+#pragma unroll
+      for (int f = 0; f < NF; f++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          float s0, s1;
+          scale_f32x2<FMT>(*reinterpret_cast<const uint16_t *>(sc + (8 * h + g) * SB + 8 * f + 2 * t),
+                           s0, s1);
+          acc[h] = fmaf(cf[f][2 * h], s0, acc[h]);
+          acc[h] = fmaf(cf[f][2 * h + 1], s1, acc[h]);
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      float v = acc[h];
+      v += __shfl_xor_sync(0xffffffffu, v, 1);
+      v += __shfl_xor_sync(0xffffffffu, v, 2);
+      if (t == 0) red[kw][8 * h + g] = v;
+    }
+    __syncthreads();
+    const int64_t tile = int64_t(blockIdx.x) + int64_t(i) * gridDim.x;
+    if constexpr (EPI == kEpiPlain) {
+      if (threadIdx.x < 16) {
+        float v = 0.0f;
+#pragma unroll
+        for (int w = 0; w < KW; w++) v += red[w][threadIdx.x];
+        const int64_t row = tile * 16 + threadIdx.x;
+        if (row < n) y[row] = fmt::f32_to_bf16(v * post_of(posts, row));
+      }
+    } else {
+      const int64_t pi = tile * 8 + threadIdx.x;
+      if (threadIdx.x < 8 && pi < epi.pairs) {
+        float sa = 0.0f, sb = 0.0f;
+#pragma unroll
+        for (int w = 0; w < KW; w++) sa += red[w][threadIdx.x];
+#pragma unroll
+        for (int w = 0; w < KW; w++) sb += red[w][8 + threadIdx.x];
+        const int64_t ra = pair_row<EPI>(epi, pi, 0, n), rb = pair_row<EPI>(epi, pi, 1, n);
+        finish_pair<EPI>(epi, pi, ra, rb, fmt::f32_to_bf16(sa * post_of(posts, ra)),
+                         fmt::f32_to_bf16(sb * post_of(posts, rb)), y);
+      }
+    }
+    __syncthreads();  // red is rewritten by the next tile
+  }
+  asm volatile("cp.async.wait_group 0;\n" ::);
 }
 
 // Batch 2..16 with the activations staged in shared memory ("staged" kernel). A block has RW row
@@ -947,12 +1124,95 @@ fp4_status slot_rounds(int32_t format, const uint8_t *codes, const uint8_t *scal
 
 bool slot_fits(int64_t k) { return (k + kChunk - 1) / kChunk <= kSlotMaxChunks; }
 
+// The ring kernel's depth and blocks per SM from $FP4LAB_GEMV_RING ("off", or "D" or "D,B"
+// with D in 3, 4, 6): depth 0 when off.
+struct RingChoice {
+  int depth = 4, per_sm = 0;  // per_sm 0: as many as fit
+};
+inline RingChoice ring_choice() {
+  static const RingChoice c = [] {
+    RingChoice r;
+    if (const char *e = std::getenv("FP4LAB_GEMV_RING")) {
+      if (std::strcmp(e, "off") == 0) {
+        r.depth = 0;
+      } else {
+        int d = 0, b = 0;
+        const int got = std::sscanf(e, "%d,%d", &d, &b);
+        if (got >= 1 && (d == 3 || d == 4 || d == 6)) r.depth = d;
+        if (got == 2 && b > 0) r.per_sm = b;
+      }
+    }
+    return r;
+  }();
+  return c;
+}
+
+size_t ring_smem(int depth, int64_t k) {
+  return size_t(k / kChunk + kRingU) * 16 * sizeof(uint4) +
+         size_t(kRingKW) * depth * kRingStage * sizeof(uint4);
+}
+
+bool ring_fits(const uint8_t *codes, const uint8_t *scales, int64_t k, int depth) {
+  return depth > 0 && k % 256 == 0 && uintptr_t(codes) % 16 == 0 && uintptr_t(scales) % 16 == 0 &&
+         ring_smem(depth, k) <= 200 * 1024;
+}
+
+using RingFn = void (*)(const uint16_t *, const uint8_t *, const uint8_t *, RowPosts,
+                        PairEpilogue, uint16_t *, int, int);
+
+template <int EPI>
+RingFn ring_kernel(int32_t format, int depth) {
+  const bool nv = format == FP4_WEIGHTS_NVFP4;
+  switch (depth) {
+    case 3:
+      return nv ? gemv_ring_kernel<FP4_WEIGHTS_NVFP4, 3, EPI> : gemv_ring_kernel<FP4_WEIGHTS_MXFP4, 3, EPI>;
+    case 6:
+      return nv ? gemv_ring_kernel<FP4_WEIGHTS_NVFP4, 6, EPI> : gemv_ring_kernel<FP4_WEIGHTS_MXFP4, 6, EPI>;
+    default:
+      return nv ? gemv_ring_kernel<FP4_WEIGHTS_NVFP4, 4, EPI> : gemv_ring_kernel<FP4_WEIGHTS_MXFP4, 4, EPI>;
+  }
+}
+
+// Enqueues the ring kernel (ring_fits) for the row segments `ends` with their tensor scales.
+template <int EPI>
+fp4_status run_ring(int32_t format, const uint16_t *x, const uint8_t *codes, const uint8_t *scales,
+                    const float *ts, const int64_t *ends, int segments, uint16_t *y, int64_t n,
+                    int64_t k, cudaStream_t stream, const PairEpilogue &epi, RingChoice rc) {
+  const RingFn kernel = ring_kernel<EPI>(format, rc.depth);
+  const size_t smem = ring_smem(rc.depth, k);
+  int dev = 0, sms = 0, per_sm = 0;
+  FP4_CU(cudaGetDevice(&dev));
+  FP4_CU(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  FP4_CU(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  FP4_CU(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kRingThreads, smem));
+  FP4_REQUIRE(per_sm >= 1, "fp4_gemv: the ring kernel does not fit an SM (k = %lld)",
+              (long long)k);
+  if (rc.per_sm > 0) per_sm = std::min(per_sm, rc.per_sm);
+  RowPosts posts;
+  for (int i = 0; i < kMaxGemvSegments; i++) {
+    const int j = std::min(i, segments - 1);
+    posts.end[i] = i < segments - 1 ? int(ends[i]) : INT32_MAX;
+    posts.post[i] = kSlotUnscale * (format == FP4_WEIGHTS_NVFP4 ? ts[j] : 1.0f);
+  }
+  const int64_t tiles = EPI == kEpiPlain ? (n + 15) / 16 : (epi.pairs + 7) / 8;
+  const unsigned grid = unsigned(std::min<int64_t>(tiles, int64_t(sms) * per_sm));
+  if (stream != nullptr && stream == launch_stream())
+    return launch_pdl(kernel, dim3(grid), dim3(kRingThreads), smem, stream, 1, x, codes, scales,
+                      posts, epi, y, int(n), int(k));
+  kernel<<<grid, kRingThreads, smem, stream>>>(x, codes, scales, posts, epi, y, int(n), int(k));
+  FP4_CU_LAUNCH();
+  return FP4_OK;
+}
+
 // Batch 1 on the slot path (slot_fits(k)) with epilogue EPI.
 template <int EPI>
 fp4_status run_slot(int32_t format, const uint16_t *x, const uint8_t *codes,
                     const uint8_t *scales, const float *ts, const int64_t *ends, int segments,
                     uint16_t *y, int64_t n, int64_t k, cudaStream_t s,
                     const PairEpilogue &epi = PairEpilogue()) {
+  const RingChoice rc = ring_choice();
+  if (ring_fits(codes, scales, k, rc.depth))
+    return run_ring<EPI>(format, x, codes, scales, ts, ends, segments, y, n, k, s, epi, rc);
   // A second round of resident blocks that is mostly empty (n = 8192 on the H100: 1.3 rounds)
   // costs more than the wider tiles' lower occupancy.
   double rounds = 0;
