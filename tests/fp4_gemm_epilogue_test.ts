@@ -1,7 +1,8 @@
 // The decode step's FP4 products with their next op in one call (fp4_dec_gate_up_silu,
-// fp4_dec_qkv_rope_kv_store): on fresh random weights, activations, caches and positions, each
-// equals fp4_gemm_segments followed by fp4_dec_silu_mul or fp4_dec_rope_kv_store on the same
-// device, bit for bit (outputs, the up half, both caches). On CUDA that compares the GEMV's
+// fp4_dec_qkv_rope_kv_store, fp4_dec_gemv_add_rmsnorm): on fresh random weights, activations,
+// caches, residual streams and positions, each equals fp4_gemm_segments (fp4_gemm) followed by
+// fp4_dec_silu_mul, fp4_dec_rope_kv_store or fp4_dec_add_rmsnorm on the same device, bit for bit
+// (outputs, the up half, both caches, the residual stream and the norm). On CUDA that compares the GEMV's
 // paired-row epilogue with the plain GEMV and the elementwise kernels, including pair counts
 // that are not a multiple of a block's 8, pairs that straddle heads, an out-of-range position,
 // and a k past the batch-1 kernel's limit (where the call runs the two kernels). Outputs are
@@ -213,6 +214,92 @@ for (const device of devices) {
   });
 }
 
+for (const device of devices) {
+  const dev = deviceId(device);
+  Deno.test(`${device}: fp4_dec_gemv_add_rmsnorm equals the product then the add and norm, bit for bit`, () => {
+    const lib = native();
+    // [n, k]: o and down at Llama-3-8B's width (the ring kernel and its last-block norm on
+    // CUDA), a small ring shape, and shapes the kernel leaves to the two calls (k % 256, n % 4).
+    const shapes = [[4096, 4096], [4096, 14336], [256, 512], [96, 64], [30, 256]];
+    for (const format of [0, 1] as Format[]) {
+      for (const [n, k] of shapes) {
+        for (const normDtype of [F32, BF16]) {
+          const w = stack(format, n, k, 1);
+          using codes = on(device, w.codes), scales = on(device, w.scales);
+          using x = on(device, randomX(k), "bf16");
+          const hidden = Float32Array.from({ length: n }, () => 4 * (rand() - 0.5));
+          const normW = Float32Array.from({ length: n }, () => 1 + 0.2 * (rand() - 0.5));
+          using norm = normDtype === F32
+            ? on(device, normW)
+            : on(device, Uint16Array.from(normW, f32ToBf16), "bf16");
+          using h1 = on(device, hidden.slice()), h2 = on(device, hidden.slice());
+          using y1 = poisoned(device, n), y2 = poisoned(device, n);
+          using o1 = poisoned(device, n), o2 = poisoned(device, n);
+          using counter = on(device, new Int32Array(1));
+          for (let rep = 0; rep < 2; rep++) { // twice: the counter is ready again
+            check(
+              lib.fp4_dec_gemv_add_rmsnorm(
+                dev,
+                format,
+                x.pointer(),
+                codes.pointer(),
+                scales.pointer(),
+                w.tensorScales[0],
+                y1.pointer(),
+                BigInt(n),
+                BigInt(k),
+                h1.pointer(),
+                norm.pointer(),
+                normDtype,
+                o1.pointer(),
+                1e-5,
+                counter.pointer(),
+              ),
+              "fp4_dec_gemv_add_rmsnorm",
+            );
+            check(
+              lib.fp4_gemm(
+                dev,
+                format,
+                x.pointer(),
+                codes.pointer(),
+                scales.pointer(),
+                w.tensorScales[0],
+                y2.pointer(),
+                1n,
+                BigInt(n),
+                BigInt(k),
+              ),
+              "fp4_gemm",
+            );
+            check(
+              lib.fp4_dec_add_rmsnorm(
+                dev,
+                h2.pointer(),
+                y2.pointer(),
+                BF16,
+                norm.pointer(),
+                normDtype,
+                o2.pointer(),
+                BF16,
+                1n,
+                BigInt(n),
+                1e-5,
+              ),
+              "fp4_dec_add_rmsnorm",
+            );
+            const what = `format ${format} ${n}x${k} norm ${normDtype} call ${rep} ${tag}`;
+            assertEquals(y1.toArray(), y2.toArray(), `y: ${what}`);
+            assertEquals(h1.toArray(), h2.toArray(), `hidden: ${what}`);
+            assertEquals(o1.toArray(), o2.toArray(), `out: ${what}`);
+            assertEquals(counter.toArray(), new Int32Array(1), `counter: ${what}`);
+          }
+        }
+      }
+    }
+  });
+}
+
 Deno.test("the fused decode products reject bad input with Errors that name the problem", () => {
   const lib = native();
   const buf = new Uint8Array(1 << 16);
@@ -296,4 +383,29 @@ Deno.test("the fused decode products reject bad input with Errors that name the 
     "position 4 does not fit a cache of 4 rows",
   );
   assertEquals(out, new Uint16Array(64).fill(0x1234));
+
+  const addNorm = (o: { wDtype?: number; hidden?: Deno.PointerValue; k?: number }) =>
+    check(
+      lib.fp4_dec_gemv_add_rmsnorm(
+        0,
+        0,
+        p,
+        p,
+        p,
+        1,
+        p,
+        64n,
+        BigInt(o.k ?? 64),
+        o.hidden === undefined ? p : o.hidden,
+        p,
+        o.wDtype ?? 2,
+        p,
+        1e-5,
+        p,
+      ),
+      "addNorm",
+    );
+  assertThrows(() => addNorm({ wDtype: 1 }), NativeError, "norm weight dtype 1");
+  assertThrows(() => addNorm({ hidden: null }), NativeError, "null pointer");
+  assertThrows(() => addNorm({ k: 40 }), NativeError, "not a multiple of the MXFP4 group size");
 });

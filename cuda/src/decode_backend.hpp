@@ -62,8 +62,9 @@ fp4_status dec_attention(const void *q, int32_t q_dtype, const void *k_cache,
 fp4_status dec_silu_mul(const void *gate, const void *up, void *out, int32_t dtype, uint64_t n);
 fp4_status dec_add(float *y, const void *x, int32_t x_dtype, uint64_t n);
 fp4_status dec_argmax(const float *x, int64_t rows, int64_t n, int32_t *out);
-// The fused batch-1 GEMV epilogues (fp4_gemv.cu): fp4_dec_gate_up_silu and
-// fp4_dec_qkv_rope_kv_store of fp4lab/decode.h on the decode stream.
+// The fused batch-1 GEMV epilogues (fp4_gemv.cu): fp4_dec_gate_up_silu,
+// fp4_dec_qkv_rope_kv_store and fp4_dec_gemv_add_rmsnorm of fp4lab/decode.h on the decode
+// stream.
 fp4_status gemm_gate_up_silu(int32_t format, const uint16_t *x, const uint8_t *codes,
                              const uint8_t *scales, const float *tensor_scales, uint16_t *y,
                              int64_t half, int64_t k);
@@ -73,6 +74,10 @@ fp4_status gemm_qkv_rope_kv_store(int32_t format, const uint16_t *x, const uint8
                                   const int32_t *pos, int64_t ctx, int64_t heads,
                                   int64_t kv_heads, int64_t head_dim, int64_t k, void *k_cache,
                                   void *v_cache, int32_t cache_dtype);
+fp4_status gemv_add_rmsnorm(int32_t format, const uint16_t *x, const uint8_t *codes,
+                            const uint8_t *scales, float tensor_scale, uint16_t *y, int64_t n,
+                            int64_t k, float *hidden, const void *norm, int32_t norm_dtype,
+                            uint16_t *out, float eps, int32_t *counter);
 fp4_status dec_argmax_feed(const float *x, int64_t n, int32_t *out, int32_t *pos,
                            int32_t *history, int64_t capacity);
 // fp4_cublas_status (cublas_runtime.cu).

@@ -76,10 +76,12 @@ export interface EngineOptions {
    */
   fuse?: boolean;
   /**
-   * Single-token steps finish a fused FP4 q/k/v product with RoPE and the KV-cache store, and a
-   * fused FP4 gate/up product with SwiGLU, in the product's own call (`fp4_dec_qkv_rope_kv_store`,
-   * `fp4_dec_gate_up_silu`: on CUDA inside the GEMV kernel), which changes no output bit
-   * (default true; only where `fuse` stacked the group and activations are bf16).
+   * Single-token steps finish a fused FP4 q/k/v product with RoPE and the KV-cache store, a
+   * fused FP4 gate/up product with SwiGLU, and the FP4 o and down products with the residual
+   * add and norm after them, in the product's own call (`fp4_dec_qkv_rope_kv_store`,
+   * `fp4_dec_gate_up_silu`, `fp4_dec_gemv_add_rmsnorm`: on CUDA inside the GEMV kernel), which
+   * changes no output bit (default true; bf16 activations; q/k/v and gate/up where `fuse`
+   * stacked them).
    */
   epilogues?: boolean;
   /**
@@ -219,6 +221,8 @@ export class DecodeEngine {
   #cos: Tensor;
   #sin: Tensor;
   #pos: Tensor;
+  /** Zero between calls: the blocks of a fp4_dec_gemv_add_rmsnorm count themselves here. */
+  #counter: Tensor;
   #scratch: Scratch | undefined;
   #position = 0;
   #owned: Tensor[] = [];
@@ -269,6 +273,7 @@ export class DecodeEngine {
       this.#cos =
       this.#sin =
       this.#pos =
+      this.#counter =
         undefined as never;
     this.#head = undefined as never;
   }
@@ -425,6 +430,7 @@ export class DecodeEngine {
     this.#cos = this.#place(Tensor.from(cos, [cos.length]));
     this.#sin = this.#place(Tensor.from(sin, [sin.length]));
     this.#pos = this.#place(Tensor.from(new Int32Array(1), [1]));
+    this.#counter = this.#place(Tensor.from(new Int32Array(1), [1]));
   }
 
   /**
@@ -663,6 +669,47 @@ export class DecodeEngine {
     for (let i = 0; i < lws.length; i++) {
       await this.#linear(lws[i], xin, xDtype, ys[i], yDtype, rows, shared);
     }
+  }
+
+  /**
+   * A single-token FP4 product `lw` of `x` into s.proj with the residual add and norm after it in
+   * one call (`epilogues`): hidden += s.proj, s.x = norm(hidden). False (nothing run) where the
+   * layer has another kind, an input transform, or a hook.
+   */
+  #addNormed(
+    lw: LinearWeights,
+    x: Deno.PointerValue,
+    hidden: Deno.PointerValue,
+    norm: Tensor,
+    s: Scratch,
+    T: number,
+  ): boolean {
+    if (
+      T !== 1 || !this.#epilogues || this.#hook || lw.kind !== "fp4" || lw.scheme ||
+      this.activationDtype !== "bf16"
+    ) return false;
+    const group = lw.format === 0 ? 32 : 16;
+    check(
+      native().fp4_dec_gemv_add_rmsnorm(
+        this.#dev,
+        lw.format,
+        x,
+        offset(lw.codes, lw.at * lw.in / 2),
+        offset(lw.scales, lw.at * lw.in / group),
+        lw.tensorScale,
+        s.proj.pointer(),
+        BigInt(lw.out),
+        BigInt(lw.in),
+        hidden,
+        norm.pointer(),
+        abiDType(norm.dtype),
+        s.x.pointer(),
+        this.model.config.rmsNormEps,
+        this.#counter.pointer(),
+      ),
+      "fp4_dec_gemv_add_rmsnorm",
+    );
+    return true;
   }
 
   /** The FP4 weights of a fused group whose call also runs the op after it (`epilogues`). */
@@ -1522,8 +1569,10 @@ export class DecodeEngine {
       "fp4_dec_attention",
     );
     await seen(L.o, s.att.pointer());
-    await this.#linear(L.o, s.att.pointer(), act, s.proj.pointer(), act, T);
-    addNorm(L.postNorm);
+    if (!this.#addNormed(L.o, s.att.pointer(), hidden, L.postNorm, s, T)) {
+      await this.#linear(L.o, s.att.pointer(), act, s.proj.pointer(), act, T);
+      addNorm(L.postNorm);
+    }
     await seen(L.gate, x);
     const gateUpEpi = this.#epilogueOf(gateUp);
     if (gateUpEpi) {
@@ -1550,6 +1599,7 @@ export class DecodeEngine {
       );
     }
     await seen(L.down, gate);
+    if (fuse.nextNorm && this.#addNormed(L.down, gate, hidden, fuse.nextNorm, s, T)) return;
     await this.#linear(L.down, gate, act, s.proj.pointer(), act, T);
     if (fuse.nextNorm) {
       addNorm(fuse.nextNorm);

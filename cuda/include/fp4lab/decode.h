@@ -115,6 +115,18 @@ FP4_API fp4_status fp4_dec_qkv_rope_kv_store(int32_t device, int32_t format, con
                                              int64_t kv_heads, int64_t head_dim, int64_t k,
                                              void *k_cache, void *v_cache, int32_t cache_dtype);
 
+/* One token's FP4 product and the residual add and norm after it in one call: y = x W^T (bf16
+ * x [k], FP4 weights [n, k] as fp4_gemm, batch 1), then fp4_dec_add_rmsnorm(hidden, y, bf16,
+ * w, w_dtype, out, bf16, rows 1, dim n, eps). The same values as those two calls. counter is
+ * one int32 of the device's memory holding 0, left 0 (the CUDA kernel's blocks count
+ * themselves there; the last one runs the norm); calls in flight at once need their own. */
+FP4_API fp4_status fp4_dec_gemv_add_rmsnorm(int32_t device, int32_t format, const uint16_t *x,
+                                            const uint8_t *codes, const uint8_t *scales,
+                                            float tensor_scale, uint16_t *y, int64_t n,
+                                            int64_t k, float *hidden, const void *w,
+                                            int32_t w_dtype, uint16_t *out, float eps,
+                                            int32_t *counter);
+
 /* y[i] += x[i]: y f32 (the residual stream), x f32|bf16. */
 FP4_API fp4_status fp4_dec_add(int32_t device, float *y, const void *x, int32_t x_dtype,
                                uint64_t n);

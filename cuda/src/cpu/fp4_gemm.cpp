@@ -205,6 +205,32 @@ FP4_API fp4_status fp4_dec_qkv_rope_kv_store(int32_t device, int32_t format, con
   })
 }
 
+FP4_API fp4_status fp4_dec_gemv_add_rmsnorm(int32_t device, int32_t format, const uint16_t *x,
+                                            const uint8_t *codes, const uint8_t *scales,
+                                            float tensor_scale, uint16_t *y, int64_t n,
+                                            int64_t k, float *hidden, const void *w,
+                                            int32_t w_dtype, uint16_t *out, float eps,
+                                            int32_t *counter) {
+  FP4_GUARD({
+    const char *fn = "fp4_dec_gemv_add_rmsnorm";
+    if (fp4_status s = check_segments(fn, format, x, codes, scales, &tensor_scale, &n, 1, y, 1, n,
+                                      k))
+      return s;
+    FP4_REQUIRE(hidden && w && out && counter, "%s: null pointer", fn);
+    FP4_REQUIRE(w_dtype == FP4_DTYPE_F32 || w_dtype == FP4_DTYPE_BF16,
+                "%s: norm weight dtype %d is not f32 (0) or bf16 (2)", fn, w_dtype);
+    if (device == FP4_DEVICE_CPU) {
+      gemm_cpu(format, x, codes, scales, &tensor_scale, &n, y, 1, n, k);
+      return fp4_dec_add_rmsnorm(FP4_DEVICE_CPU, hidden, y, FP4_DTYPE_BF16, w, w_dtype, out,
+                                 FP4_DTYPE_BF16, 1, n, eps);
+    }
+    FP4_REQUIRE(device == FP4_DEVICE_CUDA, "%s: unknown device id %d (0 = cpu, 1 = cuda)", fn,
+                device);
+    FP4_CUDA_ONLY(return fp4::cuda::gemv_add_rmsnorm(format, x, codes, scales, tensor_scale, y, n,
+                                                     k, hidden, w, w_dtype, out, eps, counter));
+  })
+}
+
 static fp4_status check_timing(const char *fn, int32_t copies, int32_t reps, int32_t nsamples,
                                const float *samples) {
   FP4_REQUIRE(copies >= 1 && reps >= 1 && nsamples >= 1,

@@ -104,8 +104,10 @@ __device__ __forceinline__ float post_of(const RowPosts &posts, int64_t row) {
 // k pairs are rotated at *pos, k and v pairs stored into the caches. Either writes exactly what
 // the plain kernel followed by fp4_dec_silu_mul or fp4_dec_rope_kv_store would (the same f32
 // sums, the same bf16 roundings, the element math of decode_backend.hpp).
-enum GemvEpi { kEpiPlain = 0, kEpiSwiglu = 1, kEpiRope = 2 };
-struct PairEpilogue {
+// kEpiAddNorm (fp4_dec_gemv_add_rmsnorm, ring kernel only): plain rows, then the grid's last
+// block runs the residual add and RMSNorm of the whole output (add_rmsnorm_tail).
+enum GemvEpi { kEpiPlain = 0, kEpiSwiglu = 1, kEpiRope = 2, kEpiAddNorm = 3 };
+struct GemvEpilogue {
   int64_t half = 1;   // swiglu: gate rows; rope: head_dim / 2
   int64_t pairs = 0;  // row pairs of the product (n / 2)
   int64_t q_rows = 0, k_rows = 0;  // rope: heads * head_dim and kv_heads * head_dim
@@ -114,11 +116,18 @@ struct PairEpilogue {
   int64_t ctx = 0;
   void *k_cache = nullptr, *v_cache = nullptr;
   int32_t cache_dtype = FP4_DTYPE_BF16;
+  // add-norm: hidden += y, out = rmsnorm(hidden) * norm (bf16); counter counts finished blocks.
+  float *hidden = nullptr;
+  const void *norm = nullptr;
+  int32_t norm_dtype = FP4_DTYPE_BF16;
+  uint16_t *out = nullptr;
+  float eps = 0;
+  int *counter = nullptr;
 };
 
 // Row h (0, 1) of pair i; n (no row: zero codes) past the last pair.
 template <int EPI>
-__device__ __forceinline__ int64_t pair_row(const PairEpilogue &e, int64_t i, int h, int64_t n) {
+__device__ __forceinline__ int64_t pair_row(const GemvEpilogue &e, int64_t i, int h, int64_t n) {
   if (i >= e.pairs) return n;
   if constexpr (EPI == kEpiSwiglu) return i + h * e.half;
   return (i / e.half) * 2 * e.half + h * e.half + i % e.half;
@@ -126,7 +135,7 @@ __device__ __forceinline__ int64_t pair_row(const PairEpilogue &e, int64_t i, in
 
 // Finishes pair i from its two rounded products a (row ra) and b (row rb = ra + half).
 template <int EPI>
-__device__ __forceinline__ void finish_pair(const PairEpilogue &e, int64_t i, int64_t ra,
+__device__ __forceinline__ void finish_pair(const GemvEpilogue &e, int64_t i, int64_t ra,
                                             int64_t rb, uint16_t a, uint16_t b, uint16_t *y) {
   using fp4::dec::store;
   const float fa = fmt::bf16_to_f32(a), fb = fmt::bf16_to_f32(b);
@@ -368,7 +377,7 @@ struct Stage {
 template <class C, int FMT, bool AL16, int EPI>
 __global__ void __launch_bounds__(C::kThreads, C::MINB)
     gemv_kernel(const uint16_t *__restrict__ x, const uint8_t *__restrict__ codes,
-                const uint8_t *__restrict__ scales, RowPosts posts, PairEpilogue epi,
+                const uint8_t *__restrict__ scales, RowPosts posts, GemvEpilogue epi,
                 uint16_t *__restrict__ y, int batch, int n, int k) {
   static_assert(EPI == kEpiPlain || C::kSlot, "paired epilogues are batch-1 only");
   constexpr int MT = C::MT, KW = C::KW, U = C::U, P = C::P, NB = C::NB;
@@ -617,10 +626,68 @@ __device__ __forceinline__ void cp_async8(void *dst, const void *src, bool ok) {
                "r"(ok ? 8 : 0));
 }
 
+// kEpiAddNorm's tail, run by the last block to finish: fp4_dec_add_rmsnorm of the output row y
+// [n] (n % 4 == 0, n <= 8192, 16-byte aligned: add_norm_fits) in the sum order of
+// decode_rmsnorm.cu's fast path, whose 512 threads each of these 256 plays two of: thread v
+// sums its float4s 4 (v + 512 c), c < 4, in f64; warps reduce by an xor tree; the 16 warp sums
+// add in order. So the bits equal the standalone kernel's.
+__device__ __noinline__ void add_rmsnorm_tail(const GemvEpilogue &e, const uint16_t *y, int n) {
+  constexpr int kV = 2 * kRingThreads, kC = 4;
+  __shared__ double partial[kV / 32];
+  float4 v[2][kC], w[2][kC];
+  double ss[2] = {0, 0};
+#pragma unroll
+  for (int h = 0; h < 2; h++)
+#pragma unroll
+    for (int c = 0; c < kC; c++) {
+      const int i = 4 * (int(threadIdx.x) + h * kRingThreads + c * kV);
+      if (i >= n) break;
+      const uint2 r = __ldcg(reinterpret_cast<const uint2 *>(y + i));  // other blocks' rows
+      float4 a = *reinterpret_cast<const float4 *>(e.hidden + i);
+      a.x += __uint_as_float(r.x << 16);
+      a.y += __uint_as_float(r.x & 0xffff0000u);
+      a.z += __uint_as_float(r.y << 16);
+      a.w += __uint_as_float(r.y & 0xffff0000u);
+      *reinterpret_cast<float4 *>(e.hidden + i) = a;
+      v[h][c] = a;
+      ss[h] += double(a.x) * a.x;
+      ss[h] += double(a.y) * a.y;
+      ss[h] += double(a.z) * a.z;
+      ss[h] += double(a.w) * a.w;
+      w[h][c] = make_float4(fp4::dec::load(e.norm, e.norm_dtype, i),
+                            fp4::dec::load(e.norm, e.norm_dtype, i + 1),
+                            fp4::dec::load(e.norm, e.norm_dtype, i + 2),
+                            fp4::dec::load(e.norm, e.norm_dtype, i + 3));
+    }
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    double t = ss[h];
+    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32 + h * (kRingThreads / 32)] = t;
+  }
+  __syncthreads();
+  double total = 0;
+  for (int i = 0; i < kV / 32; i++) total += partial[i];
+  const float inv = float(1.0 / sqrt(double(float(total / double(n))) + double(e.eps)));
+#pragma unroll
+  for (int h = 0; h < 2; h++)
+#pragma unroll
+    for (int c = 0; c < kC; c++) {
+      const int i = 4 * (int(threadIdx.x) + h * kRingThreads + c * kV);
+      if (i >= n) break;
+      const float4 a = v[h][c], g = w[h][c];
+      const uint32_t lo = fmt::f32_to_bf16(g.x * (a.x * inv)) |
+                          uint32_t(fmt::f32_to_bf16(g.y * (a.y * inv))) << 16;
+      const uint32_t hi = fmt::f32_to_bf16(g.z * (a.z * inv)) |
+                          uint32_t(fmt::f32_to_bf16(g.w * (a.w * inv))) << 16;
+      *reinterpret_cast<uint2 *>(e.out + i) = make_uint2(lo, hi);
+    }
+}
+
 template <int FMT, int D, int EPI>
 __global__ void __launch_bounds__(kRingThreads, 3)
     gemv_ring_kernel(const uint16_t *__restrict__ x, const uint8_t *__restrict__ codes,
-                     const uint8_t *__restrict__ scales, RowPosts posts, PairEpilogue epi,
+                     const uint8_t *__restrict__ scales, RowPosts posts, GemvEpilogue epi,
                      uint16_t *__restrict__ y, int n, int k) {
   constexpr int KW = kRingKW, U = kRingU;
   constexpr int NF = FMT == FP4_WEIGHTS_MXFP4 ? 1 : 2;        // C fragments per stage
@@ -630,7 +697,8 @@ __global__ void __launch_bounds__(kRingThreads, 3)
   const int lane = threadIdx.x & 31, kw = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int nchunks = k / kChunk, groups = k / (FMT == FP4_WEIGHTS_MXFP4 ? 32 : 16);
-  const int ntiles = (EPI == kEpiPlain ? n + 15 : int(epi.pairs) + 7) / (EPI == kEpiPlain ? 16 : 8);
+  constexpr bool kPlainRows = EPI == kEpiPlain || EPI == kEpiAddNorm;
+  const int ntiles = kPlainRows ? (n + 15) / 16 : (int(epi.pairs) + 7) / 8;
   const int mine = ntiles > int(blockIdx.x) ? (ntiles - 1 - int(blockIdx.x)) / gridDim.x + 1 : 0;
   constexpr int step = KW * U;
   const int S = nchunks > kw * U ? (nchunks - kw * U + step - 1) / step : 0;  // stages per tile
@@ -641,7 +709,7 @@ __global__ void __launch_bounds__(kRingThreads, 3)
   // Weight row of tile row r (0..15) of the block's i-th tile.
   auto row_of = [&](int i, int r) -> int64_t {
     const int64_t tile = int64_t(blockIdx.x) + int64_t(i) * gridDim.x;
-    if constexpr (EPI == kEpiPlain) return tile * 16 + r;
+    if constexpr (kPlainRows) return tile * 16 + r;
     else return pair_row<EPI>(epi, tile * 8 + (r & 7), r >> 3, n);
   };
   auto issue = [&](int s) {
@@ -733,7 +801,7 @@ __global__ void __launch_bounds__(kRingThreads, 3)
     }
     __syncthreads();
     const int64_t tile = int64_t(blockIdx.x) + int64_t(i) * gridDim.x;
-    if constexpr (EPI == kEpiPlain) {
+    if constexpr (EPI == kEpiPlain || EPI == kEpiAddNorm) {
       if (threadIdx.x < 16) {
         float v = 0.0f;
 #pragma unroll
@@ -757,6 +825,19 @@ __global__ void __launch_bounds__(kRingThreads, 3)
     __syncthreads();  // red is rewritten by the next tile
   }
   asm volatile("cp.async.wait_group 0;\n" ::);
+  if constexpr (EPI == kEpiAddNorm) {
+    // The last block to finish sees every block's rows (each fenced them before counting).
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(epi.counter, 1) == int(gridDim.x) - 1;
+    __syncthreads();
+    if (last) {
+      __threadfence();
+      add_rmsnorm_tail(epi, y, n);
+      if (threadIdx.x == 0) *epi.counter = 0;  // ready for the next launch
+    }
+  }
 }
 
 // Batch 2..16 with the activations staged in shared memory ("staged" kernel). A block has RW row
@@ -980,7 +1061,7 @@ using Batch16 = GemvCfg<2, 8, 1, 1, 16, 2>;    // batch 9..16
 using Staged16 = StagedCfg<1, 8, 1, 2, 1, 16, 2>;
 
 using KernelFn = void (*)(const uint16_t *, const uint8_t *, const uint8_t *, RowPosts,
-                          PairEpilogue, uint16_t *, int, int, int);
+                          GemvEpilogue, uint16_t *, int, int, int);
 
 // Aligned: 16-byte code rows (k % 32 == 0 and codes 16-byte aligned) and 16-bit scale pairs (an
 // even number of groups per row, scales 2-byte aligned).
@@ -1019,7 +1100,7 @@ template <class C, int EPI = kEpiPlain>
 fp4_status run(int32_t format, const uint16_t *x, const uint8_t *codes, const uint8_t *scales,
                const float *tensor_scales, const int64_t *ends, int segments, uint16_t *y,
                int64_t batch, int64_t n, int64_t k, cudaStream_t stream,
-               const PairEpilogue &epi = PairEpilogue()) {
+               const GemvEpilogue &epi = GemvEpilogue()) {
   KernelFn kernel = nullptr;
   size_t smem = 0;
   if (fp4_status s = kernel_for<C, EPI>(format, aligned_call(format, codes, scales, k), k,
@@ -1158,7 +1239,7 @@ bool ring_fits(const uint8_t *codes, const uint8_t *scales, int64_t k, int depth
 }
 
 using RingFn = void (*)(const uint16_t *, const uint8_t *, const uint8_t *, RowPosts,
-                        PairEpilogue, uint16_t *, int, int);
+                        GemvEpilogue, uint16_t *, int, int);
 
 template <int EPI>
 RingFn ring_kernel(int32_t format, int depth) {
@@ -1177,7 +1258,7 @@ RingFn ring_kernel(int32_t format, int depth) {
 template <int EPI>
 fp4_status run_ring(int32_t format, const uint16_t *x, const uint8_t *codes, const uint8_t *scales,
                     const float *ts, const int64_t *ends, int segments, uint16_t *y, int64_t n,
-                    int64_t k, cudaStream_t stream, const PairEpilogue &epi, RingChoice rc) {
+                    int64_t k, cudaStream_t stream, const GemvEpilogue &epi, RingChoice rc) {
   const RingFn kernel = ring_kernel<EPI>(format, rc.depth);
   const size_t smem = ring_smem(rc.depth, k);
   int dev = 0, sms = 0, per_sm = 0;
@@ -1194,7 +1275,8 @@ fp4_status run_ring(int32_t format, const uint16_t *x, const uint8_t *codes, con
     posts.end[i] = i < segments - 1 ? int(ends[i]) : INT32_MAX;
     posts.post[i] = kSlotUnscale * (format == FP4_WEIGHTS_NVFP4 ? ts[j] : 1.0f);
   }
-  const int64_t tiles = EPI == kEpiPlain ? (n + 15) / 16 : (epi.pairs + 7) / 8;
+  const int64_t tiles =
+      EPI == kEpiPlain || EPI == kEpiAddNorm ? (n + 15) / 16 : (epi.pairs + 7) / 8;
   const unsigned grid = unsigned(std::min<int64_t>(tiles, int64_t(sms) * per_sm));
   if (stream != nullptr && stream == launch_stream())
     return launch_pdl(kernel, dim3(grid), dim3(kRingThreads), smem, stream, 1, x, codes, scales,
@@ -1209,7 +1291,7 @@ template <int EPI>
 fp4_status run_slot(int32_t format, const uint16_t *x, const uint8_t *codes,
                     const uint8_t *scales, const float *ts, const int64_t *ends, int segments,
                     uint16_t *y, int64_t n, int64_t k, cudaStream_t s,
-                    const PairEpilogue &epi = PairEpilogue()) {
+                    const GemvEpilogue &epi = GemvEpilogue()) {
   const RingChoice rc = ring_choice();
   if (ring_fits(codes, scales, k, rc.depth))
     return run_ring<EPI>(format, x, codes, scales, ts, ends, segments, y, n, k, s, epi, rc);
@@ -1283,7 +1365,7 @@ fp4_status gemm_gate_up_silu(int32_t format, const uint16_t *x, const uint8_t *c
       return st;
     return dec_silu_mul(y, y + half, y, FP4_DTYPE_BF16, uint64_t(half));
   }
-  PairEpilogue e;
+  GemvEpilogue e;
   e.half = half;
   e.pairs = half;
   return run_slot<kEpiSwiglu>(format, x, codes, scales, tensor_scales, ends, 2, y, 2 * half, k, s,
@@ -1309,7 +1391,7 @@ fp4_status gemm_qkv_rope_kv_store(int32_t format, const uint16_t *x, const uint8
     return dec_rope_kv_store(qkv, qkv + qn, qkv + qn + kn, FP4_DTYPE_BF16, cos, sin, pos, ctx, 1,
                              heads, kv_heads, head_dim, k_cache, v_cache, cache_dtype);
   }
-  PairEpilogue e;
+  GemvEpilogue e;
   e.half = head_dim / 2;
   e.pairs = ends[2] / 2;
   e.q_rows = qn;
@@ -1323,6 +1405,35 @@ fp4_status gemm_qkv_rope_kv_store(int32_t format, const uint16_t *x, const uint8
   e.cache_dtype = cache_dtype;
   return run_slot<kEpiRope>(format, x, codes, scales, tensor_scales, ends, 3, qkv, ends[2], k, s,
                             e);
+}
+
+fp4_status gemv_add_rmsnorm(int32_t format, const uint16_t *x, const uint8_t *codes,
+                            const uint8_t *scales, float tensor_scale, uint16_t *y, int64_t n,
+                            int64_t k, float *hidden, const void *norm, int32_t norm_dtype,
+                            uint16_t *out, float eps, int32_t *counter) {
+  FP4_REQUIRE(uintptr_t(x) % 16 == 0 && uintptr_t(codes) % 8 == 0,
+              "%s: x must be 16-byte and codes 8-byte aligned", "fp4_dec_gemv_add_rmsnorm");
+  if (fp4_status s = ensure_device()) return s;
+  const cudaStream_t s = launch_stream();
+  const RingChoice rc = ring_choice();
+  const auto a16 = [](const void *p) { return uintptr_t(p) % 16 == 0; };
+  const bool tail = n % 4 == 0 && n <= 8192 && a16(y) && a16(hidden) && a16(out) &&
+                    uintptr_t(norm) % 8 == 0;
+  if (!tail || !ring_fits(codes, scales, k, rc.depth)) {
+    if (fp4_status st = fp4_gemv_segments_launch(format, x, codes, scales, &tensor_scale, &n, 1, y,
+                                                 1, n, k, s))
+      return st;
+    return dec_add_rmsnorm(hidden, y, FP4_DTYPE_BF16, norm, norm_dtype, out, FP4_DTYPE_BF16, 1, n,
+                           eps);
+  }
+  GemvEpilogue e;
+  e.hidden = hidden;
+  e.norm = norm;
+  e.norm_dtype = norm_dtype;
+  e.out = out;
+  e.eps = eps;
+  e.counter = counter;
+  return run_ring<kEpiAddNorm>(format, x, codes, scales, &tensor_scale, &n, 1, y, n, k, s, e, rc);
 }
 
 }  // namespace fp4::cuda
