@@ -347,6 +347,26 @@ function opBreakdown(): { eager: Record<string, number>; graph: Record<string, n
       vc.pointer(),
       BF16,
     );
+  // The o (k = h) or down (k = m) product with the residual add and norm after it.
+  using counter = T([1], "i32");
+  const gemvAddNorm = (format: number, k: number) =>
+    lib.fp4_dec_gemv_add_rmsnorm(
+      CUDA,
+      format,
+      x.pointer(),
+      codes.pointer(),
+      scales.pointer(),
+      1,
+      att.pointer(),
+      BigInt(h),
+      BigInt(k),
+      hidden.pointer(),
+      normW.pointer(),
+      BF16,
+      q.pointer(),
+      1e-5,
+      counter.pointer(),
+    );
   const gateUpSilu = (format: number) =>
     lib.fp4_dec_gate_up_silu(
       CUDA,
@@ -477,6 +497,10 @@ function opBreakdown(): { eager: Record<string, number>; graph: Record<string, n
     gemv_nvfp4_gateup_28672x4096: () => gemvSegments(1, gateUpRows),
     gemv_mxfp4_qkv_6144x4096: () => gemvSegments(0, qkvRows),
     gemv_mxfp4_gateup_28672x4096: () => gemvSegments(0, gateUpRows),
+    o_add_rmsnorm_nvfp4: () => gemvAddNorm(1, h),
+    down_add_rmsnorm_nvfp4: () => gemvAddNorm(1, m),
+    o_add_rmsnorm_mxfp4: () => gemvAddNorm(0, h),
+    down_add_rmsnorm_mxfp4: () => gemvAddNorm(0, m),
     qkv_rope_kv_store_nvfp4: () => qkvRope(1),
     gate_up_silu_nvfp4: () => gateUpSilu(1),
     qkv_rope_kv_store_mxfp4: () => qkvRope(0),
@@ -510,15 +534,13 @@ function opBreakdown(): { eager: Record<string, number>; graph: Record<string, n
     ops.silu_mul,
     () => gemv(1, h, m),
   ];
-  // And with each product's next op in its call (8 launches).
+  // And with each product's next op in its call (5 launches).
   const epilogueLayer = [
-    ops.add_rmsnorm,
     ops.qkv_rope_kv_store_nvfp4,
     ops.attention,
-    () => gemv(1, h),
-    ops.add_rmsnorm,
+    ops.o_add_rmsnorm_nvfp4,
     ops.gate_up_silu_nvfp4,
-    () => gemv(1, h, m),
+    ops.down_add_rmsnorm_nvfp4,
   ];
   const sequence = (list: (() => number)[]) => () => {
     for (const op of list) {

@@ -654,10 +654,13 @@ __device__ __noinline__ void add_rmsnorm_tail(const GemvEpilogue &e, const uint1
       ss[h] += double(a.y) * a.y;
       ss[h] += double(a.z) * a.z;
       ss[h] += double(a.w) * a.w;
-      w[h][c] = make_float4(fp4::dec::load(e.norm, e.norm_dtype, i),
-                            fp4::dec::load(e.norm, e.norm_dtype, i + 1),
-                            fp4::dec::load(e.norm, e.norm_dtype, i + 2),
-                            fp4::dec::load(e.norm, e.norm_dtype, i + 3));
+      if (e.norm_dtype == FP4_DTYPE_BF16) {
+        const uint2 b = *reinterpret_cast<const uint2 *>(static_cast<const uint16_t *>(e.norm) + i);
+        w[h][c] = make_float4(__uint_as_float(b.x << 16), __uint_as_float(b.x & 0xffff0000u),
+                              __uint_as_float(b.y << 16), __uint_as_float(b.y & 0xffff0000u));
+      } else {
+        w[h][c] = *reinterpret_cast<const float4 *>(static_cast<const float *>(e.norm) + i);
+      }
     }
 #pragma unroll
   for (int h = 0; h < 2; h++) {
@@ -1208,11 +1211,13 @@ bool slot_fits(int64_t k) { return (k + kChunk - 1) / kChunk <= kSlotMaxChunks; 
 // The ring kernel's depth and blocks per SM from $FP4LAB_GEMV_RING ("off", or "D" or "D,B"
 // with D in 3, 4, 6): depth 0 when off.
 struct RingChoice {
-  int depth = 4, per_sm = 0;  // per_sm 0: as many as fit
+  int depth = 3, per_sm = 0;  // per_sm 0: as many as fit
+  bool tail = true;           // $FP4LAB_GEMV_TAIL=off: fp4_dec_gemv_add_rmsnorm as two kernels
 };
 inline RingChoice ring_choice() {
   static const RingChoice c = [] {
     RingChoice r;
+    if (const char *e = std::getenv("FP4LAB_GEMV_TAIL")) r.tail = std::strcmp(e, "off") != 0;
     if (const char *e = std::getenv("FP4LAB_GEMV_RING")) {
       if (std::strcmp(e, "off") == 0) {
         r.depth = 0;
@@ -1417,8 +1422,8 @@ fp4_status gemv_add_rmsnorm(int32_t format, const uint16_t *x, const uint8_t *co
   const cudaStream_t s = launch_stream();
   const RingChoice rc = ring_choice();
   const auto a16 = [](const void *p) { return uintptr_t(p) % 16 == 0; };
-  const bool tail = n % 4 == 0 && n <= 8192 && a16(y) && a16(hidden) && a16(out) &&
-                    uintptr_t(norm) % 8 == 0;
+  const bool tail = rc.tail && n % 4 == 0 && n <= 8192 && a16(y) && a16(hidden) && a16(out) &&
+                    uintptr_t(norm) % (norm_dtype == FP4_DTYPE_BF16 ? 8 : 16) == 0;
   if (!tail || !ring_fits(codes, scales, k, rc.depth)) {
     if (fp4_status st = fp4_gemv_segments_launch(format, x, codes, scales, &tensor_scale, &n, 1, y,
                                                  1, n, k, s))
