@@ -705,7 +705,6 @@ __global__ void __launch_bounds__(kRingThreads, 3)
   const int mine = ntiles > int(blockIdx.x) ? (ntiles - 1 - int(blockIdx.x)) / gridDim.x + 1 : 0;
   constexpr int step = KW * U;
   const int S = nchunks > kw * U ? (nchunks - kw * U + step - 1) / step : 0;  // stages per tile
-  const int total = S * mine;
   uint4 *xs = smem, *ring = smem + (nchunks + U) * 16 + kw * D * kRingStage;
   pdl_trigger();
 
@@ -715,34 +714,49 @@ __global__ void __launch_bounds__(kRingThreads, 3)
     if constexpr (kPlainRows) return tile * 16 + r;
     else return pair_row<EPI>(epi, tile * 8 + (r & 7), r >> 3, n);
   };
-  auto issue = [&](int s) {
-    if (s < total) {
-      const int i = s / S, c0 = kw * U + (s % S) * step;
-      uint4 *st = ring + (s % D) * kRingStage;
+  // The next stage to copy (tile ii, stage jj of it), and that tile's rows: the lane's code rows
+  // (h = 0, 1) and, for lanes 0..15, scale row `lane` (-1: past n, zeros).
+  int ii = 0, jj = 0, rows_of = -1;
+  int64_t crow[2] = {0, 0}, srow = 0;
+  auto issue = [&]() {
+    if (ii < mine) {
+      if (rows_of != ii) {
+        crow[0] = row_of(ii, g);
+        crow[1] = row_of(ii, 8 + g);
+        srow = row_of(ii, lane & 15);
+        rows_of = ii;
+      }
+      const int c0 = kw * U + jj * step;
+      uint4 *st = ring + ((ii * S + jj) % D) * kRingStage;
 #pragma unroll
       for (int h = 0; h < 2; h++) {
-        const int64_t r = row_of(i, 8 * h + g), rr = r < n ? r : 0;  // rows past n: zeros
+        const int64_t r = crow[h], rr = r < n ? r : 0;  // rows past n: zeros
 #pragma unroll
         for (int u = 0; u < U; u++)
           cp_async16(st + (u * 2 + h) * 32 + lane,
                      codes + rr * (k / 2) + (c0 + u) * (kChunk / 2) + 16 * t, r < n);
       }
       if (lane < 16) {
-        const int64_t r = row_of(i, lane), rr = r < n ? r : 0;
+        const int64_t rr = srow < n ? srow : 0;
         const uint8_t *src = scales + rr * groups + c0 * kGroupsPerChunk;
         uint8_t *dst = reinterpret_cast<uint8_t *>(st + U * 2 * 32) + lane * SB;
         if constexpr (SB == 16) {
-          cp_async16(dst, src, r < n);
+          cp_async16(dst, src, srow < n);
         } else {
-          cp_async8(dst, src, r < n);
+          cp_async8(dst, src, srow < n);
         }
+      }
+      if (++jj == S) {
+        jj = 0;
+        ii++;
       }
     }
     asm volatile("cp.async.commit_group;\n" ::);
   };
 
+  if (S == 0) ii = mine;  // a warp with no chunks copies nothing
 #pragma unroll
-  for (int s = 0; s < D - 1; s++) issue(s);
+  for (int s = 0; s < D - 1; s++) issue();
   // Launched with PDL (recorded into a graph) the first stages are in flight before the wait.
   pdl_wait();
   int xbase[2], xstride[2];
@@ -755,7 +769,7 @@ __global__ void __launch_bounds__(kRingThreads, 3)
     float acc[2] = {0.0f, 0.0f};
     for (int j = 0; j < S; j++, s++) {
       __syncwarp();  // every lane is done with the stage the next copy overwrites
-      issue(s + D - 1);
+      issue();
       asm volatile("cp.async.wait_group %0;\n" ::"n"(D - 1));
       __syncwarp();  // the scales copied by other lanes are visible
       const uint4 *st = ring + (s % D) * kRingStage;
