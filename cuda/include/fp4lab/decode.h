@@ -118,8 +118,9 @@ FP4_API fp4_status fp4_dec_qkv_rope_kv_store(int32_t device, int32_t format, con
 /* One token's FP4 product and the residual add and norm after it in one call: y = x W^T (bf16
  * x [k], FP4 weights [n, k] as fp4_gemm, batch 1), then fp4_dec_add_rmsnorm(hidden, y, bf16,
  * w, w_dtype, out, bf16, rows 1, dim n, eps). The same values as those two calls. counter is
- * one int32 of the device's memory holding 0, left 0 (the CUDA kernel's blocks count
- * themselves there; the last one runs the norm); calls in flight at once need their own. */
+ * one int32 of the device's memory holding 0, left 0 (with $FP4LAB_GEMV_TAIL=on the CUDA
+ * kernel's blocks count themselves there and the last one runs the norm; by default CUDA runs
+ * the two kernels); calls in flight at once need their own. */
 FP4_API fp4_status fp4_dec_gemv_add_rmsnorm(int32_t device, int32_t format, const uint16_t *x,
                                             const uint8_t *codes, const uint8_t *scales,
                                             float tensor_scale, uint16_t *y, int64_t n,

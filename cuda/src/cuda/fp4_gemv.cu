@@ -47,6 +47,9 @@
 // Recorded into a graph (the decode step, whose weights are constants of the recording) the
 // kernel launches with programmatic dependent launch: it loads its first P stages of codes and
 // scales, then waits for the kernel before it (which writes x), and lets the next one launch.
+// Batch 1 with k % 256 == 0 and 16-byte aligned weights runs the ring kernel instead
+// (gemv_ring_kernel below: the same arithmetic, the weights through a cp.async ring in shared
+// memory, persistent blocks), and so do the decode step's fused products with their epilogues.
 #include <cuda_bf16.h>
 #include <cooperative_groups.h>
 #include <cuda_fp8.h>
@@ -1226,12 +1229,15 @@ bool slot_fits(int64_t k) { return (k + kChunk - 1) / kChunk <= kSlotMaxChunks; 
 // with D in 3, 4, 6): depth 0 when off.
 struct RingChoice {
   int depth = 3, per_sm = 0;  // per_sm 0: as many as fit
-  bool tail = true;           // $FP4LAB_GEMV_TAIL=off: fp4_dec_gemv_add_rmsnorm as two kernels
+  // $FP4LAB_GEMV_TAIL=on: fp4_dec_gemv_add_rmsnorm's norm in the ring kernel's last block. Off by
+  // default: bit-exact, but the H100 decode step got slower with it (MXFP4 2.38 -> 2.96 ms/token,
+  // bench/notes/decode.md), so the call runs the product and fp4_dec_add_rmsnorm's kernel.
+  bool tail = false;
 };
 inline RingChoice ring_choice() {
   static const RingChoice c = [] {
     RingChoice r;
-    if (const char *e = std::getenv("FP4LAB_GEMV_TAIL")) r.tail = std::strcmp(e, "off") != 0;
+    if (const char *e = std::getenv("FP4LAB_GEMV_TAIL")) r.tail = std::strcmp(e, "on") == 0;
     if (const char *e = std::getenv("FP4LAB_GEMV_RING")) {
       if (std::strcmp(e, "off") == 0) {
         r.depth = 0;
