@@ -617,6 +617,7 @@ __global__ void __launch_bounds__(C::kThreads, C::MINB)
 // Bytes moved: as gemv_kernel's (codes, scales and x once, y once).
 constexpr int kRingKW = 8, kRingU = 2, kRingThreads = 32 * kRingKW;
 constexpr int kRingStage = kRingU * 2 * 32 + 16;  // uint4: codes, then 256 bytes of scales
+constexpr int kRingMaxSmem = 200 * 1024;           // x blocks and stages of one block
 
 __device__ __forceinline__ void cp_async16(void *dst, const void *src, bool ok) {
   const unsigned d = unsigned(__cvta_generic_to_shared(dst));
@@ -1080,6 +1081,19 @@ using Batch16 = GemvCfg<2, 8, 1, 1, 16, 2>;    // batch 9..16
 // GEMV").
 using Staged16 = StagedCfg<1, 8, 1, 2, 1, 16, 2>;
 
+// The output factors of the row segments `ends` (the last = n): `unscale` times each segment's
+// NVFP4 tensor scale.
+RowPosts posts_for(int32_t format, const float *tensor_scales, const int64_t *ends, int segments,
+                   float unscale) {
+  RowPosts posts;
+  for (int i = 0; i < kMaxGemvSegments; i++) {
+    const int j = std::min(i, segments - 1);
+    posts.end[i] = i < segments - 1 ? int(ends[i]) : INT32_MAX;
+    posts.post[i] = unscale * (format == FP4_WEIGHTS_NVFP4 ? tensor_scales[j] : 1.0f);
+  }
+  return posts;
+}
+
 using KernelFn = void (*)(const uint16_t *, const uint8_t *, const uint8_t *, RowPosts,
                           GemvEpilogue, uint16_t *, int, int, int);
 
@@ -1126,13 +1140,8 @@ fp4_status run(int32_t format, const uint16_t *x, const uint8_t *codes, const ui
   if (fp4_status s = kernel_for<C, EPI>(format, aligned_call(format, codes, scales, k), k,
                                         &kernel, &smem))
     return s;
-  RowPosts posts;
-  for (int i = 0; i < kMaxGemvSegments; i++) {
-    const int j = std::min(i, segments - 1);
-    posts.end[i] = i < segments - 1 ? int(ends[i]) : INT32_MAX;
-    posts.post[i] = (C::kSlot ? kSlotUnscale : kUnscale) *
-                    (format == FP4_WEIGHTS_NVFP4 ? tensor_scales[j] : 1.0f);
-  }
+  const RowPosts posts =
+      posts_for(format, tensor_scales, ends, segments, C::kSlot ? kSlotUnscale : kUnscale);
   const int64_t blocks = (n + C::kRows - 1) / C::kRows;
   if (stream != nullptr && stream == launch_stream()) {
     return launch_pdl(kernel, dim3(unsigned(blocks)), dim3(C::kThreads), smem, stream, 1, x, codes,
@@ -1184,12 +1193,7 @@ fp4_status run_staged(int32_t format, const uint16_t *x, const uint8_t *codes,
   const int per = (nchunks + splits - 1) / splits;
   const int cps = (per + C::kStepChunks - 1) / C::kStepChunks * C::kStepChunks;
   splits = (nchunks + cps - 1) / cps;
-  RowPosts posts;
-  for (int j = 0; j < kMaxGemvSegments; j++) {
-    const int jj = std::min(j, segments - 1);
-    posts.end[j] = j < segments - 1 ? int(ends[j]) : INT32_MAX;
-    posts.post[j] = kUnscale * (format == FP4_WEIGHTS_NVFP4 ? tensor_scales[jj] : 1.0f);
-  }
+  const RowPosts posts = posts_for(format, tensor_scales, ends, segments, kUnscale);
   cudaLaunchAttribute attr;
   attr.id = cudaLaunchAttributeClusterDimension;
   attr.val.clusterDim.x = 1;
@@ -1260,7 +1264,7 @@ size_t ring_smem(int depth, int64_t k) {
 
 bool ring_fits(const uint8_t *codes, const uint8_t *scales, int64_t k, int depth) {
   return depth > 0 && k % 256 == 0 && uintptr_t(codes) % 16 == 0 && uintptr_t(scales) % 16 == 0 &&
-         ring_smem(depth, k) <= 200 * 1024;
+         ring_smem(depth, k) <= kRingMaxSmem;
 }
 
 using RingFn = void (*)(const uint16_t *, const uint8_t *, const uint8_t *, RowPosts,
@@ -1279,6 +1283,34 @@ RingFn ring_kernel(int32_t format, int depth) {
   }
 }
 
+// SMs and resident blocks per SM of a ring kernel with `smem` bytes of shared memory on the
+// current device, asked of the runtime once per (kernel, device, smem): the queries would cost
+// microseconds on every eagerly launched call.
+fp4_status ring_residency(RingFn kernel, size_t smem, int *sms, int *per_sm) {
+  struct Known {
+    RingFn kernel;
+    int dev;
+    size_t smem;
+    int sms, per_sm;
+  };
+  static Known known[64];
+  static int count = 0;
+  int dev = 0;
+  FP4_CU(cudaGetDevice(&dev));
+  for (int i = 0; i < count; i++)
+    if (known[i].kernel == kernel && known[i].dev == dev && known[i].smem == smem) {
+      *sms = known[i].sms;
+      *per_sm = known[i].per_sm;
+      return FP4_OK;
+    }
+  // The ring_fits limit: one setting serves every k of the kernel.
+  FP4_CU(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kRingMaxSmem));
+  FP4_CU(cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev));
+  FP4_CU(cudaOccupancyMaxActiveBlocksPerMultiprocessor(per_sm, kernel, kRingThreads, smem));
+  if (count < 64) known[count++] = {kernel, dev, smem, *sms, *per_sm};
+  return FP4_OK;
+}
+
 // Enqueues the ring kernel (ring_fits) for the row segments `ends` with their tensor scales.
 template <int EPI>
 fp4_status run_ring(int32_t format, const uint16_t *x, const uint8_t *codes, const uint8_t *scales,
@@ -1286,20 +1318,12 @@ fp4_status run_ring(int32_t format, const uint16_t *x, const uint8_t *codes, con
                     int64_t k, cudaStream_t stream, const GemvEpilogue &epi, RingChoice rc) {
   const RingFn kernel = ring_kernel<EPI>(format, rc.depth);
   const size_t smem = ring_smem(rc.depth, k);
-  int dev = 0, sms = 0, per_sm = 0;
-  FP4_CU(cudaGetDevice(&dev));
-  FP4_CU(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  FP4_CU(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  FP4_CU(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kRingThreads, smem));
+  int sms = 0, per_sm = 0;
+  if (fp4_status st = ring_residency(kernel, smem, &sms, &per_sm)) return st;
   FP4_REQUIRE(per_sm >= 1, "fp4_gemv: the ring kernel does not fit an SM (k = %lld)",
               (long long)k);
   if (rc.per_sm > 0) per_sm = std::min(per_sm, rc.per_sm);
-  RowPosts posts;
-  for (int i = 0; i < kMaxGemvSegments; i++) {
-    const int j = std::min(i, segments - 1);
-    posts.end[i] = i < segments - 1 ? int(ends[i]) : INT32_MAX;
-    posts.post[i] = kSlotUnscale * (format == FP4_WEIGHTS_NVFP4 ? ts[j] : 1.0f);
-  }
+  const RowPosts posts = posts_for(format, ts, ends, segments, kSlotUnscale);
   const int64_t tiles =
       EPI == kEpiPlain || EPI == kEpiAddNorm ? (n + 15) / 16 : (epi.pairs + 7) / 8;
   const unsigned grid = unsigned(std::min<int64_t>(tiles, int64_t(sms) * per_sm));
