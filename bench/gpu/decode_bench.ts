@@ -8,7 +8,7 @@
  * time (`device`: DecodeEngine.greedy, what generation does), or with the argmax copied to the
  * host after every step and the next step's input copied back (`host`: forward + argmax). Each
  * configuration runs once to warm up (the graph is recorded there), then
- * is timed; with and without CUDA graphs, and with q/k/v and gate/up fused into one product
+ * is timed `--repeats` times (the median is reported); with and without CUDA graphs, and with q/k/v and gate/up fused into one product
  * each (the engine's default) or not (`fused`; the unfused runs with graphs only), and for FP4
  * with those products' RoPE/KV store and SwiGLU in their kernel or not (`epilogues`, the
  * engine's default on; `--epilogues on,off` runs both). Both BF16
@@ -24,10 +24,13 @@
  *
  * Usage: deno run -A bench/gpu/decode_bench.ts --out DIR [--layers N] [--tokens N]
  *   [--formats bf16,mxfp4,nvfp4] [--fuse on,off] [--epilogues on,off] [--loop device,host]
- *   [--graphs-only] [--op-launches N] [--torch FILE]
+ *   [--graphs-only] [--op-launches N] [--repeats N] [--torch FILE]
  * (few layers, tokens and op launches make a short run to profile under ncu).
- * Writes DIR/decode.json (device, date, commit, figures) and prints a table last. The decode
- * kernels' programmatic dependent launch follows $FP4LAB_PDL (recorded as `pdl`).
+ * Writes DIR/decode.json (device, date, commit, figures) and prints a table last. Each run
+ * records a digest of its greedy tokens, so runs of separate processes (another library setting,
+ * another kernel choice) can be checked for the same tokens. The decode
+ * kernels' programmatic dependent launch follows $FP4LAB_PDL (recorded as `pdl`), the batch-1
+ * GEMV's ring depth and blocks per SM $FP4LAB_GEMV_RING (`gemvRing`).
  *
  * @module
  */
@@ -57,6 +60,7 @@ const { values: args } = parseArgs({
     epilogues: { type: "string", default: "on" },
     "graphs-only": { type: "boolean", default: false },
     "op-launches": { type: "string", default: "200" },
+    repeats: { type: "string", default: "1" },
     loop: { type: "string", default: "device,host" },
     torch: { type: "string" },
   },
@@ -68,6 +72,11 @@ if (!status.available) {
   Deno.exit(1);
 }
 const LAYERS = Number(args.layers), TOKENS = Number(args.tokens), PROMPT = 16, CONTEXT = 1024;
+const REPEATS = Number(args.repeats);
+if (!Number.isInteger(REPEATS) || REPEATS < 1) {
+  console.error(`--repeats must be a positive integer, got ${args.repeats}`);
+  Deno.exit(1);
+}
 
 console.log(`building the ${LAYERS}-layer model's host weights ...`);
 const model = llama8b(LAYERS);
@@ -150,6 +159,16 @@ interface Run {
   vsBf16Unfused: number | null;
   /** Whether the greedy tokens equal those of the same weights' first (graph-replayed) run. */
   sameTokens: boolean;
+  /** FNV-1a (32 bits, hex) of the greedy tokens: equal digests across processes, same tokens. */
+  tokensDigest: string;
+}
+
+function digest(tokens: Int32Array): string {
+  let h = 0x811c9dc5;
+  for (const b of new Uint8Array(tokens.buffer, tokens.byteOffset, tokens.byteLength)) {
+    h = Math.imul(h ^ b, 0x01000193) >>> 0;
+  }
+  return h.toString(16).padStart(8, "0");
 }
 
 type Loop = "device" | "host";
@@ -213,7 +232,12 @@ for (const format of formats) {
       const engineBytes = before.free - cudaMemory().free;
       for (const loop of loops) {
         await timeDecode(engine, prompt, loop);
-        const { prefillMs, decodeMs, tokens } = await timeDecode(engine, prompt, loop);
+        const timed: Awaited<ReturnType<typeof timeDecode>>[] = [];
+        for (let r = 0; r < REPEATS; r++) timed.push(await timeDecode(engine, prompt, loop));
+        const median = (f: (t: Awaited<ReturnType<typeof timeDecode>>) => number) =>
+          timed.map(f).sort((a, b) => a - b)[(REPEATS - 1) >> 1];
+        const prefillMs = median((t) => t.prefillMs), decodeMs = median((t) => t.decodeMs);
+        const tokens = timed[0].tokens;
         firstTokens ??= tokens;
         const run: Run = {
           weights: format,
@@ -228,7 +252,8 @@ for (const format of formats) {
           checkpointBytes: checkpointBytes(format),
           vsBf16: null,
           vsBf16Unfused: null,
-          sameTokens: tokens.every((t, i) => t === firstTokens![i]),
+          sameTokens: timed.every(({ tokens }) => tokens.every((t, i) => t === firstTokens![i])),
+          tokensDigest: digest(tokens),
         };
         const bf16 = (f: boolean) =>
           runs.find((r) =>
@@ -245,7 +270,7 @@ for (const format of formats) {
             run.prefillTokS.toFixed(0)
           } tok/s, engine ${(engineBytes / 2 ** 30).toFixed(2)} GiB, tokens ${
             run.sameTokens ? "same" : "DIFFER"
-          }`,
+          } (${run.tokensDigest})`,
         );
       }
     } finally {
@@ -579,7 +604,8 @@ function opBreakdown(): { eager: Record<string, number>; graph: Record<string, n
   return { eager, graph };
 }
 
-const ops = opBreakdown();
+// --op-launches 0 skips the per-op figures (a sweep of library settings needs only the steps).
+const ops = Number(args["op-launches"]) > 0 ? opBreakdown() : { eager: {}, graph: {} };
 const round1 = (_k: string, v: unknown) => typeof v === "number" ? Number(v.toFixed(2)) : v;
 console.log(`per-op µs, eager: ${JSON.stringify(ops.eager, round1)}`);
 console.log(`per-op µs, in a graph: ${JSON.stringify(ops.graph, round1)}`);
@@ -605,6 +631,7 @@ const result = {
   contextLength: CONTEXT,
   goal: "FP4 decode tokens/s >= 2.5x our BF16 path (batch 1)",
   pdl: Deno.env.get("FP4LAB_PDL") ?? "on",
+  gemvRing: Deno.env.get("FP4LAB_GEMV_RING") ?? "default",
   runs,
   opMicroseconds: ops.eager,
   opGraphMicroseconds: ops.graph,
