@@ -610,10 +610,7 @@ __global__ void __launch_bounds__(C::kThreads, C::MINB)
 // flight while one is computed: the bytes in flight no longer cost registers. Persistent: grid =
 // blocks resident at once, block b takes 16-row tiles b, b + gridDim.x, ...; x is staged once per
 // block, and a warp's ring runs on across tile boundaries, so the next tile's loads are in
-// flight during a tile's warp reduction and epilogue. No block barrier per tile: the last of the
-// KW warps to leave its partial sums finishes the tile (the sums in warp order, as before), while
-// the others compute on; at k = 4096 a tile is two stages per warp, and waiting at a barrier for
-// the block's slowest warp cost more than the stages. Needs k % 256 == 0 and 16-byte aligned
+// flight during a tile's warp reduction and epilogue. Needs k % 256 == 0 and 16-byte aligned
 // codes and scales (ring_fits). A stage of warp kw: chunks c0, c0 + 1 (c0 = kw U + j KW U) of
 // the tile's 16 rows: codes [u][h][lane] (2 KB; lane (g, t) copies its own rows g, g + 8 and
 // k), scales [16 rows][2 x groups per chunk bytes] (lanes 0..15 copy one row each).
@@ -764,19 +761,13 @@ __global__ void __launch_bounds__(kRingThreads, 3)
   if (S == 0) ii = mine;  // a warp with no chunks copies nothing
 #pragma unroll
   for (int s = 0; s < D - 1; s++) issue();
-  // A tile's KW partial sums meet in slot i % kSlots of red without a block barrier: the last
-  // warp to add its partials (arrived) finishes the tile, then marks the slot free for tile
-  // i + kSlots (finished = i + 1). The other warps go on streaming their next tile meanwhile.
-  constexpr int kSlots = 4;
-  __shared__ float red[kSlots][KW][16];
-  __shared__ int arrived[kSlots], finished[kSlots];
-  if (threadIdx.x < kSlots) arrived[threadIdx.x] = finished[threadIdx.x] = 0;
   // Launched with PDL (recorded into a graph) the first stages are in flight before the wait.
   pdl_wait();
   int xbase[2], xstride[2];
   const int tsw = (t >> 1) & 1;
-  stage_slot_x<FMT, U, kRingThreads>(x, xs, k, nchunks, g, t, xbase, xstride);  // syncs the block
+  stage_slot_x<FMT, U, kRingThreads>(x, xs, k, nchunks, g, t, xbase, xstride);
 
+  __shared__ float red[KW][16];
   int s = 0;
   for (int i = 0; i < mine; i++) {
     float acc[2] = {0.0f, 0.0f};
@@ -822,53 +813,37 @@ __global__ void __launch_bounds__(kRingThreads, 3)
           acc[h] = fmaf(cf[f][2 * h + 1], s1, acc[h]);
         }
     }
-    const int slot = i % kSlots;
-    if (i >= kSlots) {  // slot still read by tile i - kSlots's last warp? (rare: a warp ahead)
-      if (lane == 0)
-        while (*reinterpret_cast<volatile int *>(&finished[slot]) < i - kSlots + 1) __nanosleep(20);
-      __syncwarp();
-    }
 #pragma unroll
     for (int h = 0; h < 2; h++) {
       float v = acc[h];
       v += __shfl_xor_sync(0xffffffffu, v, 1);
       v += __shfl_xor_sync(0xffffffffu, v, 2);
-      if (t == 0) red[slot][kw][8 * h + g] = v;
+      if (t == 0) red[kw][8 * h + g] = v;
     }
-    __threadfence_block();
-    __syncwarp();
-    int last = 0;
-    if (lane == 0) last = atomicAdd(&arrived[slot], 1) == KW - 1;
-    if (!__shfl_sync(0xffffffffu, last, 0)) continue;
-    __threadfence_block();  // every warp's partials of the tile are visible
+    __syncthreads();
     const int64_t tile = int64_t(blockIdx.x) + int64_t(i) * gridDim.x;
     if constexpr (EPI == kEpiPlain || EPI == kEpiAddNorm) {
-      if (lane < 16) {
+      if (threadIdx.x < 16) {
         float v = 0.0f;
 #pragma unroll
-        for (int w = 0; w < KW; w++) v += red[slot][w][lane];
-        const int64_t row = tile * 16 + lane;
+        for (int w = 0; w < KW; w++) v += red[w][threadIdx.x];
+        const int64_t row = tile * 16 + threadIdx.x;
         if (row < n) y[row] = fmt::f32_to_bf16(v * post_of(posts, row));
       }
     } else {
-      const int64_t pi = tile * 8 + lane;
-      if (lane < 8 && pi < epi.pairs) {
+      const int64_t pi = tile * 8 + threadIdx.x;
+      if (threadIdx.x < 8 && pi < epi.pairs) {
         float sa = 0.0f, sb = 0.0f;
 #pragma unroll
-        for (int w = 0; w < KW; w++) sa += red[slot][w][lane];
+        for (int w = 0; w < KW; w++) sa += red[w][threadIdx.x];
 #pragma unroll
-        for (int w = 0; w < KW; w++) sb += red[slot][w][8 + lane];
+        for (int w = 0; w < KW; w++) sb += red[w][8 + threadIdx.x];
         const int64_t ra = pair_row<EPI>(epi, pi, 0, n), rb = pair_row<EPI>(epi, pi, 1, n);
         finish_pair<EPI>(epi, pi, ra, rb, fmt::f32_to_bf16(sa * post_of(posts, ra)),
                          fmt::f32_to_bf16(sb * post_of(posts, rb)), y);
       }
     }
-    __syncwarp();  // the lanes have read the slot
-    if (lane == 0) {
-      arrived[slot] = 0;
-      __threadfence_block();
-      *reinterpret_cast<volatile int *>(&finished[slot]) = i + 1;
-    }
+    __syncthreads();  // red is rewritten by the next tile
   }
   asm volatile("cp.async.wait_group 0;\n" ::);
   if constexpr (EPI == kEpiAddNorm) {
