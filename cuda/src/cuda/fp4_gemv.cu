@@ -360,6 +360,42 @@ __device__ __forceinline__ void stage_slot_x(const uint16_t *__restrict__ x, uin
   }
 }
 
+// The slot path's arithmetic, shared by gemv_kernel and gemv_ring_kernel (so both give the same
+// bits). slot_x: the lane's activation fragments of chunk c, the u-th of its stage, from the
+// permuted copy stage_slot_x left in shared memory.
+template <int FMT>
+__device__ __forceinline__ void slot_x(const uint4 *xs, const int xbase[2], const int xstride[2],
+                                       int tsw, int c, int u, uint4 xv[4]) {
+#pragma unroll
+  for (int q = 0; q < 4; q++) {
+    const int sel = FMT == FP4_WEIGHTS_MXFP4 ? u & 1 : q >> 1;
+    xv[q] = xs[xbase[sel] + c * xstride[sel] + (q ^ tsw)];
+  }
+}
+
+// One chunk of a 16-row tile into the C fragment cf: codes w0 (row g), w1 (row g + 8).
+__device__ __forceinline__ void slot_mma(const uint4 xv[4], uint4 w0, uint4 w1, float cf[4]) {
+  const uint32_t wa[4] = {w0.x, w0.y, w0.z, w0.w}, wb[4] = {w1.x, w1.y, w1.z, w1.w};
+#pragma unroll
+  for (int q = 0; q < 4; q++) {
+    uint32_t a[4], b[4];
+    e2m1_pairs(wa[q], a);
+    e2m1_pairs(wb[q], b);
+    mma_bf16(cf, a[0], b[0], a[1], b[1], xv[q].x, xv[q].y);
+    mma_bf16(cf, a[2], b[2], a[3], b[3], xv[q].z, xv[q].w);
+  }
+}
+
+// acc plus half h of the C fragment cf (weight row 8h + g, slot columns 2t, 2t + 1) times their
+// scales (`bits`: the two columns' scale codes).
+template <int FMT>
+__device__ __forceinline__ float slot_scaled(uint32_t bits, const float cf[4], int h, float acc) {
+  float s0, s1;
+  scale_f32x2<FMT>(bits, s0, s1);
+  acc = fmaf(cf[2 * h], s0, acc);
+  return fmaf(cf[2 * h + 1], s1, acc);
+}
+
 // Slot path: C fragments (8 slot columns each) per tile and stage: MXFP4 has 4 groups per chunk,
 // NVFP4 8.
 template <class C, int FMT>
@@ -465,24 +501,9 @@ __global__ void __launch_bounds__(C::kThreads, C::MINB)
     for (int u = 0; u < U; u++) {
       const int f = FMT == FP4_WEIGHTS_MXFP4 ? u / 2 : u;
       uint4 xv[4];
+      slot_x<FMT>(xs, xbase, xstride, tsw, c0 + u, u, xv);
 #pragma unroll
-      for (int q = 0; q < 4; q++) {
-        const int sel = FMT == FP4_WEIGHTS_MXFP4 ? u & 1 : q >> 1;
-        xv[q] = xs[xbase[sel] + (c0 + u) * xstride[sel] + (q ^ tsw)];
-      }
-#pragma unroll
-      for (int m = 0; m < MT; m++) {
-        const uint4 w0 = st.q[u][m][0], w1 = st.q[u][m][1];
-        const uint32_t wa[4] = {w0.x, w0.y, w0.z, w0.w}, wb[4] = {w1.x, w1.y, w1.z, w1.w};
-#pragma unroll
-        for (int q = 0; q < 4; q++) {
-          uint32_t a[4], b[4];
-          e2m1_pairs(wa[q], a);
-          e2m1_pairs(wb[q], b);
-          mma_bf16(cf[m][f], a[0], b[0], a[1], b[1], xv[q].x, xv[q].y);
-          mma_bf16(cf[m][f], a[2], b[2], a[3], b[3], xv[q].z, xv[q].w);
-        }
-      }
+      for (int m = 0; m < MT; m++) slot_mma(xv, st.q[u][m][0], st.q[u][m][1], cf[m][f]);
     }
     // cf[m][f][2h + i]: weight row 16m + 8h + g, slot column 2t + i: scale group
     // kGroupsPerChunk * c0 + 8f + 2t + i.
@@ -491,12 +512,8 @@ __global__ void __launch_bounds__(C::kThreads, C::MINB)
 #pragma unroll
       for (int f = 0; f < NF; f++)
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-          float s0, s1;
-          scale_f32x2<FMT>(st.ss[m][f][h], s0, s1);
-          acc[m][h][0] = fmaf(cf[m][f][2 * h], s0, acc[m][h][0]);
-          acc[m][h][0] = fmaf(cf[m][f][2 * h + 1], s1, acc[m][h][0]);
-        }
+        for (int h = 0; h < 2; h++)
+          acc[m][h][0] = slot_scaled<FMT>(st.ss[m][f][h], cf[m][f], h, acc[m][h][0]);
   };
 
   auto compute_batch = [&](const Stage<C, FMT> &st, int c0) {
@@ -785,33 +802,17 @@ __global__ void __launch_bounds__(kRingThreads, 3)
       for (int u = 0; u < U; u++) {
         const int f = FMT == FP4_WEIGHTS_MXFP4 ? u / 2 : u;
         uint4 xv[4];
-#pragma unroll
-        for (int q = 0; q < 4; q++) {
-          const int sel = FMT == FP4_WEIGHTS_MXFP4 ? u & 1 : q >> 1;
-          xv[q] = xs[xbase[sel] + (c0 + u) * xstride[sel] + (q ^ tsw)];
-        }
-        const uint4 w0 = st[(u * 2) * 32 + lane], w1 = st[(u * 2 + 1) * 32 + lane];
-        const uint32_t wa[4] = {w0.x, w0.y, w0.z, w0.w}, wb[4] = {w1.x, w1.y, w1.z, w1.w};
-#pragma unroll
-        for (int q = 0; q < 4; q++) {
-          uint32_t a[4], b[4];
-          e2m1_pairs(wa[q], a);
-          e2m1_pairs(wb[q], b);
-          mma_bf16(cf[f], a[0], b[0], a[1], b[1], xv[q].x, xv[q].y);
-          mma_bf16(cf[f], a[2], b[2], a[3], b[3], xv[q].z, xv[q].w);
-        }
+        slot_x<FMT>(xs, xbase, xstride, tsw, c0 + u, u, xv);
+        slot_mma(xv, st[(u * 2) * 32 + lane], st[(u * 2 + 1) * 32 + lane], cf[f]);
       }
       const uint8_t *sc = reinterpret_cast<const uint8_t *>(st + U * 2 * 32);
 #pragma unroll
       for (int f = 0; f < NF; f++)
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-          float s0, s1;
-          scale_f32x2<FMT>(*reinterpret_cast<const uint16_t *>(sc + (8 * h + g) * SB + 8 * f + 2 * t),
-                           s0, s1);
-          acc[h] = fmaf(cf[f][2 * h], s0, acc[h]);
-          acc[h] = fmaf(cf[f][2 * h + 1], s1, acc[h]);
-        }
+        for (int h = 0; h < 2; h++)
+          acc[h] = slot_scaled<FMT>(
+              *reinterpret_cast<const uint16_t *>(sc + (8 * h + g) * SB + 8 * f + 2 * t), cf[f], h,
+              acc[h]);
     }
 #pragma unroll
     for (int h = 0; h < 2; h++) {
