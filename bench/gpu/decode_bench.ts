@@ -7,12 +7,12 @@
  * device, feeding the next step without a host round trip and copying the tokens back 16 at a
  * time (`device`: DecodeEngine.greedy, what generation does), or with the argmax copied to the
  * host after every step and the next step's input copied back (`host`: forward + argmax). Each
- * configuration runs once to warm up (the graph is recorded there), then
- * is timed `--repeats` times (the median is reported); with and without CUDA graphs, and with q/k/v and gate/up fused into one product
- * each (the engine's default) or not (`fused`; the unfused runs with graphs only), and for FP4
- * with those products' RoPE/KV store and SwiGLU in their kernel or not (`epilogues`, the
- * engine's default on; `--epilogues on,off` runs both). Both BF16
- * baselines are reported: FP4 against BF16 with the same fusion (`vsBf16`) and against the
+ * configuration runs once to warm up (the graph is recorded there), then is timed `--repeats`
+ * times (the median is reported); with and without CUDA graphs, and with q/k/v and gate/up fused
+ * into one product each (the engine's default) or not (`fused`; the unfused runs with graphs
+ * only), and for FP4 with those products' RoPE/KV store and SwiGLU in their kernel or not
+ * (`epilogues`, the engine's default on; `--epilogues on,off` runs both). Both BF16 baselines are
+ * reported: FP4 against BF16 with the same fusion (`vsBf16`) and against the
  * unfused BF16 path (`vsBf16Unfused`).
  *
  * Reported per configuration: prefill and decode tokens/s, decode ms/token, the ratio to our
@@ -25,12 +25,13 @@
  * Usage: deno run -A bench/gpu/decode_bench.ts --out DIR [--layers N] [--tokens N]
  *   [--formats bf16,mxfp4,nvfp4] [--fuse on,off] [--epilogues on,off] [--loop device,host]
  *   [--graphs-only] [--op-launches N] [--repeats N] [--torch FILE]
- * (few layers, tokens and op launches make a short run to profile under ncu).
+ * (few layers, tokens and op launches make a short run to profile under ncu; --op-launches 0
+ * skips the per-op figures).
  * Writes DIR/decode.json (device, date, commit, figures) and prints a table last. Each run
  * records a digest of its greedy tokens, so runs of separate processes (another library setting,
- * another kernel choice) can be checked for the same tokens. The decode
- * kernels' programmatic dependent launch follows $FP4LAB_PDL (recorded as `pdl`), the batch-1
- * GEMV's ring depth and blocks per SM $FP4LAB_GEMV_RING (`gemvRing`).
+ * another kernel choice) can be checked for the same tokens. The decode kernels' programmatic
+ * dependent launch follows $FP4LAB_PDL (recorded as `pdl`), the batch-1 GEMV's ring depth and
+ * blocks per SM $FP4LAB_GEMV_RING (`gemvRing`).
  *
  * @module
  */
@@ -172,6 +173,7 @@ function digest(tokens: Int32Array): string {
 }
 
 type Loop = "device" | "host";
+type Timed = Awaited<ReturnType<typeof timeDecode>>;
 const GREEDY_CHUNK = 16;
 
 async function timeDecode(engine: DecodeEngine, prompt: Int32Array, loop: Loop) {
@@ -232,9 +234,9 @@ for (const format of formats) {
       const engineBytes = before.free - cudaMemory().free;
       for (const loop of loops) {
         await timeDecode(engine, prompt, loop);
-        const timed: Awaited<ReturnType<typeof timeDecode>>[] = [];
+        const timed: Timed[] = [];
         for (let r = 0; r < REPEATS; r++) timed.push(await timeDecode(engine, prompt, loop));
-        const median = (f: (t: Awaited<ReturnType<typeof timeDecode>>) => number) =>
+        const median = (f: (t: Timed) => number) =>
           timed.map(f).sort((a, b) => a - b)[(REPEATS - 1) >> 1];
         const prefillMs = median((t) => t.prefillMs), decodeMs = median((t) => t.decodeMs);
         const tokens = timed[0].tokens;

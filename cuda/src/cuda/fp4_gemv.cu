@@ -1231,7 +1231,7 @@ fp4_status slot_rounds(int32_t format, const uint8_t *codes, const uint8_t *scal
 bool slot_fits(int64_t k) { return (k + kChunk - 1) / kChunk <= kSlotMaxChunks; }
 
 // The ring kernel's depth and blocks per SM from $FP4LAB_GEMV_RING ("off", or "D" or "D,B"
-// with D in 3, 4, 6, 8): depth 0 when off.
+// with D in 3, 4, 6): depth 0 when off.
 struct RingChoice {
   int depth = 3, per_sm = 0;  // per_sm 0: as many as fit
   // $FP4LAB_GEMV_TAIL=on: fp4_dec_gemv_add_rmsnorm's norm in the ring kernel's last block. Off by
@@ -1249,7 +1249,7 @@ inline RingChoice ring_choice() {
       } else {
         int d = 0, b = 0;
         const int got = std::sscanf(e, "%d,%d", &d, &b);
-        if (got >= 1 && (d == 3 || d == 4 || d == 6 || d == 8)) r.depth = d;
+        if (got >= 1 && (d == 3 || d == 4 || d == 6)) r.depth = d;
         if (got == 2 && b > 0) r.per_sm = b;
       }
     }
@@ -1279,8 +1279,6 @@ RingFn ring_kernel(int32_t format, int depth) {
       return nv ? gemv_ring_kernel<FP4_WEIGHTS_NVFP4, 3, EPI> : gemv_ring_kernel<FP4_WEIGHTS_MXFP4, 3, EPI>;
     case 6:
       return nv ? gemv_ring_kernel<FP4_WEIGHTS_NVFP4, 6, EPI> : gemv_ring_kernel<FP4_WEIGHTS_MXFP4, 6, EPI>;
-    case 8:
-      return nv ? gemv_ring_kernel<FP4_WEIGHTS_NVFP4, 8, EPI> : gemv_ring_kernel<FP4_WEIGHTS_MXFP4, 8, EPI>;
     default:
       return nv ? gemv_ring_kernel<FP4_WEIGHTS_NVFP4, 4, EPI> : gemv_ring_kernel<FP4_WEIGHTS_MXFP4, 4, EPI>;
   }
