@@ -9,7 +9,7 @@
  * that rotate through enough weight copies (>= 256 MB) that L2 (50 MB) cannot hold them.
  *
  * Usage: deno run -A bench/gpu/fp4_gemm_bench.ts --out DIR [--cublas PATH] [--quick]
- *   [--batches 1,16,128] [--name fp4_gemm]
+ *   [--batches 1,16,128] [--shapes 28672x8192,4096x4096] [--name fp4_gemm]
  * Writes DIR/NAME.json (device, date, commit, every figure) and prints a table last.
  *
  * @module
@@ -31,6 +31,7 @@ const { values: args } = parseArgs({
     cublas: { type: "string" },
     quick: { type: "boolean", default: false },
     batches: { type: "string", default: "1,16,128" },
+    shapes: { type: "string" },
     name: { type: "string", default: "fp4_gemm" },
   },
 });
@@ -154,9 +155,24 @@ interface Row {
   pass: boolean | null;
 }
 
-const shapes: [number, number][] = args.quick
+const llamaShapes: [number, number][] = [
+  [4096, 4096],
+  [14336, 4096],
+  [4096, 14336],
+  [28672, 8192],
+  [8192, 28672],
+];
+const shapes: [number, number][] = args.shapes
+  ? args.shapes.split(",").map((s) => s.split("x").map(Number) as [number, number])
+  : args.quick
   ? [[4096, 4096]]
-  : [[4096, 4096], [14336, 4096], [4096, 14336], [28672, 8192], [8192, 28672]];
+  : llamaShapes;
+const validShape = (s: number[]) =>
+  s.length === 2 && s.every((d) => Number.isInteger(d) && d >= 1) && s[1] % 32 === 0;
+if (!shapes.every(validShape)) {
+  console.error(`--shapes must list NxK pairs (integers, K a multiple of 32), got ${args.shapes}`);
+  Deno.exit(1);
+}
 const batches = args.batches!.split(",").map(Number);
 if (!batches.every((b) => Number.isInteger(b) && b >= 1)) {
   console.error(`--batches must list integers >= 1, got ${args.batches}`);
