@@ -26,4 +26,4 @@ export const symbols = {
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** Must equal `FP4_ABI_VERSION` in `cuda/include/fp4lab/core.h`. */
-export const ABI_VERSION = 6;
+export const ABI_VERSION = 7;

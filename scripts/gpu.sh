@@ -19,7 +19,7 @@ out=${OUT:-bench/results/tmp}
 mkdir -p "$out"
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
-make -s -C cuda || exit 1
+make -s -j"$(nproc)" -C cuda || exit 1
 
 status=0
 for step in "$@"; do

@@ -16,10 +16,12 @@ import { decodeE2M1, decodeE4M3 } from "../lib/formats/minifloat.ts";
 import { decodeE8M0 } from "../lib/formats/scales.ts";
 import { Tensor } from "../lib/tensor.ts";
 import {
+  type Fp4GemmKernels,
   fp4GroupSize,
   fp4Linear,
   type Fp4WeightFormat,
   type Fp4Weights,
+  setFp4GemmKernels,
 } from "../lib/kernels/fp4_linear.ts";
 
 const seed = (Math.random() * 2 ** 32) >>> 0;
@@ -172,36 +174,18 @@ for (const format of formats) {
   });
 }
 
+// Every kernel set of fp4_gemm_set_kernels (the candidates only change batches above 16).
+const kernelSets: Fp4GemmKernels[] = ["v4", "lean", "lean3"];
+
 if (cudaStatus().available) {
   for (const format of formats) {
     Deno.test(`cuda ${format}: kernels match the CPU twin and float64 on every batch path`, () => {
-      // (n, k): tile multiples, ragged rows, k tails inside a 128-chunk, (NVFP4) rows that are
-      // not 16-byte aligned (k % 32 == 16), an odd number of 64-k stages (4160), and the GEMV's
-      // dispatch cases on the H100: n = 8192 (batch 1 on 32-row tiles), n = 13000 (batch 9..16
-      // on narrow blocks, ragged), k = 49152 (batch 1 too long for the activations in shared
-      // memory); batches on both sides of each kernel's batch tiles (16 | 17..32 | 33..64 |
-      // 65..128 | more).
-      const shapes = format === "mxfp4"
-        ? [[64, 512], [100, 96], [33, 1056], [256, 4096], [520, 4160], [8192, 64], [13000, 32], [
-          4,
-          49152,
-        ]]
-        : [[64, 512], [100, 80], [33, 1040], [256, 4096], [520, 4160], [8192, 64], [13000, 32], [
-          4,
-          49152,
-        ]];
-      for (const [n, k] of shapes) {
-        for (const batch of [1, 3, 8, 9, 16, 17, 33, 64, 100, 128, 200]) {
-          const w = randomWeights(format, n, k);
-          const x = randomX(batch, k);
-          const label = `${format} ${batch}x${n}x${k}`;
-          const yc = run("cuda", x, w, batch);
-          const { r, a } = checkAgainstReference(`cuda ${label}`, yc, x, w, batch);
-          const yh = run("cpu", x, w, batch);
-          for (let i = 0; i < yc.length; i++) {
-            const d = Math.abs(bf16ToF32(yc[i]) - bf16ToF32(yh[i]));
-            assert(d <= 2 * bound(r[i], a[i], k), `${label}: cuda vs cpu at ${i}: ${d} ${tag}`);
-          }
+      for (const set of kernelSets) {
+        setFp4GemmKernels(set);
+        try {
+          checkCudaPaths(format, set);
+        } finally {
+          setFp4GemmKernels("v4");
         }
       }
     });
@@ -214,6 +198,62 @@ if (cudaStatus().available) {
     assertThrows(() => fp4Linear("cuda", x, dw), Error, "not usable");
   });
 }
+
+/** The CUDA kernels of `format` under kernel set `set` against float64 and the CPU twin. */
+function checkCudaPaths(format: Fp4WeightFormat, set: Fp4GemmKernels): void {
+  // (n, k): tile multiples, ragged rows, k tails inside a 128-chunk, (NVFP4) rows that are not
+  // 16-byte aligned (k % 32 == 16), an odd number of 64-k stages (4160), and the dispatch cases
+  // on the H100: n = 8192 (batch 1 on 32-row tiles), n = 13000 (batch 9..16 on narrow blocks,
+  // ragged), n = 16384 (batch 33..64 on the tile kernel under v4), k = 49152 (batch 1 too long
+  // for the activations in shared memory); batches on both sides of each kernel's batch tiles
+  // (16 | 17..32 | 33..64 | 65..128 | more). The candidate sets differ from v4 only above 16.
+  const shapes = [
+    [64, 512],
+    format === "mxfp4" ? [100, 96] : [100, 80],
+    format === "mxfp4" ? [33, 1056] : [33, 1040],
+    [256, 4096],
+    [520, 4160],
+    [8192, 64],
+    [13000, 32],
+    [16384, 64],
+    [4, 49152],
+  ];
+  const batches = set === "v4"
+    ? [1, 3, 8, 9, 16, 17, 33, 64, 100, 128, 200]
+    : [17, 33, 64, 100, 128, 200];
+  for (const [n, k] of shapes) {
+    for (const batch of batches) {
+      const w = randomWeights(format, n, k);
+      const x = randomX(batch, k);
+      const label = `${format} ${batch}x${n}x${k} (kernels ${set})`;
+      const yc = run("cuda", x, w, batch);
+      const { r, a } = checkAgainstReference(`cuda ${label}`, yc, x, w, batch);
+      const yh = run("cpu", x, w, batch);
+      for (let i = 0; i < yc.length; i++) {
+        const d = Math.abs(bf16ToF32(yc[i]) - bf16ToF32(yh[i]));
+        assert(d <= 2 * bound(r[i], a[i], k), `${label}: cuda vs cpu at ${i}: ${d} ${tag}`);
+      }
+    }
+  }
+}
+
+Deno.test("the kernel set is validated on the TypeScript and the native side", () => {
+  setFp4GemmKernels("lean");
+  setFp4GemmKernels("v4");
+  assertThrows(
+    () => setFp4GemmKernels("fast" as Fp4GemmKernels),
+    Error,
+    'unknown kernel set "fast"; expected v4, lean, lean3',
+  );
+  const lib = native();
+  for (const bad of [-1, 3]) {
+    assertThrows(
+      () => check(lib.fp4_gemm_set_kernels(bad), "fp4_gemm_set_kernels"),
+      NativeError,
+      `set ${bad} is not 0 (v4), 1 (lean) or 2 (lean3)`,
+    );
+  }
+});
 
 Deno.test("fp4Linear rejects bad input with Errors that name the problem", () => {
   const w = toDevice(randomWeights("nvfp4", 8, 64), "cpu");

@@ -9,8 +9,12 @@
  * that rotate through enough weight copies (>= 256 MB) that L2 (50 MB) cannot hold them.
  *
  * Usage: deno run -A bench/gpu/fp4_gemm_bench.ts --out DIR [--cublas PATH] [--quick]
- *   [--batches 1,16,128] [--shapes 28672x8192,4096x4096] [--name fp4_gemm]
- * Writes DIR/NAME.json (device, date, commit, every figure) and prints a table last.
+ *   [--batches 1,16,128] [--shapes 28672x8192,4096x4096] [--kernels v4,lean,lean3]
+ *   [--name fp4_gemm]
+ * `--kernels` times each kernel set of `setFp4GemmKernels` (default: v4 alone) against the same
+ * cuBLAS figure, in this process; the sets differ only above batch 16, so the others skip
+ * batches up to 16. Writes DIR/NAME.json (device, date, commit, every figure) and prints a table
+ * last.
  *
  * @module
  */
@@ -19,7 +23,12 @@ import { gitCommit } from "../../lib/pipeline/manifest.ts";
 import { check, native } from "../../ffi/library.ts";
 import { cudaStatus } from "../../lib/device.ts";
 import { Tensor } from "../../lib/tensor.ts";
-import { fp4GroupSize, type Fp4WeightFormat } from "../../lib/kernels/fp4_linear.ts";
+import {
+  type Fp4GemmKernels,
+  fp4GroupSize,
+  type Fp4WeightFormat,
+  setFp4GemmKernels,
+} from "../../lib/kernels/fp4_linear.ts";
 
 const ROTATE_BYTES = 256e6;
 const SAMPLES = 15;
@@ -33,8 +42,14 @@ const { values: args } = parseArgs({
     batches: { type: "string", default: "1,16,128" },
     shapes: { type: "string" },
     name: { type: "string", default: "fp4_gemm" },
+    kernels: { type: "string", default: "v4" },
   },
 });
+const kernelSets = args.kernels!.split(",") as Fp4GemmKernels[];
+if (kernelSets.length === 0 || new Set(kernelSets).size !== kernelSets.length) {
+  console.error(`--kernels must list distinct kernel sets, got ${args.kernels}`);
+  Deno.exit(1);
+}
 
 // The library reads $FP4LAB_CUBLAS when it first needs cuBLAS, after this.
 if (args.cublas) Deno.env.set("FP4LAB_CUBLAS", args.cublas);
@@ -44,6 +59,7 @@ if (!status.available) {
   Deno.exit(1);
 }
 const lib = native();
+for (const set of kernelSets) setFp4GemmKernels(set); // an unknown name fails before any timing
 
 /** Fills `bytes` of device memory with random bytes mapped through `map`, one 64 KiB block at a time. */
 function randomDevice(bytes: number, map: (b: Uint8Array) => void): Tensor {
@@ -141,6 +157,7 @@ async function commitOfRun(): Promise<string> {
 }
 
 interface Row {
+  kernels: Fp4GemmKernels;
   format: Fp4WeightFormat;
   n: number;
   k: number;
@@ -220,7 +237,9 @@ for (const [n, k] of shapes) {
         b[i] = format === "mxfp4" ? 120 + (b[i] & 15) : 0x20 + (b[i] & 0x3f);
       }
     });
-    for (const batch of batches) {
+    for (const [set, batch] of kernelSets.flatMap((s) => batches.map((b) => [s, b] as const))) {
+      if (set !== "v4" && batch <= 16) continue;
+      setFp4GemmKernels(set);
       const ms = timeOurs(format, x, codes, scales, y, batch, n, k, copies);
       const bytes = codeBytes + scaleBytes + batch * k * 2 + batch * n * 2;
       const gbs = bytes / (ms * 1e6);
@@ -236,6 +255,7 @@ for (const [n, k] of shapes) {
         ? null
         : speedup >= need && (batch !== 1 || gbs / copy.gbs >= 0.85);
       rows.push({
+        kernels: set,
         format,
         n,
         k,
@@ -273,10 +293,13 @@ await Deno.writeTextFile(file, JSON.stringify(result, null, 2) + "\n");
 
 const fmt = (v: number | null, d = 2) => v === null ? "-" : v.toFixed(d);
 console.log(`\nwrote ${file}`);
-console.log("format  n x k          batch   ours ms  cuBLAS ms  speedup  GB/s   %copy  goal");
+console.log(
+  "kernels format  n x k          batch   ours ms  cuBLAS ms  speedup  GB/s   %copy  goal",
+);
 for (const r of rows) {
   console.log(
     [
+      r.kernels.padEnd(7),
       r.format.padEnd(7),
       `${r.n}x${r.k}`.padEnd(14),
       String(r.batch).padStart(5),

@@ -20,6 +20,17 @@ fp4_status fp4_gemm_launch(int32_t format, const uint16_t *x, const uint8_t *cod
                            const uint8_t *scales, float tensor_scale, uint16_t *y, int64_t batch,
                            int64_t n, int64_t k, void *stream);
 
+// fp4_gemm_set_kernels's current set (FP4_GEMM_KERNELS_*), or -1 when $FP4LAB_GEMM_WGMMA named
+// none and nothing was set since (cpu/fp4_gemm.cpp).
+int gemm_kernels();
+
+// The lean wgmma candidates of fp4_gemm_lean.cu for every Hopper batch > kGemvMaxBatch: `set`
+// FP4_GEMM_KERNELS_LEAN or _LEAN3 (fp4lab/gemm.h).
+fp4_status fp4_gemm_lean_launch(int set, int32_t format, const uint16_t *x,
+                                const uint8_t *codes, const uint8_t *scales, float tensor_scale,
+                                uint16_t *y, int64_t batch, int64_t n, int64_t k,
+                                void *stream);
+
 fp4_status gemm(int32_t format, const uint16_t *x, const uint8_t *codes, const uint8_t *scales,
                 float tensor_scale, uint16_t *y, int64_t batch, int64_t n, int64_t k);
 fp4_status gemm_bench(int32_t format, const uint16_t *x, const uint8_t *codes,

@@ -39,6 +39,7 @@ export const gemmSymbols = {
     ],
     result: "i32",
   },
+  fp4_gemm_set_kernels: { parameters: ["i32"], result: "i32" },
   fp4_gemm_bench: {
     parameters: [
       "i32",

@@ -189,3 +189,37 @@ export function fp4Linear(device: Device, x: Tensor, w: Fp4Weights): Tensor {
   }
   return y;
 }
+
+/**
+ * The kernel sets `fp4Linear` can run on Hopper GPUs for batches above 16: "v4", the default and
+ * the one bench/notes/fp4_gemm.md measured, or a candidate under measurement ("lean": fewer
+ * instructions per pipeline stage and 4 / 3 / 2 warpgroups per block for batch tiles of 32 / 64 /
+ * 128; "lean3": the same with 3 warpgroups at 128).
+ */
+export type Fp4GemmKernels = "v4" | "lean" | "lean3";
+
+const kernelSets: readonly Fp4GemmKernels[] = ["v4", "lean", "lean3"];
+
+/**
+ * Chooses the kernel set of `fp4Linear` on Hopper GPUs for batches above 16, for the whole
+ * process (the first choice comes from `$FP4LAB_GEMM_WGMMA`, default "v4"). Every set computes
+ * the same function within the accumulation bound of tests/fp4_gemm_test.ts; they differ in
+ * speed. Benchmarks and tests use it to compare candidates in one process; the CPU backend and
+ * other GPUs ignore it.
+ *
+ * @example
+ * ```ts
+ * import { setFp4GemmKernels } from "./fp4_linear.ts";
+ * setFp4GemmKernels("lean");
+ * setFp4GemmKernels("v4");
+ * ```
+ */
+export function setFp4GemmKernels(set: Fp4GemmKernels): void {
+  const id = kernelSets.indexOf(set);
+  if (id < 0) {
+    throw new Error(
+      `setFp4GemmKernels: unknown kernel set "${set}"; expected ${kernelSets.join(", ")}`,
+    );
+  }
+  check(native().fp4_gemm_set_kernels(id), "fp4_gemm_set_kernels");
+}

@@ -14,7 +14,7 @@
 
 /* Bumped whenever a signature in any header under fp4lab/ changes; ffi/ refuses a mismatched
  * library. */
-#define FP4_ABI_VERSION 6
+#define FP4_ABI_VERSION 7
 
 typedef int32_t fp4_status;
 enum {

@@ -32,6 +32,18 @@ FP4_API fp4_status fp4_gemm_segments(int32_t device, int32_t format, const uint1
                                      int32_t segments, uint16_t *y, int64_t batch, int64_t n,
                                      int64_t k);
 
+/* The kernel set that fp4_gemm runs on Hopper GPUs for batches above 16: FP4_GEMM_KERNELS_V4
+ * (the default: the dispatch that bench/notes/fp4_gemm.md measured) or a candidate under
+ * measurement, FP4_GEMM_KERNELS_LEAN or FP4_GEMM_KERNELS_LEAN3 (fewer instructions per stage
+ * and more warpgroups per block; bench/notes/fp4_gemm.md, "Version 8"), so that a benchmark or
+ * test can run each in one process. Every set computes the same function within the bound of
+ * tests/fp4_gemm_test.ts (not bit for bit: blocks split k differently). Process-wide; its first
+ * value comes from $FP4LAB_GEMM_WGMMA ("v4", "lean" or "lean3"; another value makes the first
+ * CUDA fp4_gemm above batch 16 fail naming the choices). Other GPUs and the CPU backend ignore
+ * it. Call it between fp4_gemm calls, not during them (or during a stream capture of one). */
+enum { FP4_GEMM_KERNELS_V4 = 0, FP4_GEMM_KERNELS_LEAN = 1, FP4_GEMM_KERNELS_LEAN3 = 2 };
+FP4_API fp4_status fp4_gemm_set_kernels(int32_t set);
+
 /* CUDA timing of fp4_gemm: `copies` weight sets lie back to back in codes (copies * n*k/2 bytes)
  * and scales (copies * n*k/group bytes); launch i uses set i % copies, so that the weights do not
  * stay in L2. samples[s] = milliseconds per launch, averaged over `reps` launches between two

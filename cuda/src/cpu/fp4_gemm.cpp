@@ -6,7 +6,10 @@
 // row in ascending k, accumulating in f32; the sum is rounded once to bf16. The CUDA kernels add
 // the same products in another order (and apply the NVFP4 tensor scale after the sum), so the
 // two agree within the accumulation bound stated in tests/fp4_gemm_test.ts, not bit for bit.
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "../decode_backend.hpp"
@@ -77,7 +80,31 @@ void gemm_cpu(int32_t format, const uint16_t *x, const uint8_t *codes, const uin
   }
 }
 
+// The kernel set named by $FP4LAB_GEMM_WGMMA (unset or empty: v4), -1 for an unknown name.
+int kernels_from_env() {
+  const char *e = std::getenv("FP4LAB_GEMM_WGMMA");
+  if (!e || !*e || std::strcmp(e, "v4") == 0) return FP4_GEMM_KERNELS_V4;
+  if (std::strcmp(e, "lean") == 0) return FP4_GEMM_KERNELS_LEAN;
+  if (std::strcmp(e, "lean3") == 0) return FP4_GEMM_KERNELS_LEAN3;
+  return -1;
+}
+
+std::atomic<int> &kernel_set() {
+  static std::atomic<int> set{kernels_from_env()};
+  return set;
+}
+
 }  // namespace
+
+int fp4::cuda::gemm_kernels() { return kernel_set().load(std::memory_order_relaxed); }
+
+FP4_API fp4_status fp4_gemm_set_kernels(int32_t set) {
+  FP4_REQUIRE(set == FP4_GEMM_KERNELS_V4 || set == FP4_GEMM_KERNELS_LEAN ||
+                  set == FP4_GEMM_KERNELS_LEAN3,
+              "fp4_gemm_set_kernels: set %d is not 0 (v4), 1 (lean) or 2 (lean3)", set);
+  kernel_set().store(set, std::memory_order_relaxed);
+  return FP4_OK;
+}
 
 FP4_API fp4_status fp4_gemm(int32_t device, int32_t format, const uint16_t *x,
                             const uint8_t *codes, const uint8_t *scales, float tensor_scale,

@@ -7,6 +7,10 @@
 // freed); a launch under stream capture that finds one too small runs without splitting k.
 // Launches sharing a device must not run concurrently on two streams (they share the
 // workspaces' tile counters).
+//
+// fp4_gemm_set_kernels (fp4lab/gemm.h) picks the Hopper kernel set: FP4_GEMM_KERNELS_V4, the
+// measured dispatch below, or a lean candidate under measurement (fp4_gemm_lean.cu).
+#include <cstdlib>
 #include <mutex>
 
 #include "../gemm_backend.hpp"
@@ -56,6 +60,12 @@ fp4_status dispatch(const uint16_t *x, const uint8_t *codes, const uint8_t *scal
   if (dev != device) {
     if (fp4_status st = wg::supported(dev, &hopper)) return st;
     device = dev;
+  }
+  const int set = gemm_kernels();
+  FP4_REQUIRE(set >= 0, "fp4_gemm: $FP4LAB_GEMM_WGMMA must be v4, lean or lean3 (got \"%s\")",
+              std::getenv("FP4LAB_GEMM_WGMMA"));
+  if (hopper && set != FP4_GEMM_KERNELS_V4) {
+    return fp4_gemm_lean_launch(set, FMT, x, codes, scales, tensor_scale, y, batch, n, k, s);
   }
   if (!hopper || (batch > 32 && batch <= 64 && n >= 16384)) {
     return tile_dispatch<FMT>(x, codes, scales, tensor_scale, y, batch, n, k, s);

@@ -42,6 +42,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "fp4_gemm_tile.cuh"
 
@@ -57,13 +58,19 @@ constexpr int kBK = 64;  // k per pipeline stage: one 128-byte swizzle row of bf
 // "Version 4"); codes and scales stay on cp.async (read by ordinary loads: no fence needed).
 constexpr int kXCopy = 0, kXTma = 1, kXAuto = -1;
 
-template <int WGS_, int MW_, int BN_, int STAGES_>
+// LEAN: the candidate with fewer instructions per stage (bench/notes/fp4_gemm.md, "Version 8":
+// Version 6's profile found the kernel bound by instruction issue): a u32 scale table holding
+// the bf16 scale in both halves (no multiply per lookup), scale byte offsets in 32-bit
+// arithmetic, copy loops with compile-time trip counts, and no finish code in the first half of
+// the unrolled main loop (a stage that ends a segment is always the second of a pair).
+template <int WGS_, int MW_, int BN_, int STAGES_, bool LEAN_ = false>
 struct Cfg {
   static constexpr int WGS = WGS_, MW = MW_, BN = BN_, STAGES = STAGES_;
+  static constexpr bool LEAN = LEAN_;
   static constexpr int kThreads = 128 * WGS, BM = 64 * WGS * MW;
   static constexpr int kXBytes = BN * 128, kCodeBytes = BM * 32, kScaleBytes = BM * 8;
   static constexpr int kStageBytes = (kXBytes + kCodeBytes + kScaleBytes + 1023) / 1024 * 1024;
-  static constexpr int kTableBytes = 512;
+  static constexpr int kTableBytes = LEAN ? 1024 : 512;
   // 1024 bytes of slack to align the stages to the swizzle pattern's 1024-byte period.
   static constexpr int kSmem = 1024 + STAGES * kStageBytes + kTableBytes;
   static constexpr int kTileElems = BM * BN;
@@ -201,6 +208,19 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t phase) {
   } while (!done);
 }
 
+// The copy loops below run p = tid, tid + kThreads, ... below TOTAL. LEAN counts a compile-time
+// number of trips j (skipping p >= TOTAL on the last where kThreads does not divide TOTAL), so
+// that they unroll; otherwise the trip count depends on tid at run time, which costs branches and
+// convergence barriers per stage.
+template <class C, int TOTAL>
+__device__ __forceinline__ bool more_trips(int j, int p) {
+  return C::LEAN ? j < (TOTAL + C::kThreads - 1) / C::kThreads : p < TOTAL;
+}
+template <class C, int TOTAL>
+__device__ __forceinline__ bool past_end(int p) {
+  return C::LEAN && TOTAL % C::kThreads != 0 && p >= TOTAL;
+}
+
 // Copies the stage of k from kst of the tile at (row0, col0) into `buf`; with kXTma the
 // activations come by one TMA copy (issued by thread 0) that completes on `bar`.
 template <class C, int FMT, bool ALIGNED, int XL>
@@ -229,7 +249,8 @@ __device__ __forceinline__ void load_stage(unsigned char *buf, const uint16_t *x
     }
   } else {
 #pragma unroll
-    for (int p = tid; p < C::BN * 8; p += C::kThreads) {
+    for (int j = 0, p = tid; more_trips<C, C::BN * 8>(j, p); j++, p += C::kThreads) {
+      if (past_end<C, C::BN * 8>(p)) continue;
       const int r = p >> 3, c = p & 7;
       const int64_t b = col0 + r, kk = kst + 8 * c;
       const bool ok = b < batch && kk < k;
@@ -238,7 +259,8 @@ __device__ __forceinline__ void load_stage(unsigned char *buf, const uint16_t *x
   }
   if (ALIGNED) {
 #pragma unroll
-    for (int p = tid; p < C::BM * 2; p += C::kThreads) {
+    for (int j = 0, p = tid; more_trips<C, C::BM * 2>(j, p); j++, p += C::kThreads) {
+      if (past_end<C, C::BM * 2>(p)) continue;
       const int r = p >> 1, h = p & 1;
       const int64_t row = row0 + r, kk = kst + 32 * h;
       const bool ok = row < n && kk < k;
@@ -246,7 +268,8 @@ __device__ __forceinline__ void load_stage(unsigned char *buf, const uint16_t *x
     }
   } else {
 #pragma unroll
-    for (int p = tid; p < C::BM * 4; p += C::kThreads) {
+    for (int j = 0, p = tid; more_trips<C, C::BM * 4>(j, p); j++, p += C::kThreads) {
+      if (past_end<C, C::BM * 4>(p)) continue;
       const int r = p >> 2, q = p & 3;
       const int64_t row = row0 + r, kk = kst + 16 * q;
       const bool ok = row < n && kk < k;
@@ -256,7 +279,8 @@ __device__ __forceinline__ void load_stage(unsigned char *buf, const uint16_t *x
   }
   const int need = int((k - kst < kBK ? k - kst : kBK) / G);  // scale bytes of this stage
 #pragma unroll
-  for (int p = tid; p < C::BM * 2; p += C::kThreads) {
+  for (int j = 0, p = tid; more_trips<C, C::BM * 2>(j, p); j++, p += C::kThreads) {
+    if (past_end<C, C::BM * 2>(p)) continue;
     const int r = p >> 1, wi = p & 1;
     const int64_t row = row0 + r;
     const uintptr_t a = uintptr_t(scales + row * (k / G) + kst / G);
@@ -348,7 +372,9 @@ __global__ void __launch_bounds__(C::kThreads, 1)
   __shared__ int is_last;
   __shared__ alignas(8) uint64_t bars[S];  // kXTma: stage s's activations landed
   unsigned char *stages = smem_raw + ((1024 - (__cvta_generic_to_shared(smem_raw) & 1023)) & 1023);
-  uint16_t *table = reinterpret_cast<uint16_t *>(stages + S * C::kStageBytes);
+  // The bf16 of each scale byte (LEAN: in both halves of a u32, as the decode multiplies pairs).
+  using Entry = std::conditional_t<C::LEAN, uint32_t, uint16_t>;
+  Entry *table = reinterpret_cast<Entry *>(stages + S * C::kStageBytes);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int t = lane & 3;
@@ -389,7 +415,7 @@ __global__ void __launch_bounds__(C::kThreads, 1)
     const float s = FMT == FP4_WEIGHTS_MXFP4
                         ? fmt::e8m0_decode(uint32_t(i))
                         : fmt::mf_decode(fmt::fmt_e4m3(), uint32_t(i)) * 0x1p100f;
-    table[i] = fmt::f32_to_bf16(s);
+    table[i] = Entry(fmt::f32_to_bf16(s)) * (C::LEAN ? 0x10001u : 1u);
   }
 
   float acc[MW][NR];
@@ -433,16 +459,26 @@ __global__ void __launch_bounds__(C::kThreads, 1)
         // This stage's scale bytes of rows r0 and r1, group j of the stage in byte j.
         const uint2 s0w = *reinterpret_cast<const uint2 *>(ss + r0 * 8);
         const uint2 s1w = *reinterpret_cast<const uint2 *>(ss + r1 * 8);
-        const int o0 = int(uintptr_t(scales + (row0 + r0) * (k / G) + kst / G) & 3);
-        const int o1 = int(uintptr_t(scales + (row0 + r1) * (k / G) + kst / G) & 3);
+        int o0, o1;
+        if constexpr (C::LEAN) {
+          // Only the address mod 4 matters, which u32 arithmetic keeps.
+          const uint32_t kg = uint32_t(k / G);
+          const uint32_t base = uint32_t(uintptr_t(scales)) + uint32_t(kst / G);
+          o0 = int((base + uint32_t(row0 + r0) * kg) & 3u);
+          o1 = int((base + uint32_t(row0 + r1) * kg) & 3u);
+        } else {
+          o0 = int(uintptr_t(scales + (row0 + r0) * (k / G) + kst / G) & 3);
+          o1 = int(uintptr_t(scales + (row0 + r1) * (k / G) + kst / G) & 3);
+        }
         const uint32_t v0 = __funnelshift_r(s0w.x, s0w.y, 8 * o0);
         const uint32_t v1 = __funnelshift_r(s1w.x, s1w.y, 8 * o1);
 #pragma unroll
         for (int s = 0; s < 4; s++) {
           const int j = G == 32 ? s >> 1 : s;  // group of k16 step s within the stage
           const bool in = kst + G * j < k;
-          const uint32_t sc0 = in ? table[(v0 >> (8 * j)) & 0xffu] * 0x10001u : 0u;
-          const uint32_t sc1 = in ? table[(v1 >> (8 * j)) & 0xffu] * 0x10001u : 0u;
+          const uint32_t m2 = C::LEAN ? 1u : 0x10001u;
+          const uint32_t sc0 = in ? uint32_t(table[(v0 >> (8 * j)) & 0xffu]) * m2 : 0u;
+          const uint32_t sc1 = in ? uint32_t(table[(v1 >> (8 * j)) & 0xffu]) * m2 : 0u;
           const uint32_t lo0 = w0[2 * s], hi0 = w0[2 * s + 1];
           const uint32_t lo1 = w1[2 * s], hi1 = w1[2 * s + 1];
           a[ab][m][s][0] = tile::dequant<FMT>(lo0, lo0 << 4, t, sc0);
@@ -465,7 +501,9 @@ __global__ void __launch_bounds__(C::kThreads, 1)
       wgmma_commit();
       wgmma_wait<1>();
 
-      if (li + 1 == count_it || at.st == nst - 1) {
+      // A segment ends only on the second stage of a pair (ranges start at even stages and nst
+      // is even), which LEAN tells the compiler.
+      if ((!C::LEAN || ab == 1) && (li + 1 == count_it || at.st == nst - 1)) {
         wgmma_wait<0>();
 #pragma unroll
         for (int m = 0; m < MW; m++)
