@@ -17,6 +17,7 @@ import { decodeE8M0 } from "../lib/formats/scales.ts";
 import { Tensor } from "../lib/tensor.ts";
 import {
   type Fp4GemmKernels,
+  fp4GemmKernelSets,
   fp4GroupSize,
   fp4Linear,
   type Fp4WeightFormat,
@@ -174,13 +175,11 @@ for (const format of formats) {
   });
 }
 
-// Every kernel set of fp4_gemm_set_kernels (the candidates only change batches above 16).
-const kernelSets: Fp4GemmKernels[] = ["v4", "lean", "lean3"];
-
 if (cudaStatus().available) {
   for (const format of formats) {
     Deno.test(`cuda ${format}: kernels match the CPU twin and float64 on every batch path`, () => {
-      for (const set of kernelSets) {
+      // The candidate sets change only batches above 16.
+      for (const set of fp4GemmKernelSets) {
         setFp4GemmKernels(set);
         try {
           checkCudaPaths(format, set);

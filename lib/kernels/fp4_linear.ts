@@ -198,7 +198,16 @@ export function fp4Linear(device: Device, x: Tensor, w: Fp4Weights): Tensor {
  */
 export type Fp4GemmKernels = "v4" | "lean" | "lean3";
 
-const kernelSets: readonly Fp4GemmKernels[] = ["v4", "lean", "lean3"];
+/**
+ * Every {@linkcode Fp4GemmKernels} set, the default first.
+ *
+ * @example
+ * ```ts
+ * import { fp4GemmKernelSets } from "./fp4_linear.ts";
+ * console.assert(fp4GemmKernelSets[0] === "v4");
+ * ```
+ */
+export const fp4GemmKernelSets: readonly Fp4GemmKernels[] = ["v4", "lean", "lean3"];
 
 /**
  * Chooses the kernel set of `fp4Linear` on Hopper GPUs for batches above 16, for the whole
@@ -215,10 +224,10 @@ const kernelSets: readonly Fp4GemmKernels[] = ["v4", "lean", "lean3"];
  * ```
  */
 export function setFp4GemmKernels(set: Fp4GemmKernels): void {
-  const id = kernelSets.indexOf(set);
+  const id = fp4GemmKernelSets.indexOf(set);
   if (id < 0) {
     throw new Error(
-      `setFp4GemmKernels: unknown kernel set "${set}"; expected ${kernelSets.join(", ")}`,
+      `setFp4GemmKernels: unknown kernel set "${set}"; expected ${fp4GemmKernelSets.join(", ")}`,
     );
   }
   check(native().fp4_gemm_set_kernels(id), "fp4_gemm_set_kernels");
